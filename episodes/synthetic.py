@@ -76,7 +76,7 @@ def draw_glyph(char: str, rng: np.random.Generator, size: int, fonts: list[Image
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
 
 
-def make_glyph_dataset(root: str | os.PathLike, classes: tuple[int, int, int] = (80, 20, 40), per_class: int = 20,
+def make_glyph_dataset(root: str | os.PathLike, classes: tuple[int, int, int] = (110, 25, 45), per_class: int = 20,
                        size: int = 28, seed: int = 0) -> Path:
     """Write ``root/{train,val,test}/<char-code>/<n>.png`` and return ``root``.
 

@@ -75,6 +75,115 @@ def cmd_glyphs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import default_run_dir, train
+
+    config = load_config(args.config, args.set)
+    if args.device:
+        config.train.device = args.device
+    run_dir = args.out or default_run_dir(args.config)
+    summary = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    best = summary["best_validation"]
+    line = f"trained {summary['episodes']} episodes in {summary['minutes']:.1f} min"
+    if best:
+        line += f"; best validation {best['accuracy']:.2f} ± {best['ci95']:.2f} % at episode {best['episode']}"
+    print(f"{line}; run directory {run_dir}")
+    return 0
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """A model from a checkpoint / run directory, or built from a backbone and head without training."""
+    group = parser.add_argument_group("model (a checkpoint, or a backbone and head)")
+    group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
+                       help="checkpoint file, or run directory (its checkpoints/best.pt)")
+    group.add_argument("--backbone", help="backbone name (resnet50, resnet18, resnet12, conv4) when no checkpoint "
+                                          "is given; with a checkpoint, checked against it")
+    group.add_argument("--weights", default="none",
+                       help="backbone weights without a checkpoint: none, imagenet, or a state-dict file")
+    group.add_argument("--head", help="head name (protonet, relation, linear_probe) when no checkpoint is given")
+    group.add_argument("--image-size", type=int, metavar="PX", help="image side in pixels (default: the "
+                                                                     "checkpoint's, else 84)")
+    group.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB; default)")
+    group.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="head option without a checkpoint, e.g. distance=cosine (repeatable)")
+    group.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+
+
+def model_from_args(args: argparse.Namespace):
+    """(model, config) from the model flags."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .config import config_from_dict
+    from .model import build_model
+
+    if args.checkpoint:
+        model, config = model_from_checkpoint(load_checkpoint(args.checkpoint), args.backbone, args.head,
+                                              args.image_size)
+        if args.channels and args.channels != config.data.channels:
+            raise FewshotError(f"the checkpoint was trained on {config.data.channels}-channel images, "
+                               f"not {args.channels}")
+        return model, config
+    if not args.backbone or not args.head:
+        raise FewshotError("give a checkpoint or run directory, or both --backbone and --head")
+    overrides = [f"model.backbone={args.backbone}", f"model.weights={args.weights}", f"model.head={args.head}",
+                 f"data.image_size={args.image_size or 84}", f"data.channels={args.channels or 3}"]
+    overrides += [f"model.head_options.{item}" for item in args.head_option]
+    config = config_from_dict({}, overrides)
+    return build_model(config.model, config.data.channels, config.data.image_size), config
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .atomic import atomic_write_text
+    from .data import open_phase, phase_spec
+    from .evaluate import evaluate
+    from .runtime import resolve_device
+
+    model, config = model_from_args(args)
+    device = resolve_device(args.device or "auto")
+    model.to(device)
+    if args.cache_dir:
+        config.data.cache_dir = args.cache_dir
+    config.data.skip_corrupt = args.skip_corrupt
+    ways = args.ways or config.eval.ways
+    shots = args.shots or config.eval.shots
+    queries = args.queries or config.eval.queries
+    episodes_count = args.episodes or config.eval.episodes
+    spec = split_spec_from_args(args) if (args.data or args.csv) else phase_spec(config.data, "test")
+    split = open_phase(config, spec, ways, shots, queries, progress=not args.no_progress)
+    result = evaluate(model, split, ways, shots, queries, episodes_count, seed=args.seed, device=device,
+                      batch_size=args.batch_size, progress=not args.no_progress, fast=False if args.plain else None)
+    result.extra = {"backbone": config.model.backbone, "head": config.model.head, "data": spec.describe(),
+                    "checkpoint": args.checkpoint}
+    print(result.summary())
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_json(), indent=1))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+    from .runtime import resolve_device
+
+    model, config = model_from_args(args)
+    device = resolve_device(args.device or "auto")
+    results = predict(model.to(device), args.support, args.query, config.data.image_size, config.data.channels,
+                      device)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for item in results:
+        ranked = sorted(item["probabilities"].items(), key=lambda kv: -kv[1])
+        print(f"{item['query']}: {item['predicted']}  (" + ", ".join(f"{k} {v:.3f}" for k, v in ranked) + ")")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.set, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fewshot",
@@ -107,13 +216,74 @@ def build_parser() -> argparse.ArgumentParser:
                     "into disjoint train / val / test subfolders.",
     )
     glyphs.add_argument("out", metavar="OUT_DIR", help="folder to write (train/, val/, test/ inside)")
-    glyphs.add_argument("--train-classes", type=int, default=80, help="classes in train/ (default 80)")
-    glyphs.add_argument("--val-classes", type=int, default=20, help="classes in val/ (default 20)")
-    glyphs.add_argument("--test-classes", type=int, default=40, help="classes in test/ (default 40)")
+    glyphs.add_argument("--train-classes", type=int, default=110, help="classes in train/ (default 110)")
+    glyphs.add_argument("--val-classes", type=int, default=25, help="classes in val/ (default 25)")
+    glyphs.add_argument("--test-classes", type=int, default=45, help="classes in test/ (default 45)")
     glyphs.add_argument("--per-class", type=int, default=20, help="images per class (default 20)")
     glyphs.add_argument("--size", type=int, default=28, help="image side in pixels (default 28)")
     glyphs.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     glyphs.set_defaults(handler=cmd_glyphs)
+
+    train = commands.add_parser(
+        "train", help="meta-train on episodes from a YAML config",
+        description="Episodic meta-training. The run directory receives config.yaml (the full resolved config), "
+                    "metrics.jsonl, checkpoints/last.pt and best.pt, curves.png and summary.json.",
+    )
+    train.add_argument("config", metavar="CONFIG", help="YAML config (see configs/); unknown keys are errors")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key; the value is parsed as YAML, e.g. --set train.lr=1e-3 "
+                            "--set 'data.root=[dir_a, dir_b]' (repeatable)")
+    train.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<config>-<date>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    train.add_argument("--device", help="override train.device: auto, cpu, cuda or cuda:N")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate on episodes: accuracy ± 95%% confidence interval",
+        description="Mean accuracy over episodes with its 95%% interval (1.96 * std / sqrt(episodes)). Without data "
+                    "flags, a checkpoint is evaluated on its config's test split. With a frozen backbone each "
+                    "image is embedded once and reused across episodes.",
+    )
+    add_model_arguments(evaluate)
+    add_data_arguments(evaluate)
+    evaluate.add_argument("--ways", type=int, metavar="N", help="classes per episode (default: config eval.ways)")
+    evaluate.add_argument("--shots", type=int, metavar="K", help="support images per class (default: eval.shots)")
+    evaluate.add_argument("--queries", type=int, metavar="Q", help="query images per class (default 15)")
+    evaluate.add_argument("--episodes", type=int, metavar="E", help="episodes (default 600)")
+    evaluate.add_argument("--seed", type=int, default=0, help="episode seed (default 0); same seed, same episodes")
+    evaluate.add_argument("--json", metavar="OUT", help="write accuracy, ci95, per-episode accuracies... as JSON")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="images per embedding batch (default 256)")
+    evaluate.add_argument("--plain", action="store_true",
+                          help="embed every episode from its images instead of embedding each image once")
+    evaluate.add_argument("--cache-dir", help="decoded-image cache folder (default $FEWSHOT_CACHE_DIR or "
+                                              "~/.cache/fewshot)")
+    evaluate.add_argument("--skip-corrupt", action="store_true", help="leave corrupt images out with a warning")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    predict = commands.add_parser(
+        "predict", help="classify images of new classes from a few support images per class",
+        description="SUPPORT holds one subfolder per new class with a few images each. For each query image "
+                    "(or each image of a query folder) print the predicted class and every class's probability.",
+    )
+    add_model_arguments(predict)
+    predict.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
+    predict.add_argument("--query", required=True, nargs="+", metavar="PATH", help="query images or folders")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.set_defaults(handler=cmd_predict)
+
+    demo = commands.add_parser(
+        "demo", help="generate a glyph dataset, meta-train, evaluate with intervals and predict (a few minutes)",
+        description="The whole product on an embedded default: generates glyph classes from installed fonts (no "
+                    "download), meta-trains a Conv4 prototypical network for about a minute, evaluates on unseen "
+                    "classes with 95%% intervals and classifies a few new images with predict.",
+    )
+    demo.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/demo-<date>-<time>)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a key of the demo config (configs/demo.yaml), e.g. --set train.episodes=100")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 

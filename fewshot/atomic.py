@@ -1,0 +1,38 @@
+"""Atomic file writes: write a temporary file beside the target, flush, fsync, rename.
+
+A reader (or a crash at any moment) sees either the old file or the complete new one, never a
+half-written file; a failed write removes its temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, IO
+
+from .errors import FewshotError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(handle)`` on a temporary binary file, then move it to ``path``."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise FewshotError(f"cannot write {target}: {exc.strerror or exc} (check free space and permissions); "
+                           "the previous file, if any, is intact") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda handle: handle.write(text.encode()))

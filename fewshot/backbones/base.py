@@ -1,0 +1,52 @@
+"""What every backbone gives: a feature map and a pooled embedding, for any input size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import FewshotError
+
+
+class Backbone(nn.Module):
+    """An image encoder.
+
+    ``forward_features(x)``: ``(B, C, H, W)`` float images -> ``(B, D, h, w)`` feature map.
+    ``forward(x)``: ``(B, C, H, W)`` -> ``(B, E)`` embedding, the map average-pooled (``E = D``) or,
+    when ``pool == "flatten"``, flattened (``E = D*h*w``, as in Snell et al.'s Conv4).
+    """
+
+    pool: str = "avg"
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.forward_features(x)
+        return features.flatten(1) if self.pool == "flatten" else features.mean(dim=(2, 3))
+
+
+def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> None:
+    """Load a local state dict (or a fewshot checkpoint's backbone) into ``module`` with strict checking."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FewshotError(f"weights file {file} does not exist (model.weights: none | imagenet | PATH)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise FewshotError(f"cannot read weights file {file}: {str(exc).splitlines()[0]}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = {k.removeprefix("backbone."): v for k, v in state["model"].items() if k.startswith("backbone.")}
+    elif isinstance(state, dict) and "backbone" in state and isinstance(state["backbone"], dict):
+        state = state["backbone"]
+    if not isinstance(state, dict):
+        raise FewshotError(f"weights file {file} holds no state dict")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FewshotError(
+            f"weights file {file} does not fit backbone '{name}': {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
+        )

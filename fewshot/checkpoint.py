@@ -1,0 +1,84 @@
+"""Checkpoints: what a run saves, written atomically, and checked when loaded.
+
+A checkpoint is a dict saved with ``torch.save``: ``format``, ``config`` (the full resolved config as a
+dict), ``model`` (state dict), and for training ``optimizer``, ``scheduler``, ``episode`` (episodes
+done), ``best`` (best validation) and ``rng`` (random states).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write
+from .config import Config, config_from_dict
+from .errors import FewshotError
+from .model import FewShotModel, build_model
+
+FORMAT = 1
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Save ``state`` (plus the format number) to ``path`` atomically."""
+    return atomic_write(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory (its ``checkpoints/best.pt``, else ``last.pt``)."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (target / "checkpoints" / name).is_file():
+                return target / "checkpoints" / name
+        raise FewshotError(f"{target} holds no checkpoints/best.pt or checkpoints/last.pt: is it a run directory?")
+    if not target.is_file():
+        raise FewshotError(f"checkpoint {target} does not exist")
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a fewshot checkpoint (file or run directory), or raise a one-line error."""
+    file = resolve_checkpoint(path)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+        raise FewshotError(f"cannot read checkpoint {file}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise FewshotError(f"{file} is not a fewshot checkpoint (no model and config inside)")
+    if state.get("format", 0) > FORMAT:
+        raise FewshotError(f"{file} was written by a newer fewshot (format {state['format']}): upgrade fewshot")
+    state["path"] = str(file)
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any], backbone: str | None = None, head: str | None = None,
+                          image_size: int | None = None) -> tuple[FewShotModel, Config]:
+    """Rebuild the model saved in ``state``; a requested backbone, head or size that differs is an error."""
+    config = config_from_dict(state["config"])
+    saved = {"backbone": config.model.backbone, "head": config.model.head, "image size": config.data.image_size}
+    asked = {"backbone": backbone, "head": head, "image size": image_size}
+    for key, value in asked.items():
+        if value is not None and value != saved[key]:
+            raise FewshotError(f"checkpoint {state['path']} was trained with {key} '{saved[key]}', not '{value}': "
+                               f"drop that flag or use a matching checkpoint")
+    config.model.weights = "none"  # the checkpoint holds the weights
+    model = build_model(config.model, config.data.channels, config.data.image_size)
+    load_model_state(model, state["model"], state["path"])
+    return model, config
+
+
+def load_model_state(model: FewShotModel, weights: dict, source: str) -> None:
+    """Load a state dict strictly, with a one-line error naming what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [k for k in weights if k in own and own[k].shape != weights[k].shape]
+    if missing or unexpected or mismatched:
+        raise FewshotError(
+            f"checkpoint {source} does not fit this model: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} mis-shaped tensors (e.g. {(missing + unexpected + mismatched)[:2]})"
+        )
+    model.load_state_dict(weights)

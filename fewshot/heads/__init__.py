@@ -1,0 +1,32 @@
+"""Heads, one file each, registered by name. Adding one: a file and a line in ``HEADS``.
+
+A head class takes ``embedding_dim`` and ``feature_shape`` (of the backbone, for the configured image
+size) first; its other constructor arguments are set from the config's ``model.head_options``.
+"""
+
+from __future__ import annotations
+
+from ..backbones import check_options
+from ..errors import FewshotError
+from .base import Head, class_means
+from .linear_probe import LinearProbe
+from .protonet import ProtoNet
+from .relation import RelationNet
+
+HEADS: dict[str, type[Head]] = {
+    "protonet": ProtoNet,
+    "relation": RelationNet,
+    "linear_probe": LinearProbe,
+}
+
+
+def build_head(name: str, embedding_dim: int, feature_shape: tuple[int, ...], **options) -> Head:
+    """Instantiate the head registered as ``name``."""
+    if name not in HEADS:
+        raise FewshotError(f"unknown head '{name}'; choose one of {', '.join(HEADS)}")
+    cls = HEADS[name]
+    check_options(cls, options, "model.head_options", ("embedding_dim", "feature_shape"))
+    return cls(embedding_dim, feature_shape, **options)
+
+
+__all__ = ["HEADS", "Head", "build_head", "class_means"]

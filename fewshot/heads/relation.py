@@ -1,0 +1,53 @@
+"""Relation networks (Sung et al. 2018): a learned module scores each (prototype, query) pair."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from .base import Head, class_means
+
+
+class RelationNet(Head):
+    """Scores concatenated ``(prototype map, query map)`` pairs with two conv blocks and two linear
+    layers; trained with the paper's mean-squared error on sigmoid scores against one-hot targets.
+
+    A prototype is the mean of a class's support feature maps. Blocks max-pool only while the map is
+    at least 2 pixels wide, so the module fits any backbone and input size.
+    """
+
+    feature_map = True
+
+    def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], hidden_channels: int = 64,
+                 hidden_units: int = 8, loss: str = "mse"):
+        super().__init__(embedding_dim, feature_shape)
+        channels, height, width = feature_shape
+        blocks = []
+        in_channels = 2 * channels
+        for _ in range(2):
+            pool = min(height, width) >= 2
+            blocks += [nn.Conv2d(in_channels, hidden_channels, 3, padding=1), nn.BatchNorm2d(hidden_channels),
+                       nn.ReLU(inplace=True)]
+            if pool:
+                blocks.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            in_channels = hidden_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.scorer = nn.Sequential(nn.Flatten(), nn.Linear(hidden_channels, hidden_units), nn.ReLU(inplace=True),
+                                    nn.Linear(hidden_units, 1))
+        self.loss_name = loss
+
+    def forward(self, support, support_labels, query, ways):
+        prototypes = class_means(support, support_labels, ways)  # (ways, D, h, w)
+        queries = query.shape[0]
+        pairs = torch.cat([repeat(prototypes, "n d h w -> (q n) d h w", q=queries),
+                           repeat(query, "q d h w -> (q n) d h w", n=ways)], dim=1)  # (Q*ways, 2D, h, w)
+        pooled = self.blocks(pairs).mean(dim=(2, 3), keepdim=True)
+        return rearrange(self.scorer(pooled), "(q n) 1 -> q n", q=queries)
+
+    def loss(self, logits, labels):
+        if self.loss_name == "ce":
+            return F.cross_entropy(logits, labels)
+        return F.mse_loss(torch.sigmoid(logits), F.one_hot(labels, logits.shape[1]).to(logits.dtype))

@@ -1,0 +1,81 @@
+"""Classify images of brand-new classes from a folder of a few support images per class."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from episodes import EpisodesError, decode_image
+from episodes.discovery import is_image_file
+
+from .errors import FewshotError
+from .model import FewShotModel
+
+
+def read_support_folder(folder: str | os.PathLike, image_size: int, channels: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[Path]]:
+    """``folder/<class>/*`` -> images ``(S, C, H, W)`` uint8, labels ``(S,)``, class names, files.
+
+    Every subfolder is a class and must hold at least one image; at least two classes are needed.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FewshotError(f"support folder {root} does not exist (it should hold one subfolder per class)")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise FewshotError(f"support folder {root} must hold at least two class subfolders, found {len(class_dirs)}")
+    images, labels, files = [], [], []
+    for label, class_dir in enumerate(class_dirs):
+        class_files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p.name))
+        if not class_files:
+            raise FewshotError(f"support class '{class_dir.name}' ({class_dir}) has no images: add a few or remove it")
+        for path in class_files:
+            images.append(torch.from_numpy(decode_image(path, image_size, channels).transpose(2, 0, 1).copy()))
+            labels.append(label)
+            files.append(path)
+    return torch.stack(images), torch.tensor(labels), [d.name for d in class_dirs], files
+
+
+def expand_queries(paths: list[str]) -> list[Path]:
+    """Query paths, with folders replaced by the images they hold; a missing path is an error."""
+    out: list[Path] = []
+    for text in paths:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p.name))
+            if not found:
+                raise FewshotError(f"query folder {path} holds no images")
+            out += found
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise FewshotError(f"query {path} does not exist")
+    return out
+
+
+def predict(model: FewShotModel, support_folder: str | os.PathLike, queries: list[str], image_size: int,
+            channels: int, device: torch.device | str = "cpu", batch_size: int = 256) -> list[dict]:
+    """For each query: ``{"query", "predicted", "probabilities": {class: p}}``."""
+    device = torch.device(device)
+    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
+    query_files = expand_queries(queries)
+    try:
+        query_images = torch.stack([torch.from_numpy(decode_image(p, image_size, channels).transpose(2, 0, 1).copy())
+                                    for p in query_files])
+    except EpisodesError as exc:
+        raise FewshotError(f"{exc} (every query must be an image file)") from None
+    model.eval()
+    results = []
+    with torch.inference_mode():
+        support_features = torch.cat([model.embed(support[i:i + batch_size].to(device))
+                                      for i in range(0, len(support), batch_size)])
+        query_features = torch.cat([model.embed(query_images[i:i + batch_size].to(device))
+                                    for i in range(0, len(query_images), batch_size)])
+        logits = model.classify(support_features, labels.to(device), query_features, len(names))
+        probabilities = model.head.probabilities(logits).cpu()
+    for path, probs in zip(query_files, probabilities):
+        results.append({"query": str(path), "predicted": names[int(probs.argmax())],
+                        "probabilities": {name: float(p) for name, p in zip(names, probs)}})
+    return results
