@@ -25,7 +25,8 @@ def import_easyfsl():
         import easyfsl  # noqa: F401
         from easyfsl.samplers import task_sampler
     except ImportError as exc:
-        raise SystemExit(f"easyfsl is not installed: pip install --no-deps --target {PEERS} easyfsl==1.5.0 pandas python-dateutil tzdata six ({exc})")
+        raise SystemExit(f"easyfsl is not installed ({exc}): pip install --no-deps --target {PEERS} "
+                         "easyfsl==1.5.0 pandas python-dateutil tzdata six") from None
 
     class TaskSampler(task_sampler.TaskSampler):
         def __init__(self, dataset, n_way, n_shot, n_query, n_tasks):

@@ -29,7 +29,6 @@ def peak_rss_mb() -> float:
 
 
 def run_ours(args) -> dict:
-    import torch
     from torch.utils.data import DataLoader
 
     from episodes import EpisodeDataset, EpisodeSampler, SplitSpec, normalization, normalize, open_split
@@ -55,7 +54,6 @@ def run_ours(args) -> dict:
 
 
 def run_easyfsl(args) -> dict:
-    import torch
     from torch.utils.data import DataLoader
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,7 +68,8 @@ def run_easyfsl(args) -> dict:
         json.dump({"class_names": [c.name for c in classes], "class_roots": [str(c) for c in classes]}, spec)
     dataset = EasySet(spec.name, image_size=args.size, training=False)
     sampler = TaskSampler(dataset, n_way=WAYS, n_shot=SHOTS, n_query=QUERIES, n_tasks=args.episodes)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=sampler.episodic_collate_fn)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers,
+                        collate_fn=sampler.episodic_collate_fn)
     checksum = 0.0
     for support, _, query, _, _ in loader:
         checksum += float(support[0, 0, 0, 0]) + float(query[0, 0, 0, 0])

@@ -82,7 +82,8 @@ def _decode_all(files: Sequence[Path], size: int, channels: int, pixels: np.ndar
 
     chunks = [([str(f) for f in files[i:i + _CHUNK]], size, channels) for i in range(0, len(files), _CHUNK)]
     failures: list[tuple[int, str]] = []
-    bar = tqdm(total=len(files), desc="decoding images", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(files), desc="decoding images", unit="img", disable=None if progress else True,
+               leave=False)
     executor = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
     try:
         results = executor.map(_decode_chunk, chunks) if executor else map(_decode_chunk, chunks)

@@ -69,7 +69,8 @@ def draw_glyph(char: str, rng: np.random.Generator, size: int, fonts: list[Image
     scale = float(rng.uniform(0.8, 1.15))
     crop = 64 / scale
     offset = (canvas - crop) / 2
-    image = image.resize((size, size), Image.Resampling.BILINEAR, box=(offset, offset, offset + crop, offset + crop))
+    box = (offset, offset, offset + crop, offset + crop)
+    image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(0.6))
     pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 18, (size, size))
@@ -91,7 +92,8 @@ def make_glyph_dataset(root: str | os.PathLike, classes: tuple[int, int, int] = 
     total = sum(classes)
     chars = distinct_characters()
     if len(chars) < total:
-        raise EpisodesError(f"the fonts give {len(chars)} distinct characters, fewer than the {total} classes asked for")
+        raise EpisodesError(f"the fonts give {len(chars)} distinct characters, fewer than the {total} classes "
+                            "asked for")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(chars))[:total]
     fonts = [ImageFont.truetype(str(path), 40) for path in font_paths()]

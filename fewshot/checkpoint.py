@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
+from .backbones.base import state_dict_mismatch
 from .config import Config, config_from_dict
 from .errors import FewshotError
 from .model import FewShotModel, build_model
@@ -72,13 +73,7 @@ def model_from_checkpoint(state: dict[str, Any], backbone: str | None = None, he
 
 def load_model_state(model: FewShotModel, weights: dict, source: str) -> None:
     """Load a state dict strictly, with a one-line error naming what does not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    mismatched = [k for k in weights if k in own and own[k].shape != weights[k].shape]
-    if missing or unexpected or mismatched:
-        raise FewshotError(
-            f"checkpoint {source} does not fit this model: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} mis-shaped tensors (e.g. {(missing + unexpected + mismatched)[:2]})"
-        )
+    problem = state_dict_mismatch(model, weights)
+    if problem:
+        raise FewshotError(f"checkpoint {source} does not fit this model: {problem}")
     model.load_state_dict(weights)

@@ -24,17 +24,18 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that name a split: ``--data``, ``--split``, ``--classes``, ``--csv``, ``--images``."""
     group = parser.add_argument_group("data")
     group.add_argument("--data", action="append", metavar="DIR", required=False, default=None,
                        help="root folder of class folders; repeat to merge roots (e.g. Omniglot's "
-                            "images_background and images_evaluation)" + (" [required unless --csv]" if required else ""))
+                            "images_background and images_evaluation)")
     group.add_argument("--split", metavar="NAME", help="use the subfolder NAME of each root (train / val / test)")
     group.add_argument("--classes", metavar="FILE",
                        help="class-list file: one class path per line, relative to the roots; a trailing "
                             "/rotDDD rotates that class's images by DDD degrees (Vinyals Omniglot lists)")
-    group.add_argument("--csv", metavar="FILE", help="miniImageNet-style CSV split (filename,label rows); needs --images")
+    group.add_argument("--csv", metavar="FILE",
+                       help="miniImageNet-style CSV split (filename,label rows); needs --images")
     group.add_argument("--images", metavar="DIR", help="folder holding the images named in --csv")
 
 

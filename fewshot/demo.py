@@ -78,8 +78,9 @@ def run_demo(run_dir: str | Path | None = None, overrides: list[str] | None = No
     for item in predictions:
         ok = item["predicted"] == truth[item["query"]]
         correct += ok
+        verdict = "correct" if ok else f"wrong, true {truth[item['query']]}"
         log(f"      {Path(item['query']).name}: {item['predicted']} "
-            f"(p={item['probabilities'][item['predicted']]:.2f}) {'correct' if ok else 'wrong, true ' + truth[item['query']]}")
+            f"(p={item['probabilities'][item['predicted']]:.2f}) {verdict}")
     log(f"demo done in {(time.perf_counter() - started) / 60:.1f} min; {correct}/{len(predictions)} predictions "
         f"correct; run directory {run_dir} (config.yaml, metrics.jsonl, curves.png, checkpoints/)")
     return {"test": results, "predict_correct": correct, "train": summary}

@@ -72,7 +72,8 @@ def embed_split(model: FewShotModel, split: FewShotSplit, device: torch.device, 
     chunks: list[torch.Tensor] = []
     pending: list[torch.Tensor] = []
     waiting = 0
-    bar = tqdm(total=int(sizes.sum()), desc="embedding", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=int(sizes.sum()), desc="embedding", unit="img", disable=None if progress else True,
+               leave=False)
 
     def flush():
         nonlocal pending, waiting
@@ -115,7 +116,9 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
         with torch.inference_mode():
             if fast:
                 features, offsets = embed_split(model, split, device, batch_size, progress, amp)
-            for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=not progress, leave=False):
+            bar = tqdm(range(episodes), desc="evaluating", unit="episode", disable=None if progress else True,
+                       leave=False)
+            for i in bar:
                 drawn = sampler.sample(i)
                 if fast:
                     base = offsets[drawn.classes][:, None]

@@ -75,20 +75,26 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """Check the run directory before any work: writable, and not holding another run unless resuming."""
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Before any work: the run directory can be written, and holds no other run unless resuming."""
     has_checkpoint = (run_dir / "checkpoints" / "last.pt").exists()
     if resume and not has_checkpoint:
         raise FewshotError(f"--resume: {run_dir} has no checkpoints/last.pt to resume from")
     if not resume and has_checkpoint:
         raise FewshotError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise FewshotError(f"run directory {run_dir} cannot be created or written ({existing} is not a writable "
+                           "folder): choose another --out")
+
+
+def create_run_dir(run_dir: Path) -> None:
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"x")
-        probe.unlink()
     except OSError as exc:
-        raise FewshotError(f"run directory {run_dir} is not writable: {exc.strerror}") from None
+        raise FewshotError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
 
 
 class MetricsLog:
@@ -113,16 +119,15 @@ def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, prog
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume)
+    check_run_dir(run_dir, resume)
     device = resolve_device(config.train.device)
     seed_everything(config.seed)
     tcfg, ecfg = config.train, config.eval
+    model = build_model(config.model, config.data.channels, config.data.image_size).to(device)
 
     train_split = open_phase(config, phase_spec(config.data, "train"), tcfg.ways, tcfg.shots, tcfg.queries, progress)
     val_spec = phase_spec(config.data, "val", required=False)
     val_split = open_phase(config, val_spec, ecfg.ways, ecfg.shots, ecfg.queries, progress) if val_spec else None
-
-    model = build_model(config.model, config.data.channels, config.data.image_size).to(device)
     optimizer = make_optimizer(config, model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda episode: lr_factor(config, episode))
     start, best, stale = 0, {"accuracy": -1.0, "ci95": 0.0, "episode": 0}, 0
@@ -143,6 +148,7 @@ def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, prog
         start, best, stale = state["episode"], state["best"], state.get("stale", 0)
         torch.set_rng_state(state["rng"]["torch"])
         log(f"resumed {run_dir} at episode {start}")
+    create_run_dir(run_dir)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
 
     sampler = EpisodeSampler(train_split.class_sizes, tcfg.ways, tcfg.shots, tcfg.queries, config.seed)
@@ -164,7 +170,8 @@ def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, prog
     started = time.perf_counter()
     stopped_early = False
     episode_number = start
-    bar = tqdm(total=tcfg.episodes, initial=start, desc="training", unit="episode", disable=not progress)
+    bar = tqdm(total=tcfg.episodes, initial=start, desc="training", unit="episode",
+               disable=None if progress else True)
     try:
         for episode in loader:
             episode = episode.to(device, non_blocking=True)

@@ -29,6 +29,18 @@ class Backbone(nn.Module):
         return features.flatten(1) if self.pool == "flatten" else features.mean(dim=(2, 3))
 
 
+def state_dict_mismatch(module: nn.Module, state: dict) -> str | None:
+    """None when ``state`` fits ``module`` exactly, else a short description of what does not fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [k for k in state if k in own and tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
+    if not (missing or unexpected or misshaped):
+        return None
+    return (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped tensors "
+            f"(e.g. {(misshaped + missing + unexpected)[:2]})")
+
+
 def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> None:
     """Load a local state dict (or a fewshot checkpoint's backbone) into ``module`` with strict checking."""
     file = Path(path).expanduser()
@@ -44,9 +56,7 @@ def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> 
         state = state["backbone"]
     if not isinstance(state, dict):
         raise FewshotError(f"weights file {file} holds no state dict")
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise FewshotError(
-            f"weights file {file} does not fit backbone '{name}': {len(missing)} missing keys "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
-        )
+    problem = state_dict_mismatch(module, state)
+    if problem:
+        raise FewshotError(f"weights file {file} does not fit backbone '{name}': {problem}")
+    module.load_state_dict(state)

@@ -42,7 +42,8 @@ class TorchvisionResNet(Backbone):
             net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
             if weights == "imagenet":
                 with torch.no_grad():
-                    net.conv1.weight.copy_(old.weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+                    summed = old.weight.sum(dim=1, keepdim=True)  # (64, 1, 7, 7): the grey response
+                    net.conv1.weight.copy_(summed.repeat(1, in_channels, 1, 1) / in_channels)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layers = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
         if weights not in ("none", "imagenet"):
