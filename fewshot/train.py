@@ -230,11 +230,11 @@ def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, prog
         metrics.close()
 
     save_checkpoint(checkpoints / "last.pt", checkpoint_state(episode_number))
-    if val_split is None:
+    if best["accuracy"] < 0:  # never validated: the final weights are the best we know
         save_checkpoint(checkpoints / "best.pt", checkpoint_state(episode_number))
     plot_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     summary = {"episodes": episode_number, "minutes": (time.perf_counter() - started) / 60,
-               "best_validation": best if val_split is not None else None, "stopped_early": stopped_early,
+               "best_validation": best if best["accuracy"] >= 0 else None, "stopped_early": stopped_early,
                "device": str(device), "run_dir": str(run_dir)}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
