@@ -171,23 +171,24 @@ def open_split(spec: SplitSpec, *, image_size: int, channels: int, min_images: i
 
 
 class EpisodeDataset(Dataset):
-    """Map-style dataset: item ``i`` is episode ``i`` of the sampler, as an :class:`Episode`.
+    """Map-style dataset of episodes, as :class:`Episode` objects.
 
-    ``transform`` (optional) is applied to every image separately, with torch's random state seeded
-    from ``(sampler.seed, i)`` so augmented episodes are also independent of worker count and order.
+    ``episodes`` is a count ``n`` (item ``i`` is episode ``i``) or a sequence of episode indices (item ``i``
+    is episode ``episodes[i]``; a ``range`` with a step gives each data-parallel rank its own stream).
+    ``transform`` (optional) is applied to every image separately, with torch's random state seeded from
+    the episode index, so augmented episodes are also independent of worker count and order.
     """
 
-    def __init__(self, split: FewShotSplit, sampler: EpisodeSampler, length: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, start: int = 0):
-        self.split, self.sampler, self.length, self.transform, self.start = split, sampler, length, transform, start
+    def __init__(self, split: FewShotSplit, sampler: EpisodeSampler, episodes: int | Sequence[int],
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.split, self.sampler, self.transform = split, sampler, transform
+        self.indices = range(episodes) if isinstance(episodes, int) else episodes
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.indices)
 
     def __getitem__(self, item: int) -> Episode:
-        if not 0 <= item < self.length:
-            raise IndexError(item)
-        index = self.start + item
+        index = int(self.indices[item])
         episode = self.split.episode(self.sampler.sample(index))
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import warnings
 from typing import Sequence
@@ -85,6 +87,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.train.device = args.device
     run_dir = args.out or default_run_dir(args.config)
     summary = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if summary["interrupted"]:
+        again = " ".join(["fewshot train", shlex.quote(args.config), *[f"--set {shlex.quote(s)}" for s in args.set],
+                          "--out", shlex.quote(str(run_dir)), "--resume"])
+        print(f"stopped by {summary['interrupted']} after episode {summary['episodes']}; checkpoint saved in "
+              f"{run_dir}/checkpoints/last.pt; resume with: {again}")
+        return 0
     best = summary["best_validation"]
     line = f"trained {summary['episodes']} episodes in {summary['minutes']:.1f} min"
     if best:

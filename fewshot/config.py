@@ -76,6 +76,8 @@ class TrainConfig:
     val_episodes: int = 200
     patience: int | None = None  # validations without improvement before stopping early
     log_every: int = 50
+    checkpoint_every: int = 0  # episodes between checkpoints/last.pt (0: only at validations and the end)
+    checkpoint_minutes: float = 10.0  # and at least this often (0: never by time)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 

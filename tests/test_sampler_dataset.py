@@ -54,7 +54,7 @@ def test_same_episodes_with_any_worker_count(image_folder):
     split = open_split(SplitSpec((str(image_folder),)), image_size=12, channels=3)
     sampler = EpisodeSampler(split.class_sizes, 3, 2, 2, seed=3)
     augment = train_augmentation("standard", 12, 3)
-    dataset = EpisodeDataset(split, sampler, length=6, transform=augment)
+    dataset = EpisodeDataset(split, sampler, 6, transform=augment)
     single = list(DataLoader(dataset, batch_size=None, num_workers=0))
     multi = list(DataLoader(dataset, batch_size=None, num_workers=2))
     shuffled = [dataset[i] for i in (5, 3, 1, 0, 2, 4)]
@@ -141,3 +141,14 @@ def test_rotated_classes_in_episodes(tmp_path):
             upright = np.asarray(split.pixels)[split.class_rows[class_id][drawn.support[label]]]
             turns = split.rotations[class_id] // 90
             assert np.array_equal(np.rot90(upright, k=turns, axes=(2, 3)), expected_support.numpy())
+
+
+def test_dataset_over_an_index_sequence(image_folder):
+    split = open_split(SplitSpec((str(image_folder),)), image_size=8, channels=3)
+    sampler = EpisodeSampler(split.class_sizes, 3, 1, 1, seed=2)
+    every = EpisodeDataset(split, sampler, 10)
+    odd = EpisodeDataset(split, sampler, range(1, 10, 2))
+    assert len(odd) == 5 and [e.index for e in odd] == [1, 3, 5, 7, 9]
+    assert all(torch.equal(odd[i].support, every[2 * i + 1].support) for i in range(5))
+    with pytest.raises(IndexError):
+        odd[5]
