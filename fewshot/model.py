@@ -22,7 +22,8 @@ class FewShotModel(nn.Module):
     def __init__(self, backbone: Backbone, head: Head, channels: int):
         super().__init__()
         self.backbone, self.head, self.channels = backbone, head, channels
-        self.mean, self.std = normalization(channels)
+        default_mean, default_std = normalization(channels)
+        self.mean, self.std = backbone.mean or default_mean, backbone.std or default_std
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> normalized float; float input is returned as it is."""

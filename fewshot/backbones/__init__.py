@@ -11,6 +11,7 @@ import inspect
 from ..errors import FewshotError
 from .base import Backbone, load_weights_file
 from .conv4 import Conv4
+from .efficientnet_lite0 import EfficientNetLite0
 from .resnet12 import ResNet12
 from .resnet18 import ResNet18
 from .resnet50 import ResNet50
@@ -20,6 +21,7 @@ BACKBONES: dict[str, type[Backbone]] = {
     "resnet18": ResNet18,
     "resnet12": ResNet12,
     "conv4": Conv4,
+    "efficientnet_lite0": EfficientNetLite0,
 }
 
 

@@ -20,6 +20,8 @@ class Backbone(nn.Module):
     """
 
     pool: str = "avg"
+    mean: tuple[float, ...] | None = None  # input normalization the weights expect; None: the default
+    std: tuple[float, ...] | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

