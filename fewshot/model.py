@@ -43,6 +43,8 @@ class FewShotModel(nn.Module):
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 ways: int) -> torch.Tensor:
+        if self.head.adapts_backbone:
+            return self.head.adapt(self.backbone, self.prepare(support), support_labels, self.prepare(query), ways)
         features = self.embed(torch.cat([support, query]))
         count = support.shape[0]
         return self.classify(features[:count], support_labels, features[count:], ways)

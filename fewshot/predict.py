@@ -69,11 +69,14 @@ def predict(model: FewShotModel, support_folder: str | os.PathLike, queries: lis
     model.eval()
     results = []
     with torch.inference_mode():
-        support_features = torch.cat([model.embed(support[i:i + batch_size].to(device))
-                                      for i in range(0, len(support), batch_size)])
-        query_features = torch.cat([model.embed(query_images[i:i + batch_size].to(device))
-                                    for i in range(0, len(query_images), batch_size)])
-        logits = model.classify(support_features, labels.to(device), query_features, len(names))
+        if model.head.adapts_backbone:
+            logits = model(support.to(device), labels.to(device), query_images.to(device), len(names))
+        else:
+            support_features = torch.cat([model.embed(support[i:i + batch_size].to(device))
+                                          for i in range(0, len(support), batch_size)])
+            query_features = torch.cat([model.embed(query_images[i:i + batch_size].to(device))
+                                        for i in range(0, len(query_images), batch_size)])
+            logits = model.classify(support_features, labels.to(device), query_features, len(names))
         probabilities = model.head.probabilities(logits).cpu()
     for path, probs in zip(query_files, probabilities):
         results.append({"query": str(path), "predicted": names[int(probs.argmax())],

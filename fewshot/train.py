@@ -204,6 +204,10 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, log: Cal
     seed_everything(config.seed)
     tcfg, ecfg = config.train, config.eval
     model = build_model(config.model, config.data.channels, config.data.image_size).to(device)
+    if model.head.adapts_backbone and not getattr(model.head, "meta_trainable", False):
+        raise FewshotError(f"head '{config.model.head}' adapts the backbone per episode at evaluation and is not "
+                           "meta-trained: use it with fewshot eval / predict, and train with fewshot pretrain or "
+                           "another head")
     if context.is_main:
         check_free_space(run_dir, model)
 

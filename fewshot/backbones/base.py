@@ -27,8 +27,15 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.forward_features(x)
+        return self.pool_features(self.forward_features(x))
+
+    def pool_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, D, h, w)`` feature map -> ``(B, E)`` embedding."""
         return features.flatten(1) if self.pool == "flatten" else features.mean(dim=(2, 3))
+
+    def stages(self) -> list[nn.Module]:
+        """The backbone's blocks from input to output, for fine-tuning the last few."""
+        return list(self.children())
 
 
 def state_dict_mismatch(module: nn.Module, state: dict) -> str | None:

@@ -33,3 +33,6 @@ class Conv4(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
+
+    def stages(self) -> list[nn.Module]:
+        return list(self.blocks)

@@ -106,6 +106,9 @@ class EfficientNetLite0(Backbone):
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
 
+    def stages(self) -> list[nn.Module]:
+        return [nn.ModuleList([self._conv_stem, self._bn0]), *self._blocks, nn.ModuleList([self._conv_head, self._bn1])]
+
     def classify_imagenet(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalized images -> ``(B, 1000)`` ImageNet logits."""
         return self._fc(self.forward(x))

@@ -39,3 +39,6 @@ class ResNet12(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
+
+    def stages(self) -> list[nn.Module]:
+        return list(self.blocks)

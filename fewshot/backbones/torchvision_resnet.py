@@ -51,3 +51,6 @@ class TorchvisionResNet(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x))
+
+    def stages(self) -> list[nn.Module]:
+        return [self.stem, *self.layers]

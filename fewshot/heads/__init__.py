@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..backbones import check_options
 from ..errors import FewshotError
 from .base import Head, class_means
+from .finetune import FineTune
 from .linear_probe import LinearProbe
 from .protonet import ProtoNet
 from .relation import RelationNet
@@ -17,6 +18,7 @@ HEADS: dict[str, type[Head]] = {
     "protonet": ProtoNet,
     "relation": RelationNet,
     "linear_probe": LinearProbe,
+    "finetune": FineTune,
 }
 
 

@@ -1,0 +1,115 @@
+"""Fine-tuning head: per episode, fine-tune a classifier and the backbone's last blocks on the support set.
+
+The recipe for adapting a pretrained network to a few images: a linear classifier initialised from the
+class prototypes, the last ``blocks`` stages of the backbone unfrozen with a small learning rate
+(``backbone_lr``) and the classifier with a larger one (``head_lr``), support images augmented at every
+step, optionally unfreezing one more stage every ``unfreeze_every`` steps (gradual unfreezing).
+BatchNorm stays in evaluation mode with frozen running statistics (``bn: frozen``, the default), the
+safe choice with a handful of images; ``bn: train`` lets them move. The backbone is restored to its
+original weights after every episode, so episodes are independent.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import FewshotError
+from .base import Head, class_means
+
+
+class FineTune(Head):
+    adapts_backbone = True
+
+    def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 50, blocks: int = 1,
+                 backbone_lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 1e-4,
+                 unfreeze_every: int = 0, bn: str = "frozen", augment: str = "flip", temperature: float = 10.0):
+        super().__init__(embedding_dim, feature_shape)
+        if bn not in ("frozen", "train"):
+            raise FewshotError(f"finetune bn must be frozen or train, got '{bn}'")
+        self.steps, self.blocks, self.backbone_lr, self.head_lr = int(steps), int(blocks), backbone_lr, head_lr
+        self.weight_decay, self.unfreeze_every, self.bn, self.augment = weight_decay, int(unfreeze_every), bn, augment
+        self.temperature = temperature
+
+    def forward(self, support, support_labels, query, ways):
+        """On features only (no backbone at hand): a cosine classifier fitted on the support features."""
+        return self._fit_classifier(support.detach(), support_labels, ways)(query)
+
+    def _new_classifier(self, support_features: torch.Tensor, labels: torch.Tensor, ways: int) -> nn.Linear:
+        classifier = nn.Linear(support_features.shape[1], ways).to(support_features.device)
+        with torch.no_grad():
+            classifier.weight.copy_(F.normalize(class_means(support_features, labels, ways), dim=-1) * self.temperature)
+            classifier.bias.zero_()
+        return classifier
+
+    def _fit_classifier(self, features, labels, ways):
+        with torch.inference_mode(False), torch.enable_grad():
+            features = F.normalize(features.clone(), dim=-1)
+            classifier = self._new_classifier(features, labels, ways)
+            optimizer = torch.optim.Adam(classifier.parameters(), lr=self.head_lr)
+            for _ in range(self.steps):
+                optimizer.zero_grad()
+                F.cross_entropy(classifier(features), labels).backward()
+                optimizer.step()
+        return lambda query: classifier(F.normalize(query.float(), dim=-1)).detach()
+
+    def adapt(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor,
+              query: torch.Tensor, ways: int) -> torch.Tensor:
+        """Fine-tune on ``support`` ``(S, C, H, W)`` (normalized floats) and return query logits ``(Q, ways)``.
+
+        ``backbone`` is restored to its weights and buffers on entry before returning.
+        """
+        from episodes import train_augmentation
+        from episodes.images import apply_per_image
+
+        saved = copy.deepcopy(backbone.state_dict())
+        was_training = backbone.training
+        stages = backbone.stages()
+        trainable = [m for m in stages[len(stages) - self.blocks:]] if self.blocks > 0 else []
+        augment = train_augmentation(self.augment, support.shape[-1], support.shape[1])
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                support, query = support.clone(), query.clone()
+                for p in backbone.parameters():
+                    p.requires_grad_(False)
+                backbone.eval()
+                with torch.no_grad():
+                    classifier = self._new_classifier(F.normalize(backbone(support), dim=-1), support_labels, ways)
+                groups = [{"params": list(classifier.parameters()), "lr": self.head_lr}]
+                unfrozen = 0 if self.unfreeze_every else len(trainable)
+
+                def set_unfrozen(count):
+                    for module in trainable[len(trainable) - count:]:
+                        for p in module.parameters():
+                            p.requires_grad_(True)
+                        if self.bn == "train":
+                            for m in module.modules():
+                                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                                    m.train()
+
+                params = [p for m in trainable for p in m.parameters()]
+                if params:
+                    groups.append({"params": params, "lr": self.backbone_lr})
+                optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+                set_unfrozen(unfrozen)
+                for step in range(self.steps):
+                    if self.unfreeze_every and step % self.unfreeze_every == 0 and unfrozen < len(trainable):
+                        unfrozen += 1
+                        set_unfrozen(unfrozen)
+                    images = apply_per_image(augment, support) if augment is not None else support
+                    optimizer.zero_grad()
+                    logits = classifier(F.normalize(backbone(images), dim=-1))
+                    F.cross_entropy(logits, support_labels).backward()
+                    optimizer.step()
+                backbone.eval()
+                with torch.no_grad():
+                    return classifier(F.normalize(backbone(query), dim=-1))
+        finally:
+            with torch.inference_mode(False), torch.no_grad():
+                backbone.load_state_dict(saved)
+            for p in backbone.parameters():
+                p.requires_grad_(True)
+            backbone.train(was_training)

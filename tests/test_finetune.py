@@ -1,0 +1,104 @@
+"""The fine-tuning head: BatchNorm statistics frozen, backbone restored between episodes, and it learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_image_folder
+from episodes import SplitSpec, open_split
+from fewshot.config import ModelConfig, config_from_dict
+from fewshot.errors import FewshotError
+from fewshot.evaluate import evaluate
+from fewshot.model import build_model
+from fewshot.train import train
+
+
+def bn_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k}
+
+
+@pytest.fixture
+def model_and_episode(tmp_path):
+    make_image_folder(tmp_path / "d", classes=5, per_class=8, size=20)
+    split = open_split(SplitSpec((str(tmp_path / "d"),)), image_size=20, channels=3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="conv4", head="finetune", backbone_options={"width": 8},
+                                    head_options={"steps": 15, "blocks": 2, "backbone_lr": 1e-2}), 3, 20)
+    from episodes import EpisodeSampler
+
+    episode = split.episode(EpisodeSampler(split.class_sizes, 5, 2, 3, seed=0).sample(0))
+    return model, episode, split
+
+
+def test_batchnorm_statistics_frozen_and_backbone_restored(model_and_episode):
+    model, episode, _ = model_and_episode
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    changed = {}
+    original_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        out = original_step(self, *args, **kwargs)
+        changed["weights_moved"] = any(not torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items()
+                                       if "running" not in k and "num_batches" not in k)
+        changed["bn_moved"] = any(not torch.equal(v, before[k]) for k, v in bn_buffers(model.backbone).items())
+        return out
+
+    torch.optim.AdamW.step = spy
+    try:
+        with torch.inference_mode():
+            logits = model(episode.support, episode.support_labels, episode.query, 5)
+    finally:
+        torch.optim.AdamW.step = original_step
+    assert logits.shape == (15, 5)
+    assert changed["weights_moved"], "the last blocks were fine-tuned"
+    assert not changed["bn_moved"], "running means and variances stay frozen"
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} restored after the episode"
+
+
+def test_bn_train_option_lets_statistics_move(model_and_episode):
+    model, episode, _ = model_and_episode
+    model.head.bn = "train"
+    seen = {}
+    original_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen["bn"] = bn_buffers(model.backbone)
+        return original_step(self, *args, **kwargs)
+
+    before = bn_buffers(model.backbone)
+    torch.optim.AdamW.step = spy
+    try:
+        model(episode.support, episode.support_labels, episode.query, 5)
+    finally:
+        torch.optim.AdamW.step = original_step
+    assert any(not torch.equal(seen["bn"][k], before[k]) for k in before)
+    assert all(torch.equal(v, before[k]) for k, v in bn_buffers(model.backbone).items())
+
+
+def test_finetune_evaluates_and_learns_the_support(model_and_episode):
+    model, _, split = model_and_episode
+    result = evaluate(model, split, 5, 2, 3, episodes=6, seed=0, progress=False)
+    assert result.accuracy > 40.0, result.summary()
+    model.head.steps = 0
+    untuned = evaluate(model, split, 5, 2, 3, episodes=6, seed=0, progress=False)
+    assert result.accuracy >= untuned.accuracy
+
+
+def test_gradual_unfreezing_reaches_all_blocks(model_and_episode):
+    model, episode, _ = model_and_episode
+    model.head.unfreeze_every = 5
+    model.head.blocks = 3
+    logits = model(episode.support, episode.support_labels, episode.query, 5)
+    assert torch.isfinite(logits).all()
+    assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_finetune_is_not_meta_trained(tmp_path):
+    make_image_folder(tmp_path / "d", classes=4, per_class=6, size=16)
+    config = config_from_dict({"data": {"root": str(tmp_path / "d"), "image_size": 16},
+                               "model": {"backbone": "conv4", "head": "finetune"}})
+    with pytest.raises(FewshotError, match="not meta-trained"):
+        train(config, tmp_path / "run", progress=False)
