@@ -10,6 +10,7 @@ disjoint ``train`` / ``val`` / ``test`` subfolders.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,13 +83,17 @@ def make_glyph_dataset(root: str | os.PathLike, classes: tuple[int, int, int] = 
     """Write ``root/{train,val,test}/<char-code>/<n>.png`` and return ``root``.
 
     ``classes`` is the number of (train, val, test) classes, disjoint; raises EpisodesError when the fonts
-    hold fewer distinct characters than asked for. Existing complete datasets are left as they are.
+    hold fewer distinct characters than asked for. A complete dataset of the same settings is reused;
+    one of other settings is replaced.
     """
     root = Path(root)
     marker = root / ".complete"
     wanted = f"{classes} {per_class} {size} {seed}"
     if marker.exists() and marker.read_text() == wanted:
         return root
+    for split in ("train", "val", "test"):  # another generation's classes must not mix with this one's
+        shutil.rmtree(root / split, ignore_errors=True)
+    marker.unlink(missing_ok=True)
     total = sum(classes)
     chars = distinct_characters()
     if len(chars) < total:

@@ -162,13 +162,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = split_spec_from_args(args) if (args.data or args.csv) else phase_spec(config.data, "test")
     split = open_phase(config, spec, ways, shots, queries, progress=not args.no_progress)
     result = evaluate(model, split, ways, shots, queries, episodes_count, seed=args.seed, device=device,
-                      batch_size=args.batch_size, progress=not args.no_progress, fast=False if args.plain else None)
-    result.extra = {"backbone": config.model.backbone, "head": config.model.head, "data": spec.describe(),
-                    "checkpoint": args.checkpoint}
-    print(result.summary())
+                      batch_size=args.batch_size, progress=not args.no_progress, fast=False if args.plain else None,
+                      refine=args.refine, refine_steps=args.refine_steps, threshold=args.threshold,
+                      per_class=args.per_class)
+    result.extra.update({"backbone": config.model.backbone, "head": config.model.head, "data": spec.describe(),
+                         "checkpoint": args.checkpoint})
+    print(result.summary() + (f" [refined: {args.refine}]" if args.refine != "none" else ""))
+    if args.per_class:
+        print_per_class(result.extra["per_class"], args.confusion)
     if args.json:
         atomic_write_text(args.json, json.dumps(result.to_json(), indent=1))
     return 0
+
+
+def print_per_class(report: dict, png: str) -> None:
+    """Per-class precision / recall / F1 table, and the confusion-matrix PNG."""
+    from .plots import MAX_CONFUSION_CLASSES, plot_confusion
+
+    rows = sorted(report["classes"], key=lambda row: row["f1"])
+    width = max(len(row["class"]) for row in rows)
+    print(f"{'class':<{width}}  precision  recall     F1  queries")
+    shown = rows if len(rows) <= 40 else rows[:20] + rows[-20:]
+    for row in shown:
+        if len(rows) > 40 and row is rows[-20]:
+            print(f"... {len(rows) - 40} classes in the middle (all in --json) ...")
+        print(f"{row['class']:<{width}}  {row['precision']:9.1f}  {row['recall']:6.1f}  {row['f1']:5.1f}  "
+              f"{row['queries']:7d}")
+    if plot_confusion(report, png):
+        print(f"confusion matrix: {png}")
+    else:
+        print(f"confusion matrix PNG skipped: {len(rows)} classes (more than {MAX_CONFUSION_CLASSES}); "
+              "the full matrix is in --json")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -267,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256, help="images per embedding batch (default 256)")
     evaluate.add_argument("--plain", action="store_true",
                           help="embed every episode from its images instead of embedding each image once")
+    evaluate.add_argument("--refine", choices=("none", "soft_kmeans", "self_training"), default="none",
+                          help="transductive refinement with the episode's unlabelled queries: soft k-means of the "
+                               "prototypes (Ren et al. 2018) or self-training on confident pseudo-labels")
+    evaluate.add_argument("--refine-steps", type=int, default=1, help="soft k-means steps (default 1)")
+    evaluate.add_argument("--threshold", type=float, default=0.9,
+                          help="self-training: smallest probability for a pseudo-label (default 0.9)")
+    evaluate.add_argument("--per-class", action="store_true",
+                          help="per-class precision, recall and F1, and a confusion-matrix PNG")
+    evaluate.add_argument("--confusion", default="confusion.png", metavar="PNG",
+                          help="where --per-class writes the confusion matrix (default confusion.png)")
     evaluate.add_argument("--cache-dir", help="decoded-image cache folder (default $FEWSHOT_CACHE_DIR or "
                                               "~/.cache/fewshot)")
     evaluate.add_argument("--skip-corrupt", action="store_true", help="leave corrupt images out with a warning")

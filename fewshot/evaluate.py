@@ -17,7 +17,9 @@ import torch
 
 from episodes import EpisodeSampler, FewShotSplit
 
+from .errors import FewshotError
 from .model import FewShotModel
+from .refine import classify_refined
 from .runtime import autocast
 
 
@@ -99,13 +101,24 @@ def embed_split(model: FewShotModel, split: FewShotSplit, device: torch.device, 
 
 def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, queries: int, episodes: int,
              seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256, fast: bool | None = None,
-             progress: bool = True, amp: bool = True) -> EvalResult:
-    """Accuracy of ``model`` on ``episodes`` episodes of ``split`` (episode ``i`` of ``seed``)."""
+             progress: bool = True, amp: bool = True, refine: str = "none", refine_steps: int = 1,
+             threshold: float = 0.9, per_class: bool = False) -> EvalResult:
+    """Accuracy of ``model`` on ``episodes`` episodes of ``split`` (episode ``i`` of ``seed``).
+
+    ``refine``: ``none``, ``soft_kmeans`` or ``self_training`` (see :mod:`fewshot.refine`).
+    ``per_class``: also gather every query's true and predicted class, for :func:`per_class_report`.
+    """
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     sampler = EpisodeSampler(split.class_sizes, ways, shots, queries, seed)
-    fast = not model.head.adapts_backbone if fast is None else fast
+    adapts = model.head.adapts_backbone
+    if adapts and refine != "none":
+        raise FewshotError(f"refinement '{refine}' works on embeddings; head '{type(model.head).__name__}' "
+                           "adapts the backbone per episode: use --refine none")
+    fast = not adapts if fast is None else fast and not adapts
+    truth: list[np.ndarray] = []
+    predicted: list[np.ndarray] = []
     was_training = model.training
     model.eval()
     accuracies = np.zeros(episodes)
@@ -124,12 +137,45 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
                     base = offsets[drawn.classes][:, None]
                     support_ids = torch.from_numpy((base + drawn.support).ravel()).to(device)
                     query_ids = torch.from_numpy((base + drawn.query).ravel()).to(device)
-                    logits = model.classify(features[support_ids], support_labels, features[query_ids], ways)
+                    support_features, query_features = features[support_ids], features[query_ids]
                 else:
                     episode = split.episode(drawn).to(device)
                     with autocast(device, amp):
-                        logits = model(episode.support, support_labels, episode.query, ways)
-                accuracies[i] = (logits.argmax(dim=1) == query_labels).float().mean().item()
+                        if adapts:
+                            logits = model(episode.support, support_labels, episode.query, ways)
+                        else:
+                            embedded = model.embed(torch.cat([episode.support, episode.query])).float()
+                            support_features, query_features = embedded[: ways * shots], embedded[ways * shots:]
+                if not adapts:
+                    logits = classify_refined(model, support_features, support_labels, query_features, ways,
+                                              refine, refine_steps, threshold)
+                guesses = logits.argmax(dim=1)
+                accuracies[i] = (guesses == query_labels).float().mean().item()
+                if per_class:
+                    truth.append(np.repeat(drawn.classes, queries))
+                    predicted.append(drawn.classes[guesses.cpu().numpy()])
     finally:
         model.train(was_training)
-    return EvalResult(accuracies, ways, shots, queries, time.perf_counter() - start, seed)
+    result = EvalResult(accuracies, ways, shots, queries, time.perf_counter() - start, seed)
+    if refine != "none":
+        result.extra["refine"] = refine
+    if per_class:
+        result.extra["per_class"] = per_class_report(split.class_names, np.concatenate(truth),
+                                                     np.concatenate(predicted))
+    return result
+
+
+def per_class_report(class_names: list[str], truth: np.ndarray, predicted: np.ndarray) -> dict:
+    """Confusion matrix over the split's classes (rows: true, columns: predicted, summed over episodes)
+    with per-class precision, recall and F1 (percent)."""
+    count = len(class_names)
+    confusion = np.zeros((count, count), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    hits = np.diag(confusion).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(confusion.sum(0) > 0, hits / confusion.sum(0), 0.0)
+        recall = np.where(confusion.sum(1) > 0, hits / confusion.sum(1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    classes = [{"class": name, "precision": 100 * float(p), "recall": 100 * float(r), "f1": 100 * float(f),
+                "queries": int(n)} for name, p, r, f, n in zip(class_names, precision, recall, f1, confusion.sum(1))]
+    return {"classes": classes, "confusion": confusion.tolist(), "class_names": list(class_names)}

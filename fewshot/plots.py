@@ -43,3 +43,33 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.Pat
     atomic_write(out_path, lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)
     return Path(out_path)
+
+
+MAX_CONFUSION_CLASSES = 64
+
+
+def plot_confusion(report: dict, out_path: str | os.PathLike, title: str = "") -> Path | None:
+    """Row-normalized confusion matrix (true class by row) as a PNG; None when there are too many
+    classes to draw legibly (more than ``MAX_CONFUSION_CLASSES``; the JSON still holds the matrix)."""
+    import numpy as np
+
+    names = report["class_names"]
+    if len(names) > MAX_CONFUSION_CLASSES:
+        return None
+    matrix = np.asarray(report["confusion"], dtype=float)
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalized = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    plt = _pyplot()
+    side = max(5.0, 0.28 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or "confusion matrix (fraction of each true class)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_write(out_path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    plt.close(fig)
+    return Path(out_path)

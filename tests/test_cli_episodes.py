@@ -88,3 +88,15 @@ def test_glyph_dataset_is_distinct_and_disjoint(tmp_path, capsys):
     assert np.abs(first - second).mean() > 1.0, "two drawings of a glyph differ (random distortion)"
     assert main(["glyphs", str(tmp_path / "g2"), "--train-classes", "500"]) == 2
     assert "distinct characters" in capsys.readouterr().err
+
+
+def test_regenerating_glyphs_with_other_settings_replaces_the_classes(tmp_path):
+    from episodes.synthetic import make_glyph_dataset
+
+    root = tmp_path / "g"
+    make_glyph_dataset(root, classes=(5, 2, 3), per_class=2, size=12)
+    make_glyph_dataset(root, classes=(4, 2, 2), per_class=2, size=12, seed=1)
+    counts = [len(list((root / split).iterdir())) for split in ("train", "val", "test")]
+    assert counts == [4, 2, 2]
+    names = {split: {p.name for p in (root / split).iterdir()} for split in ("train", "val", "test")}
+    assert not names["train"] & names["test"]
