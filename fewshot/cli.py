@@ -1,4 +1,4 @@
-"""The ``fewshot`` command line: ``episodes``, ``glyphs``, ``train``, ``eval``, ``predict``, ``demo``.
+"""The ``fewshot`` command line: ``episodes``, ``glyphs``, ``train``, ``eval``, ``predict``, ``export``, ``demo``.
 
 User errors (:class:`FewshotError`, :class:`episodes.EpisodesError`) print one line, ``error: ...``,
 and exit with status 2; warnings print one line each, ``warning: ...``.
@@ -125,6 +125,8 @@ def model_from_args(args: argparse.Namespace):
     """(model, config) from the model flags."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .config import config_from_dict
+    import torch
+
     from .model import build_model
 
     if args.checkpoint:
@@ -140,6 +142,7 @@ def model_from_args(args: argparse.Namespace):
                  f"data.image_size={args.image_size or 84}", f"data.channels={args.channels or 3}"]
     overrides += [f"model.head_options.{item}" for item in args.head_option]
     config = config_from_dict({}, overrides)
+    torch.manual_seed(config.seed)  # randomly initialised parts are the same on every call
     return build_model(config.model, config.data.channels, config.data.image_size), config
 
 
@@ -203,12 +206,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     results = predict(model.to(device), args.support, args.query, config.data.image_size, config.data.channels,
                       device)
+    if args.explain:
+        from .explain import explain_queries
+        from .predict import expand_queries, read_images, read_support_folder
+
+        support, labels, names, _ = read_support_folder(args.support, config.data.image_size, config.data.channels)
+        files = expand_queries(args.query)
+        written = explain_queries(model, support, labels, names, read_images(files, config.data.image_size,
+                                                                               config.data.channels),
+                                  files, args.explain, device)
+        print(f"Grad-CAM heatmaps: {len(written)} PNG files in {args.explain}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
     for item in results:
         ranked = sorted(item["probabilities"].items(), key=lambda kv: -kv[1])
         print(f"{item['query']}: {item['predicted']}  (" + ", ".join(f"{k} {v:.3f}" for k, v in ranked) + ")")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    model, config = model_from_args(args)
+    path = export_model(model, args.support, args.out, config.data.image_size, config.data.channels)
+    print(f"exported TorchScript model to {path}: input uint8 (B, {config.data.channels}, {config.data.image_size}, "
+          f"{config.data.image_size}), output class probabilities; class names in its class_names.json")
     return 0
 
 
@@ -316,7 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
     predict.add_argument("--query", required=True, nargs="+", metavar="PATH", help="query images or folders")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.add_argument("--explain", metavar="OUT_DIR",
+                         help="also write a Grad-CAM heatmap over each query as OUT_DIR/<query>.gradcam.png")
     predict.set_defaults(handler=cmd_predict)
+
+    export = commands.add_parser(
+        "export", help="export a model with a support folder's classes built in (TorchScript)",
+        description="Write a TorchScript file that an application loads with torch.jit.load alone: it takes "
+                    "(B, C, H, W) uint8 images at the model's image size and returns class probabilities; the "
+                    "class names are in the archive's extra file class_names.json.",
+    )
+    add_model_arguments(export)
+    export.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
+    export.add_argument("--out", required=True, metavar="FILE", help="TorchScript file to write (.pt)")
+    export.set_defaults(handler=cmd_export)
 
     demo = commands.add_parser(
         "demo", help="generate a glyph dataset, meta-train, evaluate with intervals and predict (a few minutes)",

@@ -55,17 +55,22 @@ def expand_queries(paths: list[str]) -> list[Path]:
     return out
 
 
+def read_images(files: list[Path], image_size: int, channels: int) -> torch.Tensor:
+    """Decode query files to ``(Q, C, H, W)`` uint8; a file that is not an image is a one-line error."""
+    try:
+        return torch.stack([torch.from_numpy(decode_image(p, image_size, channels).transpose(2, 0, 1).copy())
+                            for p in files])
+    except EpisodesError as exc:
+        raise FewshotError(f"{exc} (every query must be an image file)") from None
+
+
 def predict(model: FewShotModel, support_folder: str | os.PathLike, queries: list[str], image_size: int,
             channels: int, device: torch.device | str = "cpu", batch_size: int = 256) -> list[dict]:
     """For each query: ``{"query", "predicted", "probabilities": {class: p}}``."""
     device = torch.device(device)
     support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
     query_files = expand_queries(queries)
-    try:
-        query_images = torch.stack([torch.from_numpy(decode_image(p, image_size, channels).transpose(2, 0, 1).copy())
-                                    for p in query_files])
-    except EpisodesError as exc:
-        raise FewshotError(f"{exc} (every query must be an image file)") from None
+    query_images = read_images(query_files, image_size, channels)
     model.eval()
     results = []
     with torch.inference_mode():

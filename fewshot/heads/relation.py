@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
 from torch import nn
 
 from .base import Head, class_means
@@ -41,11 +40,12 @@ class RelationNet(Head):
 
     def forward(self, support, support_labels, query, ways):
         prototypes = class_means(support, support_labels, ways)  # (ways, D, h, w)
-        queries = query.shape[0]
-        pairs = torch.cat([repeat(prototypes, "n d h w -> (q n) d h w", q=queries),
-                           repeat(query, "q d h w -> (q n) d h w", n=ways)], dim=1)  # (Q*ways, 2D, h, w)
+        # expand/reshape with -1 rather than Python ints, so a traced (exported) model takes any batch size
+        queries = query.unsqueeze(1).expand(-1, ways, -1, -1, -1)  # (Q, ways, D, h, w)
+        pairs = torch.cat([prototypes.unsqueeze(0).expand_as(queries), queries], dim=2)
+        pairs = pairs.reshape(-1, *pairs.shape[2:])  # (Q*ways, 2D, h, w)
         pooled = self.blocks(pairs).mean(dim=(2, 3), keepdim=True)
-        return rearrange(self.scorer(pooled), "(q n) 1 -> q n", q=queries)
+        return self.scorer(pooled).reshape(-1, ways)
 
     def loss(self, logits, labels):
         if self.loss_name == "ce":

@@ -1,0 +1,75 @@
+"""Export a trained model with the prototypes of a support folder built in, for applications that do
+not install this framework.
+
+The format is TorchScript (``torch.jit.trace``): it needs only ``torch`` to load
+(``torch.jit.load(path)``), runs from C++ (libtorch) too, and keeps the exact PyTorch operations, so its
+outputs match ``fewshot predict``. Why not the alternatives: ONNX needs the onnx packages, which are
+not dependencies here; ``torch.export`` (TorchScript's announced successor) specialises these models to
+batches no larger than the support set in torch 2.14, while the traced module takes any batch size
+(checked at export). torch 2.14 marks TorchScript deprecated; its warnings are silenced here.
+The module takes ``(B, C, H, W)`` uint8 images already resized to the training size and returns
+``(B, classes)`` probabilities; class names and the expected image size are stored as extra files
+``class_names.json`` and ``meta.json`` in the archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .atomic import atomic_write
+from .errors import FewshotError
+from .model import FewShotModel
+from .predict import read_support_folder
+
+
+class PrototypeClassifier(nn.Module):
+    """Backbone + head with the support set's embeddings frozen in as buffers."""
+
+    def __init__(self, model: FewShotModel, support_features: torch.Tensor, support_labels: torch.Tensor,
+                 ways: int):
+        super().__init__()
+        self.backbone, self.head, self.ways = model.backbone, model.head, ways
+        self.feature_map = model.head.feature_map
+        self.register_buffer("support_features", support_features)
+        self.register_buffer("support_labels", support_labels)
+        std = torch.tensor(model.std).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -torch.tensor(model.mean).view(1, -1, 1, 1) / std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() * self.scale + self.shift
+        features = self.backbone.forward_features(x) if self.feature_map else self.backbone(x)
+        logits = self.head(self.support_features, self.support_labels, features, self.ways)
+        return self.head.probabilities(logits)
+
+
+def export_model(model: FewShotModel, support_folder: str | os.PathLike, out: str | os.PathLike, image_size: int,
+                 channels: int) -> Path:
+    """Trace ``model`` with the support folder's classes built in and save it to ``out`` (atomically)."""
+    if model.head.adapts_backbone:
+        raise FewshotError(f"head '{type(model.head).__name__}' adapts the backbone per episode and cannot be "
+                           "exported with fixed prototypes; export a protonet, relation or linear_probe model")
+    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
+    model = model.cpu().eval()
+    with torch.inference_mode():
+        support_features = model.embed(support).float()
+    module = PrototypeClassifier(model, support_features.clone(), labels.clone(), len(names)).eval()
+    example = support[: min(2, len(support))]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, example, check_trace=False)
+        larger = torch.cat([support] * (1 + 64 // len(support)))[:65]
+        if not torch.allclose(traced(larger), module(larger), atol=1e-5):
+            raise FewshotError("the traced model does not reproduce the model at another batch size")
+    extra = {"class_names.json": json.dumps(names),
+             "meta.json": json.dumps({"image_size": image_size, "channels": channels, "input": "uint8 (B, C, H, W)",
+                                      "output": "probabilities (B, classes)"})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return atomic_write(out, lambda handle: torch.jit.save(traced, handle, _extra_files=extra))
