@@ -4,7 +4,7 @@ This package is data only; it never imports model code.
 """
 
 from .cache import default_cache_dir, load_decoded
-from .dataset import Episode, EpisodeDataset, FewShotSplit, drop_small_classes, open_split
+from .dataset import Episode, EpisodeDataset, FewShotSplit, LabelledImages, drop_small_classes, open_split
 from .discovery import IMAGE_EXTENSIONS, ImageClass, discover_classes
 from .errors import CorruptImageError, EpisodesError, EpisodesWarning
 from .images import decode_image, normalization, normalize, train_augmentation
@@ -13,7 +13,7 @@ from .splits import SplitSpec, resolve_split
 
 __all__ = [
     "IMAGE_EXTENSIONS", "CorruptImageError", "Episode", "EpisodeDataset", "EpisodeIndices", "EpisodeSampler",
-    "EpisodesError", "EpisodesWarning", "FewShotSplit", "ImageClass", "SplitSpec", "decode_image",
+    "EpisodesError", "EpisodesWarning", "FewShotSplit", "LabelledImages", "ImageClass", "SplitSpec", "decode_image",
     "default_cache_dir", "discover_classes", "drop_small_classes", "load_decoded", "normalization", "normalize",
     "open_split", "resolve_split", "train_augmentation",
 ]

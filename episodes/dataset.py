@@ -197,3 +197,22 @@ class EpisodeDataset(Dataset):
                 if len(episode.query):
                     episode.query = apply_per_image(self.transform, episode.query)
         return episode
+
+
+class LabelledImages(Dataset):
+    """Every image of a split with its class id, for supervised (pretraining) batches.
+
+    Item ``i`` is ``(image (C, H, W) uint8, class id)``; ``transform`` is applied per image.
+    """
+
+    def __init__(self, split: FewShotSplit, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.split, self.transform = split, transform
+        self.items = [(c, p) for c, size in enumerate(split.class_sizes) for p in range(size)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        class_id, position = self.items[item]
+        image = self.split.images(class_id, [position])[0]
+        return (self.transform(image) if self.transform is not None else image), class_id

@@ -23,7 +23,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_MEAN = (0.5,)
 GRAY_STD = (0.5,)
 
-AUGMENTATIONS = ("none", "flip", "standard", "strong")
+AUGMENTATION_OPS = ("flip", "rotate", "crop", "jitter", "erase", "noise")
+PRESETS = {"none": (), "flip": ("flip",), "standard": ("crop", "flip", "jitter"),
+           "strong": ("crop", "flip", "jitter", "rotate", "erase", "noise")}
+AUGMENTATIONS = tuple(PRESETS)
 
 
 def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
@@ -71,28 +74,55 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     return out.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))  # in place: addcmul is 10x slower
 
 
-def train_augmentation(name: str, size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+class GaussianNoise:
+    """Add Gaussian noise of standard deviation ``sigma`` (fraction of 255) to a uint8 image."""
+
+    def __init__(self, sigma: float = 0.05):
+        self.sigma = sigma
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        noisy = image.float() + torch.randn(image.shape) * (255.0 * self.sigma)
+        return noisy.round_().clamp_(0, 255).to(image.dtype)
+
+
+def augmentation_op(name: str, size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One named augmentation on ``(C, H, W)`` uint8 tensors (see ``AUGMENTATION_OPS``)."""
+    from torchvision.transforms import v2
+
+    ops = {
+        "flip": lambda: v2.RandomHorizontalFlip(),
+        "rotate": lambda: v2.RandomRotation(15),
+        "crop": lambda: v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+        "jitter": lambda: v2.ColorJitter(0.4, 0.4, 0.4 if channels == 3 else 0.0),
+        "erase": lambda: v2.RandomErasing(p=0.5, scale=(0.02, 0.2), value=0),
+        "noise": lambda: GaussianNoise(0.05),
+    }
+    if name not in ops:
+        raise ValueError(f"unknown augmentation '{name}'; choose presets {', '.join(PRESETS)} or operations "
+                         f"{', '.join(AUGMENTATION_OPS)}")
+    return ops[name]()
+
+
+def train_augmentation(spec: str | list[str] | tuple[str, ...], size: int,
+                       channels: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """A per-image training augmentation on ``(C, H, W)`` uint8 tensors, or None for ``"none"``.
 
-    * ``flip``: horizontal flip;
-    * ``standard``: random resized crop (scale 0.6-1), flip, colour jitter (RGB only);
-    * ``strong``: ``standard`` plus rotation up to 15 degrees and random erasing.
+    ``spec`` is a preset name or a list of operations applied in order:
+
+    * ``flip``: horizontal flip; ``rotate``: up to 15 degrees; ``crop``: random resized crop (scale 0.6-1);
+      ``jitter``: brightness, contrast (and saturation for RGB) 0.4; ``erase``: random erasing
+      (probability 0.5); ``noise``: Gaussian noise, sigma 5 % of the range;
+    * presets: ``none``; ``flip``; ``standard`` = crop, flip, jitter; ``strong`` = standard + rotate, erase, noise.
     """
     from torchvision.transforms import v2
 
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation '{name}'; choose one of {', '.join(AUGMENTATIONS)}")
-    if name == "none":
+    names = PRESETS.get(spec, None) if isinstance(spec, str) else tuple(spec)
+    if names is None:
+        names = (spec,)
+    if not names:
         return None
-    if name == "flip":
-        return v2.RandomHorizontalFlip()
-    steps: list = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-    if channels == 3:
-        steps.append(v2.ColorJitter(0.4, 0.4, 0.4))
-    if name == "strong":
-        steps.append(v2.RandomRotation(15))
-        steps.append(v2.RandomErasing(p=0.25, value=0))
-    return v2.Compose(steps)
+    steps = [augmentation_op(name, size, channels) for name in names]
+    return steps[0] if len(steps) == 1 else v2.Compose(steps)
 
 
 def apply_per_image(transform: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pretrain import pretrain
+    from .train import default_run_dir
+
+    config = load_config(args.config, args.set)
+    if args.device:
+        config.train.device = args.device
+    run_dir = args.out or default_run_dir(args.config)
+    summary = pretrain(config, run_dir, progress=not args.no_progress)
+    best = summary["best_validation"]
+    line = f"pretrained {summary['epochs']} epochs on {summary['classes']} classes in {summary['minutes']:.1f} min"
+    if best:
+        line += f"; best validation {best['accuracy']:.2f} ± {best['ci95']:.2f} % after epoch {best['episode']}"
+    print(f"{line}; run directory {run_dir} (use it with fewshot eval, or as model.weights for fewshot train)")
+    return 0
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """A model from a checkpoint / run directory, or built from a backbone and head without training."""
     group = parser.add_argument_group("model (a checkpoint, or a backbone and head)")
@@ -296,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="override train.device: auto, cpu, cuda or cuda:N")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(handler=cmd_train)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="supervised pretraining on all base classes (Baseline / Baseline++ / RFS)",
+        description="Train the backbone with a linear or cosine classifier over every training class, on shuffled "
+                    "batches (pretrain.* keys: epochs, batch_size, lr, classifier, mixup, cutmix, label_smoothing), "
+                    "validating episodically after each epoch. The run directory works with fewshot eval, and its "
+                    "checkpoints/best.pt as model.weights for fewshot train.",
+    )
+    pretrain.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
+    pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config key, value parsed as YAML (repeatable)")
+    pretrain.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<config>-<date>-<time>)")
+    pretrain.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pretrain.set_defaults(handler=cmd_pretrain)
 
     evaluate = commands.add_parser(
         "eval", help="evaluate on episodes: accuracy ± 95%% confidence interval",

@@ -41,7 +41,7 @@ class DataConfig:
     images: str | None = None  # folder of the CSV's images
     image_size: int = 84
     channels: int = 3  # 1 (grayscale) or 3 (RGB)
-    augment: str = "none"  # none | flip | standard | strong (training only)
+    augment: str | list[str] = "none"  # preset (none, flip, standard, strong) or list of operations
     cache_dir: str | None = None  # decoded-image cache; default $FEWSHOT_CACHE_DIR or ~/.cache/fewshot
     skip_corrupt: bool = False
     workers: int = 0  # DataLoader workers for training episodes
@@ -91,11 +91,31 @@ class EvalConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Supervised pretraining on all base classes (``fewshot pretrain``)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "sgd"  # adam | sgd
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    classifier: str = "linear"  # linear (Baseline, RFS) | cosine (Baseline++)
+    cosine_scale: float = 10.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0 = off
+    val_episodes: int = 200  # episodic validation (eval.ways/shots/queries) after each epoch
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -248,8 +268,16 @@ def check_config(config: Config) -> None:
         for key, least in (("ways", 2), ("shots", 1), ("queries", 1), ("episodes", 1)):
             if getattr(part, key) < least:
                 raise FewshotError(f"{section}.{key} must be at least {least}, got {getattr(part, key)}")
+    from episodes.images import AUGMENTATION_OPS, PRESETS
+
+    augment = config.data.augment
+    names = [augment] if isinstance(augment, str) else augment
+    unknown = [n for n in names if n not in PRESETS and n not in AUGMENTATION_OPS]
+    if unknown or (not isinstance(augment, str) and any(n in PRESETS and n not in AUGMENTATION_OPS for n in names)):
+        raise FewshotError(f"data.augment: '{(unknown or names)[0]}' is not a preset ({', '.join(PRESETS)}) or a list "
+                           f"of operations ({', '.join(AUGMENTATION_OPS)})")
     choices = {"train.optimizer": ("adam", "sgd"), "train.schedule": ("constant", "step", "cosine"),
-               "data.augment": ("none", "flip", "standard", "strong")}
+               "pretrain.optimizer": ("adam", "sgd"), "pretrain.classifier": ("linear", "cosine")}
     for key, allowed in choices.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

@@ -69,7 +69,7 @@ def test_augmentation_changes_images_keeps_labels(image_folder):
     split = open_split(SplitSpec((str(image_folder),)), image_size=16, channels=3)
     sampler = EpisodeSampler(split.class_sizes, 3, 2, 2, seed=0)
     plain = EpisodeDataset(split, sampler, 4)[1]
-    for preset in ("flip", "standard", "strong"):
+    for preset in ("flip", "standard", "strong", "rotate", "crop", "jitter", "erase", "noise", ["noise", "flip"]):
         augmented = EpisodeDataset(split, sampler, 4, transform=train_augmentation(preset, 16, 3))[1]
         assert augmented.support.shape == plain.support.shape and augmented.support.dtype == torch.uint8
         assert torch.equal(augmented.support_labels, plain.support_labels)
@@ -152,3 +152,25 @@ def test_dataset_over_an_index_sequence(image_folder):
     assert all(torch.equal(odd[i].support, every[2 * i + 1].support) for i in range(5))
     with pytest.raises(IndexError):
         odd[5]
+
+
+@pytest.mark.parametrize("operation", ["flip", "rotate", "crop", "jitter", "erase", "noise"])
+def test_each_augmentation_changes_images_and_keeps_shape(operation):
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (16, 3, 20, 20), dtype=torch.uint8, generator=generator)
+    transform = train_augmentation([operation], 20, 3)
+    out = torch.stack([transform(image) for image in images])
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, images)
+    gray = torch.randint(0, 256, (4, 1, 20, 20), dtype=torch.uint8, generator=generator)
+    assert train_augmentation([operation], 20, 1)(gray[0]).shape == (1, 20, 20)
+
+
+def test_unknown_augmentation_is_a_config_error():
+    from fewshot.config import load_config
+    from fewshot.errors import FewshotError
+
+    assert load_config(None, ["data.augment=[flip, noise]"]).data.augment == ["flip", "noise"]
+    with pytest.raises(FewshotError, match="data.augment: 'blur' is not a preset"):
+        load_config(None, ["data.augment=blur"])
