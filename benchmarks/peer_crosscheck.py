@@ -8,7 +8,8 @@ The two mean accuracies must agree to 0.1 points. Run::
 
     pip install --no-deps --target benchmarks/.peers easyfsl==1.5.0 pandas python-dateutil tzdata six
     python benchmarks/peer_crosscheck.py RUN_DIR_OR_CHECKPOINT --data DIR [--data DIR2] [--classes FILE | --split S]
-    python benchmarks/peer_crosscheck.py --backbone resnet18 --image-size 84 --data ../shared/data/tinyimagenet-fs --split test
+    python benchmarks/peer_crosscheck.py --backbone resnet18 --image-size 84 \
+        --data ../shared/data/tinyimagenet-fs --split test
 """
 
 from __future__ import annotations

@@ -6,18 +6,15 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import make_image_folder
 from fewshot.cli import main
 from fewshot.config import ModelConfig, config_from_dict
 from fewshot.explain import grad_cam
 from fewshot.model import build_model
-from fewshot.predict import read_support_folder
 from fewshot.train import train
 
 
