@@ -26,7 +26,6 @@ GRAY_STD = (0.5,)
 AUGMENTATION_OPS = ("flip", "rotate", "crop", "jitter", "erase", "noise")
 PRESETS = {"none": (), "flip": ("flip",), "standard": ("crop", "flip", "jitter"),
            "strong": ("crop", "flip", "jitter", "rotate", "erase", "noise")}
-AUGMENTATIONS = tuple(PRESETS)
 
 
 def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:

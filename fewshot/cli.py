@@ -78,14 +78,21 @@ def cmd_glyphs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def config_and_run_dir(args: argparse.Namespace):
+    """The validated config (with --set and --device applied) and the run directory of train / pretrain."""
     from .config import load_config
-    from .train import default_run_dir, train
+    from .train import default_run_dir
 
     config = load_config(args.config, args.set)
     if args.device:
         config.train.device = args.device
-    run_dir = args.out or default_run_dir(args.config)
+    return config, args.out or default_run_dir(args.config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    config, run_dir = config_and_run_dir(args)
     summary = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -104,14 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .pretrain import pretrain
-    from .train import default_run_dir
 
-    config = load_config(args.config, args.set)
-    if args.device:
-        config.train.device = args.device
-    run_dir = args.out or default_run_dir(args.config)
+    config, run_dir = config_and_run_dir(args)
     summary = pretrain(config, run_dir, progress=not args.no_progress)
     best = summary["best_validation"]
     line = f"pretrained {summary['epochs']} epochs on {summary['classes']} classes in {summary['minutes']:.1f} min"

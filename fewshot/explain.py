@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -79,4 +78,3 @@ def explain_queries(model: FewShotModel, support: torch.Tensor, support_labels: 
     return written
 
 
-__all__ = ["grad_cam", "explain_queries", "np"]
