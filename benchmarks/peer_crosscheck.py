@@ -89,17 +89,24 @@ def main() -> None:
     mean, std = model.mean, model.std
     from episodes import normalize
 
-    def load(paths):
-        pixels = np.stack([decode_image(p, size, channels).transpose(2, 0, 1) for p in paths])
-        return normalize(torch.from_numpy(pixels), mean, std)
+    from episodes.splits import parse_rotation
+
+    def load(paths_per_class, class_names):
+        """Decode an episode part; a class named .../rotDDD is rotated DDD degrees counter-clockwise."""
+        pixels = []
+        for paths, name in zip(paths_per_class, class_names):
+            turns = parse_rotation(name)[1] // 90
+            pixels += [np.rot90(decode_image(p, size, channels), k=turns, axes=(0, 1)).transpose(2, 0, 1)
+                       for p in paths]
+        return normalize(torch.from_numpy(np.ascontiguousarray(np.stack(pixels))), mean, std)
 
     accuracies = []
     started = time.perf_counter()
     with torch.no_grad():
         for line in (work / "episodes.jsonl").read_text().splitlines():
             episode = json.loads(line)
-            support = load([p for paths in episode["support"] for p in paths])
-            query = load([p for paths in episode["query"] for p in paths])
+            support = load(episode["support"], episode["classes"])
+            query = load(episode["query"], episode["classes"])
             support_labels = torch.arange(args.ways).repeat_interleave(args.shots)
             query_labels = torch.arange(args.ways).repeat_interleave(args.queries)
             peer.process_support_set(support, support_labels)
