@@ -29,8 +29,8 @@ ROWS = {
     "protonet-1shot": ("protonet-omniglot.yaml", 1, ["train.shots=1", "train.episodes=6000", "eval.shots=1"]),
     "protonet-5shot": ("protonet-omniglot.yaml", 5, ["train.shots=5", "train.episodes=2000", "train.step_size=1000",
                                                      "eval.shots=5"]),
-    "relation-1shot": ("relation-omniglot.yaml", 1, ["train.shots=1", "train.queries=19", "train.episodes=10000",
-                                                     "train.step_size=5000", "eval.shots=1"]),
+    "relation-1shot": ("relation-omniglot.yaml", 1, ["train.shots=1", "train.queries=19", "train.episodes=3000",
+                                                     "train.step_size=1500", "eval.shots=1"]),
     "relation-5shot": ("relation-omniglot.yaml", 5, ["train.shots=5", "train.queries=15", "train.episodes=6000",
                                                      "train.step_size=3000", "eval.shots=5"]),
 }
