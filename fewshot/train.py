@@ -177,13 +177,21 @@ class TrainingState:
         self.best = {"accuracy": -1.0, "ci95": 0.0, "episode": 0}
         self.stale = 0
         self.window = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, queries, episodes
+        self.earlier_seconds = 0.0  # training time of the processes before a resume
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training time so far, across resumes."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def to_dict(self) -> dict:
-        return {"episode": self.step, "best": self.best, "stale": self.stale, "window": self.window}
+        return {"episode": self.step, "best": self.best, "stale": self.stale, "window": self.window,
+                "seconds": self.seconds()}
 
     def load(self, saved: dict) -> None:
         self.step, self.best, self.stale = saved["episode"], saved["best"], saved.get("stale", 0)
         self.window = saved.get("window", [0.0, 0.0, 0.0, 0.0])
+        self.earlier_seconds = saved.get("seconds", 0.0)
 
 
 def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
@@ -267,7 +275,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, log: Cal
                                              "rng": rng, **state.to_dict()})
 
     model.train()
-    started = last_saved = time.perf_counter()
+    state.started = last_saved = time.perf_counter()
     stopped_early = False
     interrupted = None
     first_episodes: list[int] = []
@@ -302,7 +310,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, log: Cal
                     loss_sum, correct_sum, queries, count = all_sum(state.window, context, device)
                     record = {"kind": "train", "episode": state.step, "loss": loss_sum / count,
                               "accuracy": 100.0 * correct_sum / queries, "lr": optimizer.param_groups[0]["lr"],
-                              "seconds": time.perf_counter() - started}
+                              "seconds": state.seconds()}
                     state.window = [0.0, 0.0, 0.0, 0.0]
                     if metrics:
                         metrics.write(record)
@@ -350,7 +358,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, log: Cal
         if metrics:
             metrics.close()
 
-    summary = {"episodes": state.step, "minutes": (time.perf_counter() - started) / 60,
+    summary = {"episodes": state.step, "minutes": state.seconds() / 60,
                "best_validation": state.best if state.best["accuracy"] >= 0 else None,
                "stopped_early": stopped_early, "interrupted": interrupted, "device": str(device),
                "world_size": world, "run_dir": str(run_dir)}

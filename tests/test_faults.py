@@ -224,3 +224,12 @@ def test_two_process_gloo_data_parallel(data_root, tmp_path):
     assert more.returncode == 0, more.stderr[-3000:]
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["episodes"] == 16 and resumed["rank_first_episodes"] == [[24, 26, 28, 30], [25, 27, 29, 31]]
+
+
+def test_training_time_adds_up_across_resumes(data_root, tmp_path):
+    config = config_from_dict(config_dict(data_root, episodes=6, val_every=0))
+    train(config, tmp_path / "run", progress=False)
+    first = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["seconds"]
+    more = config_from_dict(config_dict(data_root, episodes=9, val_every=0))
+    summary = train(more, tmp_path / "run", resume=True, progress=False)
+    assert first > 0 and summary["minutes"] * 60 > first
