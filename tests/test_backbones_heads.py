@@ -167,3 +167,15 @@ def test_registries_build_every_pair():
     assert set(BACKBONES) == {"resnet50", "resnet18", "resnet12", "conv4", "efficientnet_lite0"}
     with pytest.raises(FewshotError, match="unknown head"):
         build_model(ModelConfig(backbone="conv4", head="maml2"), 1, 28)
+
+
+def test_relation_split_first_convolution_equals_scoring_concatenated_pairs():
+    torch.manual_seed(0)
+    head = build_head("relation", 16 * 25, (16, 5, 5)).eval()
+    support, query = torch.randn(6, 16, 5, 5), torch.randn(4, 16, 5, 5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    prototypes = class_means(support, labels, 3)
+    pairs = torch.cat([prototypes.unsqueeze(0).expand(4, -1, -1, -1, -1),
+                       query.unsqueeze(1).expand(-1, 3, -1, -1, -1)], dim=2).reshape(12, 32, 5, 5)
+    direct = head.scorer(head.blocks(pairs).mean(dim=(2, 3), keepdim=True)).reshape(4, 3)
+    assert torch.allclose(head(support, labels, query, 3), direct, atol=1e-5)

@@ -40,11 +40,17 @@ class RelationNet(Head):
 
     def forward(self, support, support_labels, query, ways):
         prototypes = class_means(support, support_labels, ways)  # (ways, D, h, w)
+        # The first convolution is linear in its input, so on a concatenated (prototype, query) pair it is
+        # conv(prototype; W[:, :D]) + conv(query; W[:, D:]) + b: computed once per prototype and once per
+        # query instead of once per pair (Q*ways pairs), which is most of the module's cost.
+        first = self.blocks[0]
+        channels = prototypes.shape[1]
+        from_prototypes = F.conv2d(prototypes, first.weight[:, :channels], first.bias, padding=first.padding)
+        from_queries = F.conv2d(query, first.weight[:, channels:], None, padding=first.padding)
         # expand/reshape with -1 rather than Python ints, so a traced (exported) model takes any batch size
-        queries = query.unsqueeze(1).expand(-1, ways, -1, -1, -1)  # (Q, ways, D, h, w)
-        pairs = torch.cat([prototypes.unsqueeze(0).expand_as(queries), queries], dim=2)
-        pairs = pairs.reshape(-1, *pairs.shape[2:])  # (Q*ways, 2D, h, w)
-        pooled = self.blocks(pairs).mean(dim=(2, 3), keepdim=True)
+        pairs = from_queries.unsqueeze(1) + from_prototypes.unsqueeze(0)  # (Q, ways, hidden, h, w)
+        pairs = pairs.reshape(-1, *pairs.shape[2:])  # (Q*ways, hidden, h, w)
+        pooled = self.blocks[1:](pairs).mean(dim=(2, 3), keepdim=True)
         return self.scorer(pooled).reshape(-1, ways)
 
     def loss(self, logits, labels):
