@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from records import append_record, latest_records  # noqa: E402
 ROOT = HERE.parent
 PUBLISHED = {("protonet", 5, 1): 98.8, ("protonet", 5, 5): 99.7, ("protonet", 20, 1): 96.0, ("protonet", 20, 5): 98.9,
              ("relation", 5, 1): 99.6, ("relation", 5, 5): 99.8, ("relation", 20, 1): 97.6, ("relation", 20, 5): 99.1}
@@ -64,15 +66,11 @@ def run_row(name: str, device: str, runs: Path, results: Path) -> None:
                   "command": f"fewshot train configs/{config} " + " ".join(f"--set {o}" for o in overrides),
                   "machine": f"{os.cpu_count()} cores {platform.machine()}, device {device}",
                   "date": time.strftime("%Y-%m-%d"), "wall_minutes": (time.perf_counter() - started) / 60}
-        with results.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(results, record)
 
 
 def print_table(results: Path) -> None:
-    latest = {}
-    for line in results.read_text().splitlines():
-        record = json.loads(line)
-        latest[(record["head"], record["ways"], record["shots"])] = record
+    latest = latest_records(results, lambda record: (record["head"], record["ways"], record["shots"]))
     print("| method | setting | ours (± 95% CI) | published | diff | train episodes | train minutes | machine |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for key in sorted(latest):

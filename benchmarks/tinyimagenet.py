@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from records import append_record, latest_records  # noqa: E402
 ROOT = HERE.parent
 DATA = "../shared/data/tinyimagenet-fs"
 EFFNET = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64"]
@@ -80,15 +82,11 @@ def run_row(name: str, runs: Path, results: Path, device: str) -> None:
                   "eval_seconds": result["seconds"], "machine": f"{os.cpu_count()} cores {platform.machine()}, "
                                                                 f"device {device}",
                   "date": time.strftime("%Y-%m-%d")}
-        with results.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(results, record)
 
 
 def print_table(results: Path) -> None:
-    latest = {}
-    for line in results.read_text().splitlines():
-        record = json.loads(line)
-        latest[(record["row"], record["shots"])] = record
+    latest = latest_records(results, lambda record: (record["row"], record["shots"]))
     print("| method | 5-way 1-shot | 5-way 5-shot | test episodes | training minutes |")
     print("|---|---:|---:|---:|---:|")
     for name in ROWS:
