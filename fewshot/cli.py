@@ -265,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fewshot",
-        description="Few-shot image classification: sample episodes, meta-train, evaluate with a 95%% "
+        description="Few-shot image classification: sample episodes, meta-train, evaluate with a 95% "
                     "confidence interval, and classify new classes from a few support images.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('fewshot').__version__}")
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "eval", help="evaluate on episodes: accuracy ± 95%% confidence interval",
-        description="Mean accuracy over episodes with its 95%% interval (1.96 * std / sqrt(episodes)). Without data "
+        description="Mean accuracy over episodes with its 95% interval (1.96 * std / sqrt(episodes)). Without data "
                     "flags, a checkpoint is evaluated on its config's test split. With a frozen backbone each "
                     "image is embedded once and reused across episodes.",
     )
@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="generate a glyph dataset, meta-train, evaluate with intervals and predict (a few minutes)",
         description="The whole product on an embedded default: generates glyph classes from installed fonts (no "
                     "download), meta-trains a Conv4 prototypical network for about a minute, evaluates on unseen "
-                    "classes with 95%% intervals and classifies a few new images with predict.",
+                    "classes with 95% intervals and classifies a few new images with predict.",
     )
     demo.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/demo-<date>-<time>)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
