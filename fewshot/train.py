@@ -194,6 +194,20 @@ class TrainingState:
         self.earlier_seconds = saved.get("seconds", 0.0)
 
 
+def load_resume_point(run_dir: Path, config: Config, context: DistContext, log: Callable[[str], None]) -> dict:
+    """``last.pt`` of the run, after checking that the config did not change in a way that matters."""
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    changed = config_differences(saved["config"], config.to_dict())
+    fatal = [key for key in changed if any(key == m or key.startswith(m + ".") for m in MUST_MATCH)]
+    if fatal:
+        key = fatal[0]
+        raise FewshotError(f"cannot resume {run_dir}: {key} changed from {_get(saved['config'], key)!r} to "
+                           f"{_get(config.to_dict(), key)!r}; start a new run (another --out) instead")
+    if changed and context.is_main:
+        log(f"resuming with changed settings: {', '.join(changed)}")
+    return saved
+
+
 def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print) -> dict:
     """Meta-train as ``config`` says, writing into ``run_dir``; return the summary dict."""
@@ -218,6 +232,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, log: Cal
                            "another head")
     if context.is_main:
         check_free_space(run_dir, model)
+    saved = load_resume_point(run_dir, config, context, log) if resume else None
 
     train_split = open_phase(config, phase_spec(config.data, "train"), tcfg.ways, tcfg.shots, tcfg.queries, progress)
     val_spec = phase_spec(config.data, "val", required=False)
@@ -229,16 +244,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, log: Cal
     optimizer = make_optimizer(config, model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda episode: lr_factor(config, episode))
     state = TrainingState()
-    if resume:
-        saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        changed = config_differences(saved["config"], config.to_dict())
-        fatal = [key for key in changed if any(key == m or key.startswith(m + ".") for m in MUST_MATCH)]
-        if fatal:
-            key = fatal[0]
-            raise FewshotError(f"cannot resume {run_dir}: {key} changed from {_get(saved['config'], key)!r} to "
-                               f"{_get(config.to_dict(), key)!r}; start a new run (another --out) instead")
-        if changed and context.is_main:
-            log(f"resuming with changed settings: {', '.join(changed)}")
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
