@@ -58,7 +58,7 @@ def build_model(config: ModelConfig, channels: int, image_size: int) -> FewShotM
     backbone.eval()
     with torch.no_grad():
         features = backbone.forward_features(torch.zeros(1, channels, image_size, image_size))
-        embedding_dim = backbone(torch.zeros(1, channels, image_size, image_size)).shape[1]
+        embedding_dim = backbone.pool_features(features).shape[1]
     backbone.train(was_training)
     head = build_head(config.head, embedding_dim, tuple(features.shape[1:]), **config.head_options)
     return FewShotModel(backbone, head, channels)

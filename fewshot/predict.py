@@ -64,26 +64,31 @@ def read_images(files: list[Path], image_size: int, channels: int) -> torch.Tens
         raise FewshotError(f"{exc} (every query must be an image file)") from None
 
 
-def predict(model: FewShotModel, support_folder: str | os.PathLike, queries: list[str], image_size: int,
-            channels: int, device: torch.device | str = "cpu", batch_size: int = 256) -> list[dict]:
-    """For each query: ``{"query", "predicted", "probabilities": {class: p}}``."""
+def classify_images(model: FewShotModel, support: torch.Tensor, labels: torch.Tensor, names: list[str],
+                    query_images: torch.Tensor, query_files: list[Path], device: torch.device | str = "cpu",
+                    batch_size: int = 256) -> list[dict]:
+    """For each decoded query: ``{"query", "predicted", "probabilities": {class: p}}``."""
     device = torch.device(device)
-    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
-    query_files = expand_queries(queries)
-    query_images = read_images(query_files, image_size, channels)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.embed(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
+
     model.eval()
-    results = []
     with torch.inference_mode():
         if model.head.adapts_backbone:
             logits = model(support.to(device), labels.to(device), query_images.to(device), len(names))
         else:
-            support_features = torch.cat([model.embed(support[i:i + batch_size].to(device))
-                                          for i in range(0, len(support), batch_size)])
-            query_features = torch.cat([model.embed(query_images[i:i + batch_size].to(device))
-                                        for i in range(0, len(query_images), batch_size)])
-            logits = model.classify(support_features, labels.to(device), query_features, len(names))
+            logits = model.classify(embed(support), labels.to(device), embed(query_images), len(names))
         probabilities = model.head.probabilities(logits).cpu()
-    for path, probs in zip(query_files, probabilities):
-        results.append({"query": str(path), "predicted": names[int(probs.argmax())],
-                        "probabilities": {name: float(p) for name, p in zip(names, probs)}})
-    return results
+    return [{"query": str(path), "predicted": names[int(probs.argmax())],
+             "probabilities": {name: float(p) for name, p in zip(names, probs)}}
+            for path, probs in zip(query_files, probabilities)]
+
+
+def predict(model: FewShotModel, support_folder: str | os.PathLike, queries: list[str], image_size: int,
+            channels: int, device: torch.device | str = "cpu", batch_size: int = 256) -> list[dict]:
+    """Read the support folder and the queries, then :func:`classify_images`."""
+    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
+    query_files = expand_queries(queries)
+    query_images = read_images(query_files, image_size, channels)
+    return classify_images(model, support, labels, names, query_images, query_files, device, batch_size)

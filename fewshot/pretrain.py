@@ -90,10 +90,7 @@ def pretrain(config: Config, run_dir: str | Path, progress: bool = True, log: Ca
     val_spec = phase_spec(config.data, "val", required=False)
     val_split = open_phase(config, val_spec, ecfg.ways, ecfg.shots, ecfg.queries, progress) if val_spec else None
     classes = len(base)
-    with torch.no_grad():
-        model.backbone.eval()
-        dim = model.backbone(torch.zeros(1, config.data.channels, config.data.image_size, config.data.image_size,
-                                         device=device)).shape[1]
+    dim = model.head.embedding_dim
     classifier = (CosineClassifier(dim, classes, pcfg.cosine_scale) if pcfg.classifier == "cosine"
                   else nn.Linear(dim, classes)).to(device)
     parameters = list(model.backbone.parameters()) + list(classifier.parameters())
