@@ -31,10 +31,10 @@ ROWS = {
     "protonet-1shot": ("protonet-omniglot.yaml", 1, ["train.shots=1", "train.episodes=6000", "eval.shots=1"]),
     "protonet-5shot": ("protonet-omniglot.yaml", 5, ["train.shots=5", "train.episodes=2000", "train.step_size=1000",
                                                      "eval.shots=5"]),
-    "relation-1shot": ("relation-omniglot.yaml", 1, ["train.shots=1", "train.queries=19", "train.episodes=3000",
+    "relation-1shot": ("relation-omniglot.yaml", 1, ["train.shots=1", "train.queries=19", "train.episodes=6000",
                                                      "train.step_size=1500", "eval.shots=1"]),
-    "relation-5shot": ("relation-omniglot.yaml", 5, ["train.shots=5", "train.queries=15", "train.episodes=6000",
-                                                     "train.step_size=3000", "eval.shots=5"]),
+    "relation-5shot": ("relation-omniglot.yaml", 5, ["train.shots=5", "train.queries=15", "train.episodes=3000",
+                                                     "train.step_size=1500", "eval.shots=5"]),
 }
 
 
@@ -49,7 +49,10 @@ def run_row(name: str, device: str, runs: Path, results: Path) -> None:
     run_dir = runs / f"omniglot-{name}"
     sets = [item for override in overrides for item in ("--set", override)]
     started = time.perf_counter()
-    if not (run_dir / "summary.json").exists():
+    budget = int(next(o.split("=")[1] for o in overrides if o.startswith("train.episodes=")))
+    finished = run_dir / "summary.json"
+    if not finished.exists() or json.loads(finished.read_text())["episodes"] < budget:
+        # A row whose budget was raised resumes its run from the last checkpoint (exact resume).
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").exists() else []
         fewshot("train", f"configs/{config}", *sets, "--set", f"train.device={device}", "--out", str(run_dir),
                 "--no-progress", *resume)

@@ -187,8 +187,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = open_phase(config, spec, ways, shots, queries, progress=not args.no_progress)
     result = evaluate(model, split, ways, shots, queries, episodes_count, seed=args.seed, device=device,
                       batch_size=args.batch_size, progress=not args.no_progress, fast=False if args.plain else None,
-                      refine=args.refine, refine_steps=args.refine_steps, threshold=args.threshold,
-                      per_class=args.per_class)
+                      precision=args.precision, refine=args.refine, refine_steps=args.refine_steps,
+                      threshold=args.threshold, per_class=args.per_class)
     result.extra.update({"backbone": config.model.backbone, "head": config.model.head, "data": spec.describe(),
                          "checkpoint": args.checkpoint})
     print(result.summary() + (f" [refined: {args.refine}]" if args.refine != "none" else ""))
@@ -348,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256, help="images per embedding batch (default 256)")
     evaluate.add_argument("--plain", action="store_true",
                           help="embed every episode from its images instead of embedding each image once")
+    evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                          help="auto (default): bfloat16 autocast on CUDA, float32 on the CPU; bf16: bfloat16 "
+                               "autocast on the CPU too (about 2x faster on CPUs with AVX512-BF16/AMX, accuracy "
+                               "may move by a fraction of the interval); fp32: no autocast anywhere")
     evaluate.add_argument("--refine", choices=("none", "soft_kmeans", "self_training"), default="none",
                           help="transductive refinement with the episode's unlabelled queries: soft k-means of the "
                                "prototypes (Ren et al. 2018) or self-training on confident pseudo-labels")

@@ -1,9 +1,10 @@
 """Episodic evaluation: mean accuracy over episodes with its 95% confidence interval.
 
-When the head leaves the backbone unchanged at test time (every head but fine-tuning ones), each
-image of the split is embedded once, in large batches, and the embeddings are reused across all
-episodes; only the head runs per episode. The plain path (``fast=False``) embeds every episode from
-its images, and gives the same accuracies.
+When the head leaves the backbone unchanged at test time (every head but fine-tuning ones), all
+episodes are drawn first, each image they use is embedded once, in large batches, and the embeddings
+are reused across episodes; the head then classifies a chunk of episodes in one batched call
+(:meth:`fewshot.heads.Head.forward_episodes`). The plain path (``fast=False``) embeds every episode
+from its images, and gives the same accuracies.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from einops import rearrange
 
-from episodes import EpisodeSampler, FewShotSplit
+from episodes import EpisodeIndices, EpisodeSampler, FewShotSplit
 
 from .errors import FewshotError
 from .model import FewShotModel
@@ -60,35 +62,44 @@ class EvalResult:
                 **self.extra, "per_episode": [float(a) for a in self.accuracies]}
 
 
-def embed_split(model: FewShotModel, split: FewShotSplit, device: torch.device, batch_size: int = 256,
-                progress: bool = True, amp: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-    """Embed every image of every class once.
+def episode_slots(drawn: list[EpisodeIndices], offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slot ids (``offsets[class] + position``) of every episode's images, labels class-major:
+    support ``(E, ways*shots)`` and query ``(E, ways*queries)``."""
+    base = offsets[np.stack([d.classes for d in drawn])][:, :, None]  # (E, ways, 1)
+    support = base + np.stack([d.support for d in drawn])  # (E, ways, shots)
+    query = base + np.stack([d.query for d in drawn])  # (E, ways, queries)
+    return rearrange(support, "e w s -> e (w s)"), rearrange(query, "e w q -> e (w q)")
 
-    Returns ``features`` ``(sum(class_sizes), *F)`` on ``device`` and ``offsets`` ``(classes,)``: image
-    ``p`` of class ``c`` is row ``offsets[c] + p``.
-    """
+
+def embed_slots(model: FewShotModel, split: FewShotSplit, slots: np.ndarray, offsets: np.ndarray,
+                device: torch.device, batch_size: int = 256, progress: bool = True,
+                precision: str = "auto") -> torch.Tensor:
+    """Embed the images at the sorted, distinct ``slots`` (image ``p`` of class ``c`` is slot
+    ``offsets[c] + p``), each once, in batches of ``batch_size``: ``(len(slots), *F)`` on ``device``."""
     from tqdm.auto import tqdm
 
-    sizes = np.asarray(split.class_sizes)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    classes = np.searchsorted(offsets, slots, side="right") - 1
     chunks: list[torch.Tensor] = []
     pending: list[torch.Tensor] = []
     waiting = 0
-    bar = tqdm(total=int(sizes.sum()), desc="embedding", unit="img", disable=None if progress else True,
-               leave=False)
+    bar = tqdm(total=len(slots), desc="embedding", unit="img", disable=None if progress else True, leave=False)
 
     def flush():
         nonlocal pending, waiting
         batch = torch.cat(pending).to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, precision):
             chunks.append(model.embed(batch).float())
         bar.update(len(batch))
         pending, waiting = [], 0
 
-    for class_id, size in enumerate(sizes):
-        images = split.images(class_id, np.arange(size))
-        for start in range(0, size, batch_size):
-            part = images[start:start + batch_size]
+    bounds = np.flatnonzero(np.diff(classes)) + 1
+    for group in np.split(np.arange(len(slots)), bounds):
+        if not len(group):
+            continue
+        class_id = int(classes[group[0]])
+        positions = slots[group] - offsets[class_id]
+        for start in range(0, len(positions), batch_size):
+            part = split.images(class_id, positions[start:start + batch_size])
             pending.append(part)
             waiting += len(part)
             if waiting >= batch_size:
@@ -96,20 +107,20 @@ def embed_split(model: FewShotModel, split: FewShotSplit, device: torch.device, 
     if pending:
         flush()
     bar.close()
-    return torch.cat(chunks), offsets
+    return torch.cat(chunks)
 
 
 def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, queries: int, episodes: int,
              seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256, fast: bool | None = None,
-             progress: bool = True, amp: bool = True, refine: str = "none", refine_steps: int = 1,
+             progress: bool = True, precision: str = "auto", refine: str = "none", refine_steps: int = 1,
              threshold: float = 0.9, per_class: bool = False) -> EvalResult:
     """Accuracy of ``model`` on ``episodes`` episodes of ``split`` (episode ``i`` of ``seed``).
 
+    ``precision``: ``auto`` (bfloat16 autocast on CUDA, float32 on the CPU), ``fp32`` or ``bf16``
+    (bfloat16 autocast on any device, see :func:`fewshot.runtime.autocast`).
     ``refine``: ``none``, ``soft_kmeans`` or ``self_training`` (see :mod:`fewshot.refine`).
     ``per_class``: also gather every query's true and predicted class, for :func:`per_class_report`.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     sampler = EpisodeSampler(split.class_sizes, ways, shots, queries, seed)
     adapts = model.head.adapts_backbone
@@ -117,52 +128,91 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
         raise FewshotError(f"refinement '{refine}' works on embeddings; head '{type(model.head).__name__}' "
                            "adapts the backbone per episode: use --refine none")
     fast = not adapts if fast is None else fast and not adapts
-    truth: list[np.ndarray] = []
-    predicted: list[np.ndarray] = []
     was_training = model.training
     model.eval()
-    accuracies = np.zeros(episodes)
     start = time.perf_counter()
-    support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
-    query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
     try:
         with torch.inference_mode():
-            if fast:
-                features, offsets = embed_split(model, split, device, batch_size, progress, amp)
-            bar = tqdm(range(episodes), desc="evaluating", unit="episode", disable=None if progress else True,
-                       leave=False)
-            for i in bar:
-                drawn = sampler.sample(i)
-                if fast:
-                    base = offsets[drawn.classes][:, None]
-                    support_ids = torch.from_numpy((base + drawn.support).ravel()).to(device)
-                    query_ids = torch.from_numpy((base + drawn.query).ravel()).to(device)
-                    support_features, query_features = features[support_ids], features[query_ids]
-                else:
-                    episode = split.episode(drawn).to(device)
-                    with autocast(device, amp):
-                        if adapts:
-                            logits = model(episode.support, support_labels, episode.query, ways)
-                        else:
-                            embedded = model.embed(torch.cat([episode.support, episode.query])).float()
-                            support_features, query_features = embedded[: ways * shots], embedded[ways * shots:]
-                if not adapts:
-                    logits = classify_refined(model, support_features, support_labels, query_features, ways,
-                                              refine, refine_steps, threshold)
-                guesses = logits.argmax(dim=1)
-                accuracies[i] = (guesses == query_labels).float().mean().item()
-                if per_class:
-                    truth.append(np.repeat(drawn.classes, queries))
-                    predicted.append(drawn.classes[guesses.cpu().numpy()])
+            run = _evaluate_embedded if fast else _evaluate_per_episode
+            accuracies, truth, predicted = run(model, split, sampler, episodes, device, batch_size, progress,
+                                               precision, refine, refine_steps, threshold)
     finally:
         model.train(was_training)
     result = EvalResult(accuracies, ways, shots, queries, time.perf_counter() - start, seed)
     if refine != "none":
         result.extra["refine"] = refine
     if per_class:
-        result.extra["per_class"] = per_class_report(split.class_names, np.concatenate(truth),
-                                                     np.concatenate(predicted))
+        result.extra["per_class"] = per_class_report(split.class_names, truth, predicted)
     return result
+
+
+def _evaluate_embedded(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
+                       refine_steps, threshold, chunk: int = 100):
+    """Fast path: embed every image the episodes use once, then classify ``chunk`` episodes at a time
+    (one batched head call when there is no refinement)."""
+    from tqdm.auto import tqdm
+
+    ways, shots, queries = sampler.ways, sampler.shots, sampler.queries
+    sizes = np.asarray(split.class_sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    drawn = [sampler.sample(i) for i in range(episodes)]
+    support_slots, query_slots = episode_slots(drawn, offsets)
+    slots = np.unique(np.concatenate([support_slots.ravel(), query_slots.ravel()]))
+    features = embed_slots(model, split, slots, offsets, device, batch_size, progress, precision)
+    support_rows = torch.from_numpy(np.searchsorted(slots, support_slots)).to(device)
+    query_rows = torch.from_numpy(np.searchsorted(slots, query_slots)).to(device)
+    support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
+    query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
+    guesses = torch.empty(episodes, ways * queries, dtype=torch.long, device=device)
+    bar = tqdm(total=episodes, desc="evaluating", unit="episode", disable=None if progress else True, leave=False)
+    for first in range(0, episodes, chunk):
+        part = slice(first, min(first + chunk, episodes))
+        support, query = features[support_rows[part]], features[query_rows[part]]  # (e, ways*shots|queries, *F)
+        if refine == "none":
+            logits = model.classify_episodes(support, support_labels, query, ways)
+        else:
+            logits = torch.stack([classify_refined(model, s, support_labels, q, ways, refine, refine_steps, threshold)
+                                  for s, q in zip(support, query)])
+        guesses[part] = logits.argmax(dim=-1)
+        bar.update(part.stop - part.start)
+    bar.close()
+    guesses = guesses.cpu().numpy()
+    accuracies = (guesses == query_labels.cpu().numpy()).mean(axis=1)
+    classes = np.stack([d.classes for d in drawn])  # (E, ways)
+    truth = np.repeat(classes, queries, axis=1).ravel()
+    predicted = np.take_along_axis(classes, guesses, axis=1).ravel()
+    return accuracies, truth, predicted
+
+
+def _evaluate_per_episode(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
+                          refine_steps, threshold):
+    """Plain path: gather and embed each episode's images, then classify it (heads that adapt the
+    backbone run here)."""
+    from tqdm.auto import tqdm
+
+    ways, shots, queries = sampler.ways, sampler.shots, sampler.queries
+    with torch.inference_mode(False):  # heads that fine-tune on the support need labels autograd accepts
+        support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
+    query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
+    accuracies = np.zeros(episodes)
+    truth: list[np.ndarray] = []
+    predicted: list[np.ndarray] = []
+    for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=None if progress else True,
+                  leave=False):
+        drawn = sampler.sample(i)
+        episode = split.episode(drawn).to(device)
+        with autocast(device, precision):
+            if model.head.adapts_backbone:
+                logits = model(episode.support, support_labels, episode.query, ways)
+            else:
+                embedded = model.embed(torch.cat([episode.support, episode.query])).float()
+                logits = classify_refined(model, embedded[: ways * shots], support_labels, embedded[ways * shots:],
+                                          ways, refine, refine_steps, threshold)
+        guesses = logits.argmax(dim=1)
+        accuracies[i] = (guesses == query_labels).cpu().numpy().mean()
+        truth.append(np.repeat(drawn.classes, queries))
+        predicted.append(drawn.classes[guesses.cpu().numpy()])
+    return accuracies, np.concatenate(truth), np.concatenate(predicted)
 
 
 def per_class_report(class_names: list[str], truth: np.ndarray, predicted: np.ndarray) -> dict:

@@ -41,6 +41,11 @@ class FewShotModel(nn.Module):
         """Logits ``(Q, ways)`` from features already embedded by :meth:`embed`."""
         return self.head(support_features.float(), support_labels, query_features.float(), ways)
 
+    def classify_episodes(self, support_features: torch.Tensor, support_labels: torch.Tensor,
+                          query_features: torch.Tensor, ways: int) -> torch.Tensor:
+        """Logits ``(E, Q, ways)`` for ``E`` episodes of embedded features ``(E, S, *F)`` / ``(E, Q, *F)``."""
+        return self.head.forward_episodes(support_features.float(), support_labels, query_features.float(), ways)
+
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 ways: int) -> torch.Tensor:
         if self.head.adapts_backbone:

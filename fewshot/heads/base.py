@@ -41,6 +41,13 @@ class Head(nn.Module):
                 ways: int) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def forward_episodes(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                         ways: int) -> torch.Tensor:
+        """Several episodes of one shape at once: ``support`` ``(E, ways*shots, *F)``, ``query``
+        ``(E, Q, *F)``, labels shared -> logits ``(E, Q, ways)``. One episode at a time by default; heads
+        with a batched form override it (the evaluator calls this)."""
+        return torch.stack([self(s, support_labels, q, ways) for s, q in zip(support, query)])
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Training loss for logits ``(Q, ways)`` and labels ``(Q,)``: cross-entropy by default."""
         return F.cross_entropy(logits, labels)

@@ -29,3 +29,13 @@ class ProtoNet(Head):
             similarity = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
             return similarity * self.log_temperature.exp()
         return -torch.cdist(query, prototypes).pow(2)  # (Q, ways)
+
+    def forward_episodes(self, support, support_labels, query, ways):
+        """Batched over episodes: prototypes ``(E, ways, D)`` from one matrix product, distances by one
+        batched ``cdist``."""
+        weights = F.one_hot(support_labels, ways).T.to(support.dtype)  # (ways, S)
+        prototypes = torch.einsum("ws,esd->ewd", weights / weights.sum(1, keepdim=True), support)
+        if self.distance == "cosine":
+            similarity = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+            return similarity * self.log_temperature.exp()
+        return -torch.cdist(query, prototypes).pow(2)  # (E, Q, ways)
