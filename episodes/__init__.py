@@ -8,6 +8,7 @@ from .dataset import Episode, EpisodeDataset, FewShotSplit, LabelledImages, drop
 from .discovery import IMAGE_EXTENSIONS, ImageClass, discover_classes
 from .errors import CorruptImageError, EpisodesError, EpisodesWarning
 from .images import decode_image, normalization, normalize, train_augmentation
+from .learn2learn_tasks import episodes_from_taskset, task_to_episode
 from .sampler import EpisodeIndices, EpisodeSampler
 from .splits import SplitSpec, resolve_split
 
@@ -15,5 +16,5 @@ __all__ = [
     "IMAGE_EXTENSIONS", "CorruptImageError", "Episode", "EpisodeDataset", "EpisodeIndices", "EpisodeSampler",
     "EpisodesError", "EpisodesWarning", "FewShotSplit", "LabelledImages", "ImageClass", "SplitSpec", "decode_image",
     "default_cache_dir", "discover_classes", "drop_small_classes", "load_decoded", "normalization", "normalize",
-    "open_split", "resolve_split", "train_augmentation",
+    "episodes_from_taskset", "open_split", "resolve_split", "task_to_episode", "train_augmentation",
 ]

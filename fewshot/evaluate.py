@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import torch
 from einops import rearrange
 
-from episodes import EpisodeIndices, EpisodeSampler, FewShotSplit
+from episodes import Episode, EpisodeIndices, EpisodeSampler, FewShotSplit
 
 from .errors import FewshotError
 from .model import FewShotModel
@@ -184,16 +185,24 @@ def _evaluate_embedded(model, split, sampler, episodes, device, batch_size, prog
     return accuracies, truth, predicted
 
 
+def classify_episode(model: FewShotModel, episode: Episode, precision: str = "auto", refine: str = "none",
+                     refine_steps: int = 1, threshold: float = 0.9) -> torch.Tensor:
+    """Query logits ``(ways*queries, ways)`` of one episode, embedded from its images (heads that adapt
+    the backbone adapt it here)."""
+    ways, count = episode.ways, len(episode.support)
+    with autocast(episode.support.device, precision):
+        if model.head.adapts_backbone:
+            return model(episode.support, episode.support_labels, episode.query, ways)
+        embedded = model.embed(torch.cat([episode.support, episode.query])).float()
+    return classify_refined(model, embedded[:count], episode.support_labels, embedded[count:], ways, refine,
+                            refine_steps, threshold)
+
+
 def _evaluate_per_episode(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
                           refine_steps, threshold):
-    """Plain path: gather and embed each episode's images, then classify it (heads that adapt the
-    backbone run here)."""
+    """Plain path: gather and embed each episode's images, then classify it."""
     from tqdm.auto import tqdm
 
-    ways, shots, queries = sampler.ways, sampler.shots, sampler.queries
-    with torch.inference_mode(False):  # heads that fine-tune on the support need labels autograd accepts
-        support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
-    query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
     accuracies = np.zeros(episodes)
     truth: list[np.ndarray] = []
     predicted: list[np.ndarray] = []
@@ -201,18 +210,40 @@ def _evaluate_per_episode(model, split, sampler, episodes, device, batch_size, p
                   leave=False):
         drawn = sampler.sample(i)
         episode = split.episode(drawn).to(device)
-        with autocast(device, precision):
-            if model.head.adapts_backbone:
-                logits = model(episode.support, support_labels, episode.query, ways)
-            else:
-                embedded = model.embed(torch.cat([episode.support, episode.query])).float()
-                logits = classify_refined(model, embedded[: ways * shots], support_labels, embedded[ways * shots:],
-                                          ways, refine, refine_steps, threshold)
-        guesses = logits.argmax(dim=1)
-        accuracies[i] = (guesses == query_labels).cpu().numpy().mean()
-        truth.append(np.repeat(drawn.classes, queries))
+        guesses = classify_episode(model, episode, precision, refine, refine_steps, threshold).argmax(dim=1)
+        accuracies[i] = (guesses == episode.query_labels).cpu().numpy().mean()
+        truth.append(np.repeat(drawn.classes, sampler.queries))
         predicted.append(drawn.classes[guesses.cpu().numpy()])
     return accuracies, np.concatenate(truth), np.concatenate(predicted)
+
+
+def evaluate_episodes(model: FewShotModel, episodes: Iterable[Episode], device: torch.device | str = "cpu",
+                      precision: str = "auto", refine: str = "none", refine_steps: int = 1, threshold: float = 0.9,
+                      progress: bool = True) -> EvalResult:
+    """Accuracy and 95% interval over episodes made elsewhere (e.g. a learn2learn task pipeline through
+    :func:`episodes.episodes_from_taskset`); every episode is embedded from its own images."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    accuracies = []
+    shape = None
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for episode in tqdm(episodes, desc="evaluating", unit="episode", disable=None if progress else True,
+                                leave=False):
+                episode = episode.to(device)
+                shape = shape or (episode.ways, len(episode.support) // episode.ways,
+                                  len(episode.query) // episode.ways)
+                logits = classify_episode(model, episode, precision, refine, refine_steps, threshold)
+                accuracies.append((logits.argmax(dim=1) == episode.query_labels).cpu().numpy().mean())
+    finally:
+        model.train(was_training)
+    if not accuracies:
+        raise FewshotError("no episodes to evaluate")
+    return EvalResult(np.asarray(accuracies), *shape, time.perf_counter() - start)
 
 
 def per_class_report(class_names: list[str], truth: np.ndarray, predicted: np.ndarray) -> dict:

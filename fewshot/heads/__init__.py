@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from ..backbones import check_options
 from ..errors import FewshotError
+from .anil import ANIL
 from .base import Head, class_means
 from .finetune import FineTune
 from .linear_probe import LinearProbe
+from .maml import MAML
 from .protonet import ProtoNet
 from .relation import RelationNet
 
@@ -19,6 +21,8 @@ HEADS: dict[str, type[Head]] = {
     "relation": RelationNet,
     "linear_probe": LinearProbe,
     "finetune": FineTune,
+    "maml": MAML,
+    "anil": ANIL,
 }
 
 

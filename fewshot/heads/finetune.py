@@ -47,7 +47,7 @@ class FineTune(Head):
 
     def _fit_classifier(self, features, labels, ways):
         with torch.inference_mode(False), torch.enable_grad():
-            features = F.normalize(features.clone(), dim=-1)
+            features, labels = F.normalize(features.clone(), dim=-1), labels.clone()
             classifier = self._new_classifier(features, labels, ways)
             optimizer = torch.optim.Adam(classifier.parameters(), lr=self.head_lr)
             for _ in range(self.steps):
@@ -72,7 +72,8 @@ class FineTune(Head):
         augment = train_augmentation(self.augment, support.shape[-1], support.shape[1])
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                support, query = support.clone(), query.clone()
+                # clones: inputs made under inference_mode cannot take part in autograd
+                support, query, support_labels = support.clone(), query.clone(), support_labels.clone()
                 for p in backbone.parameters():
                     p.requires_grad_(False)
                 backbone.eval()

@@ -1,0 +1,27 @@
+"""ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the classifier.
+
+The backbone embeds support and query once per episode (BatchNorm with batch statistics, as in
+:mod:`fewshot.heads.maml`); the classifier takes the inner steps on the support embeddings; the query
+loss trains the backbone and the classifier's initial weights (second order through the classifier
+steps unless ``first_order: true``). Far cheaper than MAML: no backbone pass per inner step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .maml import MAML, batch_statistics
+
+
+class ANIL(MAML):
+    def adapt(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+              ways: int) -> torch.Tensor:
+        """Embed ``support`` ``(ways*shots, C, H, W)`` and ``query`` ``(Q, C, H, W)``, adapt the classifier
+        on the support embeddings and return query logits ``(Q, ways)``."""
+        with torch.inference_mode(False), torch.enable_grad(), batch_statistics(backbone):
+            state = {**dict(backbone.named_parameters()), **{n: b.clone() for n, b in backbone.named_buffers()}}
+            support_features = functional_call(backbone, state, (support.clone(),))
+            query_features = functional_call(backbone, state, (query.clone(),))
+            return self(support_features, support_labels, query_features, ways)
