@@ -25,7 +25,8 @@ sys.path.insert(0, str(HERE))
 from records import append_record, latest_records  # noqa: E402
 ROOT = HERE.parent
 PUBLISHED = {("protonet", 5, 1): 98.8, ("protonet", 5, 5): 99.7, ("protonet", 20, 1): 96.0, ("protonet", 20, 5): 98.9,
-             ("relation", 5, 1): 99.6, ("relation", 5, 5): 99.8, ("relation", 20, 1): 97.6, ("relation", 20, 5): 99.1}
+             ("relation", 5, 1): 99.6, ("relation", 5, 5): 99.8, ("relation", 20, 1): 97.6, ("relation", 20, 5): 99.1,
+             ("maml", 5, 1): 98.7, ("maml", 5, 5): 99.9}
 
 ROWS = {
     "protonet-1shot": ("protonet-omniglot.yaml", 1, ["train.shots=1", "train.episodes=6000", "eval.shots=1"]),
@@ -35,6 +36,9 @@ ROWS = {
                                                      "train.step_size=1500", "eval.shots=1"]),
     "relation-5shot": ("relation-omniglot.yaml", 5, ["train.shots=5", "train.queries=15", "train.episodes=3000",
                                                      "train.step_size=1500", "eval.shots=5"]),
+    # MAML's classifier has 5 outputs (the paper's 5-way model): evaluated 5-way only.
+    "maml-1shot": ("maml-omniglot.yaml", 1, ["train.queries=5", "train.episodes=10000", "train.step_size=5000",
+                                             "train.val_every=2000"], (5,)),
 }
 
 
@@ -45,7 +49,7 @@ def fewshot(*args: str) -> None:
 
 
 def run_row(name: str, device: str, runs: Path, results: Path) -> None:
-    config, shots, overrides = ROWS[name]
+    config, shots, overrides, *ways_evaluated = ROWS[name]
     run_dir = runs / f"omniglot-{name}"
     sets = [item for override in overrides for item in ("--set", override)]
     started = time.perf_counter()
@@ -57,8 +61,8 @@ def run_row(name: str, device: str, runs: Path, results: Path) -> None:
         fewshot("train", f"configs/{config}", *sets, "--set", f"train.device={device}", "--out", str(run_dir),
                 "--no-progress", *resume)
     summary = json.loads((run_dir / "summary.json").read_text())
-    head = "relation" if config.startswith("relation") else "protonet"
-    for ways in (5, 20):
+    head = config.split("-")[0]
+    for ways in (ways_evaluated[0] if ways_evaluated else (5, 20)):
         out = run_dir / f"test-{ways}way-{shots}shot.json"
         fewshot("eval", str(run_dir), "--ways", str(ways), "--shots", str(shots), "--queries", "15",
                 "--episodes", "1000", "--seed", "0", "--json", str(out), "--device", device, "--no-progress")

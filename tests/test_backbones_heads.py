@@ -179,3 +179,13 @@ def test_relation_split_first_convolution_equals_scoring_concatenated_pairs():
                        query.unsqueeze(1).expand(-1, 3, -1, -1, -1)], dim=2).reshape(12, 32, 5, 5)
     direct = head.scorer(head.blocks(pairs).mean(dim=(2, 3), keepdim=True)).reshape(4, 3)
     assert torch.allclose(head(support, labels, query, 3), direct, atol=1e-5)
+
+
+def test_relation_scorer_starts_with_every_hidden_unit_alive():
+    torch.manual_seed(0)
+    head = build_head("relation", 16 * 25, (16, 5, 5))
+    pairs = torch.randn(200, 64, 1, 1)  # pooled relation features of 200 pairs
+    hidden = head.scorer[1](head.scorer[0](pairs))  # before the ReLU
+    assert (hidden > 0).all(), "Sung et al.'s init (biases 1): no hidden unit starts dead"
+    scores = head.scorer(pairs).flatten()
+    assert scores.std() > 0

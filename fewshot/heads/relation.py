@@ -37,6 +37,16 @@ class RelationNet(Head):
         self.scorer = nn.Sequential(nn.Flatten(), nn.Linear(hidden_channels, hidden_units), nn.ReLU(inplace=True),
                                     nn.Linear(hidden_units, 1))
         self.loss_name = loss
+        self.init_scorer()
+
+    def init_scorer(self) -> None:
+        """Sung et al.'s initialisation of the scoring layers: weights N(0, 0.01), biases 1. The hidden
+        units then start alive; with PyTorch's default all of them can die, and the module outputs one
+        constant score for every pair (chance accuracy, seen on tinyimagenet-fs from scratch)."""
+        for layer in self.scorer:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.ones_(layer.bias)
 
     def forward(self, support, support_labels, query, ways):
         prototypes = class_means(support, support_labels, ways)  # (ways, D, h, w)
