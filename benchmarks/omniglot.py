@@ -29,7 +29,7 @@ PUBLISHED = {("protonet", 5, 1): 98.8, ("protonet", 5, 5): 99.7, ("protonet", 20
              ("maml", 5, 1): 98.7, ("maml", 5, 5): 99.9}
 
 ROWS = {
-    "protonet-1shot": ("protonet-omniglot.yaml", 1, ["train.shots=1", "train.episodes=6000", "eval.shots=1"]),
+    "protonet-1shot": ("protonet-omniglot.yaml", 1, ["train.shots=1", "train.episodes=9000", "eval.shots=1"]),
     "protonet-5shot": ("protonet-omniglot.yaml", 5, ["train.shots=5", "train.episodes=2000", "train.step_size=1000",
                                                      "eval.shots=5"]),
     "relation-1shot": ("relation-omniglot.yaml", 1, ["train.shots=1", "train.queries=19", "train.episodes=6000",
