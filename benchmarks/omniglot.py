@@ -37,7 +37,7 @@ ROWS = {
     "relation-5shot": ("relation-omniglot.yaml", 5, ["train.shots=5", "train.queries=15", "train.episodes=3000",
                                                      "train.step_size=1500", "eval.shots=5"]),
     # MAML's classifier has 5 outputs (the paper's 5-way model): evaluated 5-way only.
-    "maml-1shot": ("maml-omniglot.yaml", 1, ["train.queries=5", "train.episodes=10000", "train.step_size=5000",
+    "maml-1shot": ("maml-omniglot.yaml", 1, ["train.queries=5", "train.episodes=20000", "train.step_size=5000",
                                              "train.val_every=2000"], (5,)),
 }
 
