@@ -30,14 +30,14 @@ PUBLISHED = {("protonet", 5, 1): 98.8, ("protonet", 5, 5): 99.7, ("protonet", 20
 
 ROWS = {
     "protonet-1shot": ("protonet-omniglot.yaml", 1, ["train.shots=1", "train.episodes=9000", "eval.shots=1"]),
-    "protonet-5shot": ("protonet-omniglot.yaml", 5, ["train.shots=5", "train.episodes=2000", "train.step_size=1000",
+    "protonet-5shot": ("protonet-omniglot.yaml", 5, ["train.shots=5", "train.episodes=4000", "train.step_size=1000",
                                                      "eval.shots=5"]),
     "relation-1shot": ("relation-omniglot.yaml", 1, ["train.shots=1", "train.queries=19", "train.episodes=6000",
                                                      "train.step_size=1500", "eval.shots=1"]),
     "relation-5shot": ("relation-omniglot.yaml", 5, ["train.shots=5", "train.queries=15", "train.episodes=3000",
                                                      "train.step_size=1500", "eval.shots=5"]),
     # MAML's classifier has 5 outputs (the paper's 5-way model): evaluated 5-way only.
-    "maml-1shot": ("maml-omniglot.yaml", 1, ["train.queries=5", "train.episodes=20000", "train.step_size=5000",
+    "maml-1shot": ("maml-omniglot.yaml", 1, ["train.queries=5", "train.episodes=16000", "train.step_size=5000",
                                              "train.val_every=2000"], (5,)),
 }
 

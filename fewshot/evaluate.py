@@ -148,7 +148,7 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
 
 
 def _evaluate_embedded(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
-                       refine_steps, threshold, chunk: int = 100):
+                       refine_steps, threshold, chunk: int = 10):
     """Fast path: embed every image the episodes use once, then classify ``chunk`` episodes at a time
     (one batched head call when there is no refinement)."""
     from tqdm.auto import tqdm

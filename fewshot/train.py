@@ -329,7 +329,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: bool, log: Cal
                     if context.is_main:
                         result = evaluate(model, val_split, ecfg.ways, ecfg.shots, ecfg.queries, tcfg.val_episodes,
                                           seed=config.seed + VAL_SEED_OFFSET, device=device,
-                                          batch_size=ecfg.batch_size, progress=False, precision=tcfg.amp)
+                                          batch_size=ecfg.batch_size, progress=False,
+                                          precision="auto" if tcfg.amp else "fp32")
                         metrics.write({"kind": "val", "episode": state.step, "accuracy": result.accuracy,
                                        "ci95": result.ci95})
                         bar.write(f"episode {state.step}: validation {result.summary()}")
