@@ -132,18 +132,25 @@ def run_eval_ours(args) -> dict:
             "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb()}
 
 
-def run_eval_easyfsl(args) -> dict:
+def easyfsl_protonet(args):
+    """easyfsl's ``PrototypicalNetworks`` around our backbone with the shared weights, in the default
+    (contiguous) memory format an easyfsl user has."""
     import torch
 
     from peers import import_easyfsl
 
     import_easyfsl()
     from easyfsl.methods import PrototypicalNetworks
-    from easyfsl.utils import evaluate
 
     torch.manual_seed(0)
-    model = PrototypicalNetworks(build_our_model(args.backbone, args.weights, args.size).backbone
-                                 .to(memory_format=torch.contiguous_format))
+    backbone = build_our_model(args.backbone, args.weights, args.size).backbone
+    return PrototypicalNetworks(backbone.to(memory_format=torch.contiguous_format))
+
+
+def run_eval_easyfsl(args) -> dict:
+    model = easyfsl_protonet(args)  # also puts easyfsl on the import path
+    from easyfsl.utils import evaluate
+
     loader = easyfsl_loader(args, our_episodes(args.data, args.size, args.peer_episodes, args.cache_dir))
     start = time.perf_counter()  # easyfsl's pipeline from here: decode, embed and classify every episode
     accuracy = evaluate(model, loader, device="cpu", use_tqdm=False)
@@ -179,14 +186,7 @@ def run_train_easyfsl(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from peers import import_easyfsl
-
-    import_easyfsl()
-    from easyfsl.methods import PrototypicalNetworks
-
-    torch.manual_seed(0)
-    model = PrototypicalNetworks(build_our_model(args.backbone, args.weights, args.size).backbone
-                                 .to(memory_format=torch.contiguous_format)).train()
+    model = easyfsl_protonet(args).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
     loader = easyfsl_loader(args, our_episodes(args.data, args.size, args.warmup + args.steps, args.cache_dir))
     started = None
