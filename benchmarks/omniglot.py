@@ -42,6 +42,12 @@ ROWS = {
 }
 
 
+OMNIGLOT = "../shared/data/omniglot"  # the configs name placeholder paths; the real ones are passed here
+DATA_SETS = ["--set", f"data.root=[{OMNIGLOT}/images_background, {OMNIGLOT}/images_evaluation]",
+             *[item for phase in ("train", "val", "test")
+               for item in ("--set", f"data.classes.{phase}={OMNIGLOT}/splits/vinyals/{phase}.txt")]]
+
+
 def fewshot(*args: str) -> None:
     command = [sys.executable, "-m", "fewshot", *args]
     print("$ fewshot " + " ".join(args), flush=True)
@@ -58,8 +64,8 @@ def run_row(name: str, device: str, runs: Path, results: Path) -> None:
     if not finished.exists() or json.loads(finished.read_text())["episodes"] < budget:
         # A row whose budget was raised resumes its run from the last checkpoint (exact resume).
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").exists() else []
-        fewshot("train", f"configs/{config}", *sets, "--set", f"train.device={device}", "--out", str(run_dir),
-                "--no-progress", *resume)
+        fewshot("train", f"configs/{config}", *DATA_SETS, *sets, "--set", f"train.device={device}", "--out",
+                str(run_dir), "--no-progress", *resume)
     summary = json.loads((run_dir / "summary.json").read_text())
     head = config.split("-")[0]
     for ways in (ways_evaluated[0] if ways_evaluated else (5, 20)):

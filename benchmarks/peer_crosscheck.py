@@ -113,7 +113,7 @@ def main() -> None:
             accuracies.append((peer(query).argmax(1) == query_labels).float().mean().item())
     peer_seconds = time.perf_counter() - started
     peer_accuracy = 100 * float(np.mean(accuracies))
-    per_episode_gap = np.abs(np.array(ours["per_episode"]) - np.array(accuracies)).max() * 100
+    per_episode_gap = np.abs(np.array(ours["per_episode"]) - 100 * np.array(accuracies)).max()  # both in percent
     print(f"# peer cross-check, {time.strftime('%Y-%m-%d')}: {' '.join(data_args)} {' '.join(shape)}; model "
           f"{args.checkpoint or args.backbone + ' (seeded random init)'}")
     print("| evaluator | accuracy ± 95% CI | seconds |")

@@ -36,3 +36,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def check_output(path: str | os.PathLike, flag: str, folder: bool = False) -> Path:
+    """Before any work: ``path`` (a file, or a folder when ``folder``) can be written. Raises a one-line
+    error naming ``flag`` otherwise, so a bad output path never throws away a finished computation."""
+    import tempfile
+
+    target = Path(path).expanduser()
+    if not folder and target.is_dir():
+        raise FewshotError(f"{flag} {target} is a folder: give a file name")
+    if folder and target.exists() and not target.is_dir():
+        raise FewshotError(f"{flag} {target} is a file: give a folder")
+    existing = target if folder and target.is_dir() else target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise FewshotError(f"{flag} {target} cannot be written ({exc.strerror or exc} in {existing}): choose "
+                           "another path") from None
+    return target

@@ -2,12 +2,15 @@
 
 A checkpoint is a dict saved with ``torch.save``: ``format``, ``config`` (the full resolved config as a
 dict), ``model`` (state dict), and for training ``optimizer``, ``scheduler``, ``episode`` (episodes
-done), ``best`` (best validation) and ``rng`` (random states).
+done), ``best`` (best validation) and ``rng`` (random states). Every value is a tensor or a plain
+Python value, so checkpoints load with ``weights_only=True`` and a planted pickle cannot run code.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +43,29 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return target
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a fewshot checkpoint (file or run directory), or raise a one-line error."""
-    file = resolve_checkpoint(path)
+def safe_load(file: Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain Python values only, so a file can never
+    run code while it is read. Anything else is a one-line error that does not suggest loosening this."""
     try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:  # not a pickle torch can read at all
+            raise FewshotError(f"cannot read {what} {file}: not a PyTorch file, or a damaged one (re-save or "
+                               "re-download it)") from None
+        raise FewshotError(f"refused to read {what} {file}: it holds the Python object {found.group(1)}, and "
+                           "loading objects other than tensors and plain values could run code; use a file saved "
+                           "by fewshot or a plain state dict") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise FewshotError(f"cannot read checkpoint {file}: {str(exc).splitlines()[0][:200]}") from None
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise FewshotError(f"cannot read {what} {file}: {reason} (is it a PyTorch file, complete and "
+                           "uncorrupted?)") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a fewshot checkpoint (file or run directory) safely, or raise a one-line error."""
+    file = resolve_checkpoint(path)
+    state = safe_load(file, "checkpoint")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise FewshotError(f"{file} is not a fewshot checkpoint (no model and config inside)")
     if state.get("format", 0) > FORMAT:

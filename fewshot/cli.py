@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 from episodes import EpisodesError, EpisodeSampler, SplitSpec, drop_small_classes, resolve_split
 
@@ -24,6 +24,35 @@ def _one_line_warnings() -> None:
         print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
+
+
+def int_at_least(least: int):
+    """An argparse type: an integer >= ``least`` (the error names the value and the bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+POSITIVE, NON_NEGATIVE = int_at_least(1), int_at_least(0)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,15 +107,47 @@ def cmd_glyphs(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_overrides(data: str) -> list[str]:
+    """``--data DIR`` as config overrides: ``train/ val/ test/`` subfolders become the phases when present,
+    else every class folder under DIR is a training class."""
+    from pathlib import Path
+
+    root = Path(data).expanduser()
+    overrides = [f"data.root={json.dumps(str(root))}"]
+    for phase in ("train", "val", "test"):
+        if (root / phase).is_dir():
+            overrides.append(f"data.split.{phase}={phase}")
+    return overrides
+
+
 def config_and_run_dir(args: argparse.Namespace):
-    """The validated config (with --set and --device applied) and the run directory of train / pretrain."""
+    """The validated config of train / pretrain (YAML, if any, then the model and data flags, then --set and
+    --device) and the run directory."""
     from .config import load_config
     from .train import default_run_dir
 
-    config = load_config(args.config, args.set)
+    flags = data_overrides(args.data) if args.data else []
+    for flag, key in (("backbone", "model.backbone"), ("weights", "model.weights"), ("head", "model.head"),
+                      ("image_size", "data.image_size"), ("channels", "data.channels")):
+        if getattr(args, flag) is not None:
+            flags.append(f"{key}={getattr(args, flag)}")
+    config = load_config(args.config, flags + args.set)
     if args.device:
         config.train.device = args.device
     return config, args.out or default_run_dir(args.config)
+
+
+def resume_command(argv: Sequence[str], run_dir) -> str:
+    """The command line that resumes this run: the same arguments, ``--out RUN_DIR`` and ``--resume``."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--out":
+            skip = True
+        elif not item.startswith("--out=") and item != "--resume":
+            kept.append(item)
+    return shlex.join(["fewshot", *kept, "--out", str(run_dir), "--resume"])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -97,10 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0
     if summary["interrupted"]:
-        again = " ".join(["fewshot train", shlex.quote(args.config), *[f"--set {shlex.quote(s)}" for s in args.set],
-                          "--out", shlex.quote(str(run_dir)), "--resume"])
         print(f"stopped by {summary['interrupted']} after episode {summary['episodes']}; checkpoint saved in "
-              f"{run_dir}/checkpoints/last.pt; resume with: {again}")
+              f"{run_dir}/checkpoints/last.pt; resume with: {resume_command(args.argv, run_dir)}")
         return 0
     line = f"trained {summary['episodes']} episodes in {summary['minutes']:.1f} min"
     print(f"{line}{best_validation_text(summary, 'at episode')}; run directory {run_dir}")
@@ -110,36 +169,74 @@ def cmd_train(args: argparse.Namespace) -> int:
 def best_validation_text(summary: dict, when: str) -> str:
     """``"; best validation 98.50 ± 0.45 % at episode 2000"``, or nothing when the run never validated."""
     best = summary["best_validation"]
-    return f"; best validation {best['accuracy']:.2f} ± {best['ci95']:.2f} % {when} {best['episode']}" if best else ""
+    return (f"; best validation {best['accuracy']:.2f} ± {best['ci95']:.2f} % {when} "
+            f"{best.get('epoch', best['episode'])}") if best else ""
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain
 
     config, run_dir = config_and_run_dir(args)
-    summary = pretrain(config, run_dir, progress=not args.no_progress)
+    summary = pretrain(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if summary["interrupted"]:
+        print(f"stopped by {summary['interrupted']} after batch {summary['steps']}; checkpoint saved in "
+              f"{run_dir}/checkpoints/last.pt; resume with: {resume_command(args.argv, run_dir)}")
+        return 0
     line = f"pretrained {summary['epochs']} epochs on {summary['classes']} classes in {summary['minutes']:.1f} min"
     line += best_validation_text(summary, "after epoch")
     print(f"{line}; run directory {run_dir} (use it with fewshot eval, or as model.weights for fewshot train)")
     return 0
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of the training commands: config, data and model without YAML, overrides, run directory."""
+    from .backbones import BACKBONES
+    from .heads import head_names
+
+    parser.add_argument("config", metavar="CONFIG", nargs="?",
+                        help="YAML config (see configs/); unknown keys are errors. Optional: --data and the model "
+                             "flags below are enough")
+    parser.add_argument("--data", metavar="DIR",
+                        help="dataset folder (sets data.root): its train/ val/ test/ subfolders are the phases when "
+                             "present, else every class folder under it is a training class")
+    heads = head_names("meta_trainable") if command == "train" else head_names()
+    parser.add_argument("--backbone", help=f"model.backbone: {', '.join(BACKBONES)} (default resnet50)")
+    parser.add_argument("--weights", help="model.weights: none (default), imagenet, or a state-dict / checkpoint file")
+    parser.add_argument("--head", help=f"model.head: {', '.join(heads)} (default protonet)")
+    parser.add_argument("--image-size", type=int_at_least(8), metavar="PX", help="data.image_size (default 84)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="data.channels: 1 or 3 (default 3)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key; the value is parsed as YAML, e.g. --set train.lr=1e-3 "
+                             "--set 'data.root=[dir_a, dir_b]' (repeatable; applied after the flags above)")
+    parser.add_argument("--out", metavar="RUN_DIR",
+                        help="run directory, new or empty (default runs/<config>-<date>-<time>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from checkpoints/last.pt, exactly where it stopped")
+    parser.add_argument("--device", help="override train.device: auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """A model from a checkpoint / run directory, or built from a backbone and head without training."""
+    from .backbones import BACKBONES
+    from .heads import HEADS
+
     group = parser.add_argument_group("model (a checkpoint, or a backbone and head)")
     group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
                        help="checkpoint file, or run directory (its checkpoints/best.pt)")
-    group.add_argument("--backbone", help="backbone name (resnet50, resnet18, resnet12, conv4) when no checkpoint "
-                                          "is given; with a checkpoint, checked against it")
+    group.add_argument("--backbone", help=f"backbone when no checkpoint is given: {', '.join(BACKBONES)}; with a "
+                                          "checkpoint, checked against it")
     group.add_argument("--weights", default="none",
-                       help="backbone weights without a checkpoint: none, imagenet, or a state-dict file")
-    group.add_argument("--head", help="head name (protonet, relation, linear_probe) when no checkpoint is given")
-    group.add_argument("--image-size", type=int, metavar="PX", help="image side in pixels (default: the "
-                                                                     "checkpoint's, else 84)")
+                       help="backbone weights without a checkpoint: none (default), imagenet, or a state-dict file")
+    group.add_argument("--head", help=f"head when no checkpoint is given: {', '.join(HEADS)}")
+    group.add_argument("--image-size", type=int_at_least(8), metavar="PX",
+                       help="image side in pixels (default: the checkpoint's, else 84)")
     group.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB; default)")
     group.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
                        help="head option without a checkpoint, e.g. distance=cosine (repeatable)")
-    group.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    group.add_argument("--device", help="auto (default: CUDA if available, else CPU), cpu, cuda or cuda:N")
 
 
 def model_from_args(args: argparse.Namespace):
@@ -167,14 +264,56 @@ def model_from_args(args: argparse.Namespace):
     return build_model(config.model, config.data.channels, config.data.image_size), config
 
 
+def eval_split_spec(args: argparse.Namespace, config) -> SplitSpec:
+    """The split to evaluate. ``--data`` (or ``--csv``) names it outright; phase flags without ``--data``
+    (``--split``, ``--classes``, ``--csv``, ``--images``) apply to the checkpoint's own data roots; no flag at
+    all is the checkpoint config's test split. ``--split train|val|test`` is that phase of the config when
+    the config defines it (a class list, a CSV or a subfolder), else a subfolder of the roots."""
+    from .data import phase_spec
+
+    data = config.data
+    if args.data:
+        return split_spec_from_args(args)
+    if args.csv:
+        return SplitSpec(tuple(data.root), csv=args.csv, images=args.images or data.images)
+    if not args.checkpoint and not data.root:
+        raise FewshotError("give the data: --data DIR (repeatable), or --csv FILE --images DIR")
+    if args.split:
+        if args.split in ("train", "val", "test") and phase_spec(data, args.split, required=False) is not None:
+            spec = phase_spec(data, args.split)
+            return SplitSpec(spec.roots, spec.split, spec.classes, spec.csv, args.images or spec.images)
+        return SplitSpec(tuple(data.root), split=args.split)
+    if args.classes:
+        return SplitSpec(tuple(data.root), classes=args.classes)
+    spec = phase_spec(data, "test")
+    return SplitSpec(spec.roots, spec.split, spec.classes, spec.csv, args.images or spec.images)
+
+
+def write_outputs(outputs: list[tuple[str, Callable[[], object]]]) -> int:
+    """Write every output, each on its own: one that fails is reported and the others are still written.
+    Returns the exit status (2 if any failed)."""
+    status = 0
+    for flag, write in outputs:
+        try:
+            write()
+        except (FewshotError, OSError) as exc:
+            print(f"error: {flag}: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .atomic import atomic_write_text
-    from .data import open_phase, phase_spec
+    from .atomic import atomic_write_text, check_output
+    from .data import open_phase
     from .evaluate import evaluate
     from .runtime import resolve_device
 
-    model, config = model_from_args(args)
+    if args.confusion:
+        args.per_class = True
+    json_path = check_output(args.json, "--json") if args.json else None
+    confusion_path = check_output(args.confusion or "confusion.png", "--confusion") if args.per_class else None
     device = resolve_device(args.device or "auto")
+    model, config = model_from_args(args)
     model.to(device)
     if args.cache_dir:
         config.data.cache_dir = args.cache_dir
@@ -183,20 +322,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     shots = args.shots or config.eval.shots
     queries = args.queries or config.eval.queries
     episodes_count = args.episodes or config.eval.episodes
-    spec = split_spec_from_args(args) if (args.data or args.csv) else phase_spec(config.data, "test")
+    spec = eval_split_spec(args, config)
     split = open_phase(config, spec, ways, shots, queries, progress=not args.no_progress)
     result = evaluate(model, split, ways, shots, queries, episodes_count, seed=args.seed, device=device,
                       batch_size=args.batch_size, progress=not args.no_progress, fast=False if args.plain else None,
                       precision=args.precision, refine=args.refine, refine_steps=args.refine_steps,
                       threshold=args.threshold, per_class=args.per_class)
+    source = model_source(args, config)
     result.extra.update({"backbone": config.model.backbone, "head": config.model.head, "data": spec.describe(),
-                         "checkpoint": args.checkpoint})
-    print(result.summary() + (f" [refined: {args.refine}]" if args.refine != "none" else ""))
+                         "checkpoint": config_checkpoint(args)})
+    print(f"{source} on {spec.describe()}: " + result.summary()
+          + (f" [refined: {args.refine}]" if args.refine != "none" else ""))
+    outputs = []
     if args.per_class:
-        print_per_class(result.extra["per_class"], args.confusion)
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result.to_json(), indent=1))
-    return 0
+        outputs.append(("--confusion", lambda: print_per_class(result.extra["per_class"], str(confusion_path))))
+    if json_path:
+        outputs.append(("--json", lambda: atomic_write_text(json_path, json.dumps(result.to_json(), indent=1))))
+    return write_outputs(outputs)
+
+
+def config_checkpoint(args: argparse.Namespace) -> str | None:
+    """The checkpoint file the model came from (a run directory resolved to its best.pt), or None."""
+    from .checkpoint import resolve_checkpoint
+
+    return str(resolve_checkpoint(args.checkpoint)) if args.checkpoint else None
+
+
+def model_source(args: argparse.Namespace, config) -> str:
+    """``runs/x/checkpoints/best.pt`` or ``resnet50 (imagenet) + protonet``, for result lines."""
+    if args.checkpoint:
+        return config_checkpoint(args)
+    return f"{config.model.backbone} ({args.weights}) + {config.model.head}"
 
 
 def print_per_class(report: dict, png: str) -> None:
@@ -220,21 +376,23 @@ def print_per_class(report: dict, png: str) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .atomic import check_output
     from .predict import classify_images, expand_queries, read_images, read_support_folder
     from .runtime import resolve_device
 
-    model, config = model_from_args(args)
+    explain_dir = check_output(args.explain, "--explain", folder=True) if args.explain else None
     device = resolve_device(args.device or "auto")
+    model, config = model_from_args(args)
+    if explain_dir and not model.head.explainable:
+        raise FewshotError(f"head '{config.model.head}' cannot be explained with Grad-CAM; drop --explain")
     size, channels = config.data.image_size, config.data.channels
     support, labels, names, _ = read_support_folder(args.support, size, channels)
     files = expand_queries(args.query)
-    queries = read_images(files, size, channels)  # decoded once, for the predictions and the heatmaps
-    results = classify_images(model.to(device), support, labels, names, queries, files, device)
-    if args.explain:
-        from .explain import explain_queries
-
-        written = explain_queries(model, support, labels, names, queries, files, args.explain, device)
-        print(f"Grad-CAM heatmaps: {len(written)} PNG files in {args.explain}", file=sys.stderr)
+    queries = read_images(files, size, channels)
+    results = classify_images(model.to(device), support, labels, names, queries, files, device,
+                              explain_dir=explain_dir)
+    if explain_dir:
+        print(f"Grad-CAM heatmaps: {len(results)} PNG files in {explain_dir}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
@@ -245,10 +403,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .atomic import check_output
     from .export import export_model
 
+    out = check_output(args.out, "--out")
     model, config = model_from_args(args)
-    path = export_model(model, args.support, args.out, config.data.image_size, config.data.channels)
+    path = export_model(model, args.support, out, config.data.image_size, config.data.channels)
     print(f"exported TorchScript model to {path}: input uint8 (B, {config.data.channels}, {config.data.image_size}, "
           f"{config.data.image_size}), output class probabilities; class names in its class_names.json")
     return 0
@@ -278,12 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "always the same, so the output can be frozen and shared, or fed to other frameworks.",
     )
     add_data_arguments(episodes)
-    episodes.add_argument("--ways", type=int, required=True, metavar="N", help="classes per episode")
-    episodes.add_argument("--shots", type=int, required=True, metavar="K", help="support images per class")
-    episodes.add_argument("--queries", type=int, default=15, metavar="Q", help="query images per class (default 15)")
-    episodes.add_argument("--episodes", type=int, default=600, metavar="E", help="number of episodes (default 600)")
-    episodes.add_argument("--seed", type=int, default=0, metavar="S", help="episode seed (default 0)")
-    episodes.add_argument("--start", type=int, default=0, metavar="I", help="index of the first episode (default 0)")
+    episodes.add_argument("--ways", type=int_at_least(2), required=True, metavar="N", help="classes per episode")
+    episodes.add_argument("--shots", type=POSITIVE, required=True, metavar="K", help="support images per class")
+    episodes.add_argument("--queries", type=NON_NEGATIVE, default=15, metavar="Q", help="query images per class (default 15)")
+    episodes.add_argument("--episodes", type=POSITIVE, default=600, metavar="E", help="number of episodes (default 600)")
+    episodes.add_argument("--seed", type=NON_NEGATIVE, default=0, metavar="S", help="episode seed (default 0)")
+    episodes.add_argument("--start", type=NON_NEGATIVE, default=0, metavar="I", help="index of the first episode (default 0)")
     episodes.set_defaults(handler=cmd_episodes)
 
     glyphs = commands.add_parser(
@@ -293,42 +453,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "into disjoint train / val / test subfolders.",
     )
     glyphs.add_argument("out", metavar="OUT_DIR", help="folder to write (train/, val/, test/ inside)")
-    glyphs.add_argument("--train-classes", type=int, default=110, help="classes in train/ (default 110)")
-    glyphs.add_argument("--val-classes", type=int, default=25, help="classes in val/ (default 25)")
-    glyphs.add_argument("--test-classes", type=int, default=45, help="classes in test/ (default 45)")
-    glyphs.add_argument("--per-class", type=int, default=20, help="images per class (default 20)")
-    glyphs.add_argument("--size", type=int, default=28, help="image side in pixels (default 28)")
-    glyphs.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    glyphs.add_argument("--train-classes", type=NON_NEGATIVE, default=110, help="classes in train/ (default 110)")
+    glyphs.add_argument("--val-classes", type=NON_NEGATIVE, default=25, help="classes in val/ (default 25)")
+    glyphs.add_argument("--test-classes", type=NON_NEGATIVE, default=45, help="classes in test/ (default 45)")
+    glyphs.add_argument("--per-class", type=POSITIVE, default=20, help="images per class (default 20)")
+    glyphs.add_argument("--size", type=int_at_least(8), default=28, help="image side in pixels (default 28)")
+    glyphs.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (default 0)")
     glyphs.set_defaults(handler=cmd_glyphs)
 
     train = commands.add_parser(
-        "train", help="meta-train on episodes from a YAML config",
-        description="Episodic meta-training. The run directory receives config.yaml (the full resolved config), "
-                    "metrics.jsonl, checkpoints/last.pt and best.pt, curves.png and summary.json.",
+        "train", help="meta-train on episodes (a YAML config, or --data DIR and model flags)",
+        description="Episodic meta-training from a YAML config, or from flags alone (fewshot train --data DIR "
+                    "--backbone conv4 --head protonet). The run directory receives config.yaml (the full resolved "
+                    "config), metrics.jsonl, checkpoints/last.pt and best.pt, curves.png and summary.json.",
     )
-    train.add_argument("config", metavar="CONFIG", help="YAML config (see configs/); unknown keys are errors")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key; the value is parsed as YAML, e.g. --set train.lr=1e-3 "
-                            "--set 'data.root=[dir_a, dir_b]' (repeatable)")
-    train.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<config>-<date>-<time>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
-    train.add_argument("--device", help="override train.device: auto, cpu, cuda or cuda:N")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(train, "train")
     train.set_defaults(handler=cmd_train)
 
     pretrain = commands.add_parser(
         "pretrain", help="supervised pretraining on all base classes (Baseline / Baseline++ / RFS)",
         description="Train the backbone with a linear or cosine classifier over every training class, on shuffled "
                     "batches (pretrain.* keys: epochs, batch_size, lr, classifier, mixup, cutmix, label_smoothing), "
-                    "validating episodically after each epoch. The run directory works with fewshot eval, and its "
+                    "validating episodically after each epoch. Same run directory, --resume, SIGTERM handling and "
+                    "torchrun support as fewshot train; the run directory works with fewshot eval, and its "
                     "checkpoints/best.pt as model.weights for fewshot train.",
     )
-    pretrain.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
-    pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config key, value parsed as YAML (repeatable)")
-    pretrain.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<config>-<date>-<time>)")
-    pretrain.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    pretrain.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_arguments(pretrain, "pretrain")
     pretrain.set_defaults(handler=cmd_pretrain)
 
     evaluate = commands.add_parser(
@@ -339,13 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(evaluate)
     add_data_arguments(evaluate)
-    evaluate.add_argument("--ways", type=int, metavar="N", help="classes per episode (default: config eval.ways)")
-    evaluate.add_argument("--shots", type=int, metavar="K", help="support images per class (default: eval.shots)")
-    evaluate.add_argument("--queries", type=int, metavar="Q", help="query images per class (default 15)")
-    evaluate.add_argument("--episodes", type=int, metavar="E", help="episodes (default 600)")
-    evaluate.add_argument("--seed", type=int, default=0, help="episode seed (default 0); same seed, same episodes")
+    evaluate.add_argument("--ways", type=int_at_least(2), metavar="N",
+                          help="classes per episode (default: the checkpoint config's eval.ways, else 5)")
+    evaluate.add_argument("--shots", type=POSITIVE, metavar="K",
+                          help="support images per class (default: the checkpoint config's eval.shots, else 5)")
+    evaluate.add_argument("--queries", type=POSITIVE, metavar="Q",
+                          help="query images per class (default: the checkpoint config's eval.queries, else 15)")
+    evaluate.add_argument("--episodes", type=POSITIVE, metavar="E",
+                          help="episodes (default: the checkpoint config's eval.episodes, else 600)")
+    evaluate.add_argument("--seed", type=NON_NEGATIVE, default=0,
+                          help="episode seed (default 0); same seed, same episodes")
     evaluate.add_argument("--json", metavar="OUT", help="write accuracy, ci95, per-episode accuracies... as JSON")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="images per embedding batch (default 256)")
+    evaluate.add_argument("--batch-size", type=POSITIVE, default=256, help="images per embedding batch (default 256)")
     evaluate.add_argument("--plain", action="store_true",
                           help="embed every episode from its images instead of embedding each image once")
     evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -355,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--refine", choices=("none", "soft_kmeans", "self_training"), default="none",
                           help="transductive refinement with the episode's unlabelled queries: soft k-means of the "
                                "prototypes (Ren et al. 2018) or self-training on confident pseudo-labels")
-    evaluate.add_argument("--refine-steps", type=int, default=1, help="soft k-means steps (default 1)")
-    evaluate.add_argument("--threshold", type=float, default=0.9,
+    evaluate.add_argument("--refine-steps", type=POSITIVE, default=1, help="soft k-means steps (default 1)")
+    evaluate.add_argument("--threshold", type=fraction, default=0.9,
                           help="self-training: smallest probability for a pseudo-label (default 0.9)")
     evaluate.add_argument("--per-class", action="store_true",
                           help="per-class precision, recall and F1, and a confusion-matrix PNG")
@@ -411,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.handler(args) or 0)
     except (FewshotError, EpisodesError) as exc:

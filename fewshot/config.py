@@ -32,6 +32,24 @@ class PerPhase:
     test: str | None = None
 
 
+def ranged(default: Any, low: float | None = None, high: float | None = None, *, above: float | None = None,
+           below: float | None = None) -> Any:
+    """A config field with a declared range: ``low <= value <= high``, ``value > above``, ``value < below``.
+
+    ``None`` values (for optional keys) are not checked. :func:`check_config` enforces every range and
+    names the key in its error.
+    """
+    return field(default=default, metadata={"range": (low, high, above, below)})
+
+
+def choice(default: str, *options: str) -> Any:
+    """A config field whose value must be one of ``options``."""
+    return field(default=default, metadata={"choices": (default, *options)})
+
+
+SEED_LIMIT = 2**63 - 1
+
+
 @dataclass
 class DataConfig:
     root: list[str] = field(default_factory=list)  # one or several roots, merged
@@ -39,12 +57,12 @@ class DataConfig:
     classes: PerPhase = field(default_factory=PerPhase)  # class-list file per phase
     csv: PerPhase = field(default_factory=PerPhase)  # miniImageNet CSV per phase (needs images)
     images: str | None = None  # folder of the CSV's images
-    image_size: int = 84
-    channels: int = 3  # 1 (grayscale) or 3 (RGB)
+    image_size: int = ranged(84, 8, 4096)
+    channels: int = ranged(3, 1, 3)  # 1 (grayscale) or 3 (RGB); 2 is refused in check_config
     augment: str | list[str] = "none"  # preset (none, flip, standard, strong) or list of operations
     cache_dir: str | None = None  # decoded-image cache; default $FEWSHOT_CACHE_DIR or ~/.cache/fewshot
     skip_corrupt: bool = False
-    workers: int = 0  # DataLoader workers for training episodes
+    workers: int = ranged(0, 0, 64)  # DataLoader workers for training episodes
 
 
 @dataclass
@@ -58,55 +76,56 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    ways: int = 5
-    shots: int = 5
-    queries: int = 15
-    episodes: int = 10000
-    optimizer: str = "adam"  # adam | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    schedule: str = "step"  # constant | step | cosine
-    step_size: int = 2000  # step schedule: episodes between decays
-    gamma: float = 0.5  # step schedule: decay factor
-    warmup: int = 0  # episodes of linear warm-up
-    grad_clip: float | None = None  # max gradient norm
+    ways: int = ranged(5, 2)
+    shots: int = ranged(5, 1)
+    queries: int = ranged(15, 1)
+    episodes: int = ranged(10000, 1)
+    optimizer: str = choice("adam", "sgd")
+    lr: float = ranged(1e-3, above=0)
+    weight_decay: float = ranged(0.0, 0)
+    momentum: float = ranged(0.9, 0, below=1)  # sgd only
+    schedule: str = choice("step", "constant", "cosine")
+    step_size: int = ranged(2000, 1)  # step schedule: episodes between decays
+    gamma: float = ranged(0.5, above=0, high=1)  # step schedule: decay factor
+    warmup: int = ranged(0, 0)  # episodes of linear warm-up
+    grad_clip: float | None = ranged(None, above=0)  # max gradient norm
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
-    val_every: int = 500  # episodes between validations (0: never)
-    val_episodes: int = 200
-    patience: int | None = None  # validations without improvement before stopping early
-    log_every: int = 50
-    checkpoint_every: int = 0  # episodes between checkpoints/last.pt (0: only at validations and the end)
-    checkpoint_minutes: float = 10.0  # and at least this often (0: never by time)
+    val_every: int = ranged(500, 0)  # episodes between validations (0: never)
+    val_episodes: int = ranged(200, 1)
+    patience: int | None = ranged(None, 1)  # validations without improvement before stopping early
+    log_every: int = ranged(50, 1)
+    checkpoint_every: int = ranged(0, 0)  # episodes between checkpoints/last.pt (0: only at validations and the end)
+    checkpoint_minutes: float = ranged(10.0, 0)  # and at least this often (0: never by time)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
 @dataclass
 class EvalConfig:
-    ways: int = 5
-    shots: int = 5
-    queries: int = 15
-    episodes: int = 600
-    batch_size: int = 256  # images per embedding batch
+    ways: int = ranged(5, 2)
+    shots: int = ranged(5, 1)
+    queries: int = ranged(15, 1)
+    episodes: int = ranged(600, 1)
+    batch_size: int = ranged(256, 1)  # images per embedding batch
 
 
 @dataclass
 class PretrainConfig:
     """Supervised pretraining on all base classes (``fewshot pretrain``)."""
 
-    epochs: int = 20
-    batch_size: int = 64
-    optimizer: str = "sgd"  # adam | sgd
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    classifier: str = "linear"  # linear (Baseline, RFS) | cosine (Baseline++)
-    cosine_scale: float = 10.0
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 = off
-    cutmix: float = 0.0  # Beta(alpha, alpha) of cutmix; 0 = off
-    val_episodes: int = 200  # episodic validation (eval.ways/shots/queries) after each epoch
+    epochs: int = ranged(20, 1)
+    batch_size: int = ranged(64, 1)
+    optimizer: str = choice("sgd", "adam")
+    lr: float = ranged(0.05, above=0)
+    momentum: float = ranged(0.9, 0, below=1)
+    weight_decay: float = ranged(5e-4, 0)
+    warmup_epochs: int = ranged(1, 0)
+    classifier: str = choice("linear", "cosine")  # linear (Baseline, RFS) | cosine (Baseline++)
+    cosine_scale: float = ranged(10.0, above=0)
+    label_smoothing: float = ranged(0.0, 0, below=1)
+    mixup: float = ranged(0.0, 0)  # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = ranged(0.0, 0)  # Beta(alpha, alpha) of cutmix; 0 = off
+    val_episodes: int = ranged(200, 1)  # episodic validation (eval.ways/shots/queries) after each epoch
+    log_every: int = ranged(10, 1)  # batches between metrics lines
 
 
 @dataclass
@@ -116,10 +135,44 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    seed: int = 0
+    seed: int = ranged(0, 0, SEED_LIMIT)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def range_text(low, high, above, below) -> str:
+    """``"at least 1"``, ``"between 0 and 1"``, ``"greater than 0"``..., for error and help messages."""
+    parts = []
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    if low is not None:
+        parts.append(f"at least {low}")
+    if above is not None:
+        parts.append(f"greater than {above}")
+    if high is not None:
+        parts.append(f"at most {high}")
+    if below is not None:
+        parts.append(f"less than {below}")
+    return " and ".join(parts)
+
+
+def in_range(value: float, low, high, above, below) -> bool:
+    return not ((low is not None and value < low) or (high is not None and value > high)
+                or (above is not None and value <= above) or (below is not None and value >= below)
+                or value != value)  # NaN
+
+
+def check_declared(obj: Any, prefix: str = "") -> None:
+    """Every declared range and choice of a config dataclass (recursively), as one-line errors."""
+    for item in dataclasses.fields(obj):
+        value, key = getattr(obj, item.name), f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            check_declared(value, key + ".")
+        elif "range" in item.metadata and value is not None and not in_range(value, *item.metadata["range"]):
+            raise FewshotError(f"{key} must be {range_text(*item.metadata['range'])}, got {value}")
+        elif "choices" in item.metadata and value not in item.metadata["choices"]:
+            raise FewshotError(f"{key} must be one of {', '.join(item.metadata['choices'])}, got '{value}'")
 
 
 def _type_name(kind: Any) -> str:
@@ -251,23 +304,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             raw = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise FewshotError(f"config file {file} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise FewshotError(f"config file {file} is not valid YAML: {yaml_problem(exc)}") from None
         if not isinstance(raw, dict):
-            raise FewshotError(f"config file {file} must hold a mapping of sections (data, model, train, eval)")
+            raise FewshotError(f"config file {file} must hold a mapping of sections (data, model, train, eval, "
+                               "pretrain, seed)")
     return config_from_dict(raw, overrides)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """``"line 3, column 7: mapping values are not allowed here"`` from a PyYAML error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def check_config(config: Config) -> None:
-    """Value checks that types alone cannot express."""
+    """Declared ranges and choices, then the checks that ranges alone cannot express."""
+    check_declared(config)
     if config.data.channels not in (1, 3):
         raise FewshotError(f"data.channels must be 1 or 3, got {config.data.channels}")
-    if config.data.image_size < 8:
-        raise FewshotError(f"data.image_size must be at least 8 pixels, got {config.data.image_size}")
-    for section in ("train", "eval"):
-        part = getattr(config, section)
-        for key, least in (("ways", 2), ("shots", 1), ("queries", 1), ("episodes", 1)):
-            if getattr(part, key) < least:
-                raise FewshotError(f"{section}.{key} must be at least {least}, got {getattr(part, key)}")
     from episodes.images import AUGMENTATION_OPS, PRESETS
 
     augment = config.data.augment
@@ -276,15 +331,6 @@ def check_config(config: Config) -> None:
     if unknown or (not isinstance(augment, str) and any(n in PRESETS and n not in AUGMENTATION_OPS for n in names)):
         raise FewshotError(f"data.augment: '{(unknown or names)[0]}' is not a preset ({', '.join(PRESETS)}) or a list "
                            f"of operations ({', '.join(AUGMENTATION_OPS)})")
-    choices = {"train.optimizer": ("adam", "sgd"), "train.schedule": ("constant", "step", "cosine"),
-               "pretrain.optimizer": ("adam", "sgd"), "pretrain.classifier": ("linear", "cosine")}
-    for key, allowed in choices.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in allowed:
-            raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
-    if config.train.lr <= 0:
-        raise FewshotError(f"train.lr must be positive, got {config.train.lr}")
 
 
 def dump_config(config: Config) -> str:

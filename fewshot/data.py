@@ -18,6 +18,8 @@ def phase_spec(data: DataConfig, phase: str, required: bool = True) -> SplitSpec
     if not (split or classes or csv):
         if phase == "train" and data.root:
             return SplitSpec(tuple(data.root))
+        if required and not data.root and not data.images:
+            raise FewshotError(f"no data configured for {phase}: set data.root in the config (or pass --data DIR)")
         if required:
             raise FewshotError(f"no {phase} data configured: set data.split.{phase}, data.classes.{phase} "
                                f"or data.csv.{phase} (or pass --data)")

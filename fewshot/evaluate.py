@@ -54,13 +54,17 @@ class EvalResult:
         return 100.0 * confidence_interval(self.accuracies)
 
     def summary(self) -> str:
-        return (f"{self.ways}-way {self.shots}-shot: {self.accuracy:.2f} ± {self.ci95:.2f} % "
-                f"(95% CI, {len(self.accuracies)} episodes, {self.queries} queries per class)")
+        interval = f"± {self.ci95:.2f} % (95% CI, " if math.isfinite(self.ci95) else \
+            "% (no interval: it needs 2 or more episodes; "
+        return (f"{self.ways}-way {self.shots}-shot: {self.accuracy:.2f} {interval}{len(self.accuracies)} episodes, "
+                f"{self.queries} queries per class)")
 
     def to_json(self) -> dict:
-        return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": len(self.accuracies), "ways": self.ways,
-                "shots": self.shots, "queries": self.queries, "seed": self.seed, "seconds": self.seconds,
-                **self.extra, "per_episode": [float(a) for a in self.accuracies]}
+        """Plain JSON values, all accuracies in percent; an undefined interval (one episode) is ``null``."""
+        return {"accuracy": self.accuracy, "ci95": self.ci95 if math.isfinite(self.ci95) else None,
+                "episodes": len(self.accuracies), "ways": self.ways, "shots": self.shots, "queries": self.queries,
+                "seed": self.seed, "seconds": self.seconds, **self.extra,
+                "per_episode": [100.0 * float(a) for a in self.accuracies]}
 
 
 def episode_slots(drawn: list[EpisodeIndices], offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,30 +9,45 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_write
+from .heads.base import Network
 from .model import FewShotModel
 
 
-def grad_cam(model: FewShotModel, support_features: torch.Tensor, support_labels: torch.Tensor, ways: int,
-             query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Heatmaps ``(Q, H, W)`` in [0, 1] and probabilities ``(Q, ways)`` for uint8 queries ``(Q, C, H, W)``."""
+def grad_cam(network: Network, images: torch.Tensor, probabilities: Callable[[torch.Tensor], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps ``(Q, H, W)`` in [0, 1] and class probabilities ``(Q, ways)`` for normalized images
+    ``(Q, C, H, W)`` through an episode's ``network`` (:meth:`fewshot.heads.Head.adapted`)."""
+    images = images.detach().clone().requires_grad_(True)  # gradients reach the maps even if no weight trains
+    maps, logits = network(images)  # (Q, D, h, w), (Q, ways)
+    chosen = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    (gradients,) = torch.autograd.grad(chosen, maps)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * maps).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
+    return (cam / peak).detach(), probabilities(logits.float()).detach()
+
+
+def explain(model: FewShotModel, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
+            queries: torch.Tensor, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps ``(Q, H, W)`` and probabilities ``(Q, ways)`` for uint8 ``queries`` ``(Q, C, H, W)``, through
+    the network the head uses for this support set: adapted first for heads that adapt it (fine-tuning,
+    MAML, ANIL), so a heatmap explains the prediction that is printed. Heads with batch-statistics
+    BatchNorm (MAML, ANIL) see all queries in one batch, as in prediction; others in chunks."""
     model.eval()
     with torch.inference_mode(False), torch.enable_grad():
-        images = model.prepare(query.clone())
-        features = model.backbone.forward_features(images)  # (Q, D, h, w)
-        embedded = features if model.head.feature_map else model.backbone.pool_features(features)
-        logits = model.classify(support_features.clone(), support_labels, embedded, ways)
-        chosen = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-        (gradients,) = torch.autograd.grad(chosen, features)
-        weights = gradients.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * features).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=query.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
-        return (cam / peak).detach(), model.head.probabilities(logits).detach()
+        with model.head.adapted(model.backbone, support.clone(), support_labels.clone(), ways,
+                                prepare=model.prepare) as network:
+            size = len(queries) if model.head.adapts_backbone else chunk
+            parts = [grad_cam(network, model.prepare(queries[i:i + size].clone()), model.head.probabilities)
+                     for i in range(0, len(queries), size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def save_explanation(image: torch.Tensor, heatmap: torch.Tensor, title: str, out_path: str | os.PathLike) -> Path:
@@ -58,23 +73,16 @@ def save_explanation(image: torch.Tensor, heatmap: torch.Tensor, title: str, out
     return Path(out_path)
 
 
-def explain_queries(model: FewShotModel, support: torch.Tensor, support_labels: torch.Tensor, names: list[str],
-                    queries: torch.Tensor, query_files: list[Path], out_dir: str | os.PathLike,
-                    device: torch.device) -> list[Path]:
-    """Write ``OUT_DIR/<query name>.gradcam.png`` for every query; return the paths."""
+def save_explanations(queries: torch.Tensor, heatmaps: torch.Tensor, probabilities: torch.Tensor, names: list[str],
+                      query_files: list[Path], out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``OUT_DIR/<query name>.gradcam.png`` for every query (titled with its predicted class)."""
     out = Path(out_dir)
-    with torch.inference_mode():
-        support_features = model.embed(support.to(device)).float()
     written = []
     used: set[str] = set()
-    for image, path in zip(queries, query_files):
-        heatmap, probabilities = grad_cam(model, support_features, support_labels.to(device), len(names),
-                                          image[None].to(device))
-        best = int(probabilities[0].argmax())
+    for image, heatmap, probs, path in zip(queries, heatmaps, probabilities, query_files):
+        best = int(probs.argmax())
         stem = path.stem if path.stem not in used else f"{path.parent.name}-{path.stem}"
         used.add(stem)
-        title = f"predicted: {names[best]} (p={float(probabilities[0, best]):.2f})"
-        written.append(save_explanation(image, heatmap[0], title, out / f"{stem}.gradcam.png"))
+        title = f"predicted: {names[best]} (p={float(probs[best]):.2f})"
+        written.append(save_explanation(image, heatmap, title, out / f"{stem}.gradcam.png"))
     return written
-
-

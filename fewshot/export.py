@@ -8,8 +8,11 @@ not dependencies here; ``torch.export`` (TorchScript's announced successor) spec
 batches no larger than the support set in torch 2.14, while the traced module takes any batch size
 (checked at export). torch 2.14 marks TorchScript deprecated; its warnings are silenced here.
 The module takes ``(B, C, H, W)`` uint8 images already resized to the training size and returns
-``(B, classes)`` probabilities; class names and the expected image size are stored as extra files
-``class_names.json`` and ``meta.json`` in the archive.
+``(B, classes)`` probabilities (no autograd graph); any other dtype, channel count or size is refused
+with a message saying what it expects. Class names and the expected image size are stored as extra
+files ``class_names.json`` and ``meta.json`` in the archive. An application prepares an image exactly
+as ``fewshot predict`` does: decode, convert to RGB (or L for 1 channel), resize to ``image_size`` x
+``image_size`` with bilinear filtering (PIL's ``Image.BILINEAR``), then ``(H, W, C) -> (C, H, W)``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,26 @@ from .atomic import atomic_write
 from .errors import FewshotError
 from .model import FewShotModel
 from .predict import read_support_folder
+
+
+class CheckedInput(nn.Module):
+    """Scripted front of the exported model: checks the input, runs the traced classifier without autograd."""
+
+    def __init__(self, traced: torch.jit.ScriptModule, channels: int, image_size: int):
+        super().__init__()
+        self.classifier, self.channels, self.image_size = traced, channels, image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 images (B, {self.channels}, {self.image_size}, {self.image_size}) "
+                             "with values 0-255, got another dtype (scale to 0-255 and convert with .to(torch.uint8))")
+        if images.dim() != 4 or images.shape[1] != self.channels or images.shape[2] != self.image_size or \
+                images.shape[3] != self.image_size:
+            raise ValueError(f"expected uint8 images (B, {self.channels}, {self.image_size}, {self.image_size}) "
+                             f"(decode, resize to {self.image_size}x{self.image_size}, channels first), got shape "
+                             f"{list(images.shape)}")
+        with torch.no_grad():
+            return self.classifier(images)
 
 
 class PrototypeClassifier(nn.Module):
@@ -52,9 +75,12 @@ class PrototypeClassifier(nn.Module):
 def export_model(model: FewShotModel, support_folder: str | os.PathLike, out: str | os.PathLike, image_size: int,
                  channels: int) -> Path:
     """Trace ``model`` with the support folder's classes built in and save it to ``out`` (atomically)."""
-    if model.head.adapts_backbone:
-        raise FewshotError(f"head '{type(model.head).__name__}' adapts the backbone per episode and cannot be "
-                           "exported with fixed prototypes; export a protonet, relation or linear_probe model")
+    if not model.head.exportable:
+        from .heads import head_names
+
+        raise FewshotError(f"head '{type(model.head).__name__}' adapts the network per episode and cannot be "
+                           f"exported with fixed prototypes; export a model with one of: "
+                           f"{', '.join(head_names('exportable'))}")
     support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
     model = model.cpu().eval()
     with torch.inference_mode():
@@ -67,9 +93,10 @@ def export_model(model: FewShotModel, support_folder: str | os.PathLike, out: st
         larger = torch.cat([support] * (1 + 64 // len(support)))[:65]
         if not torch.allclose(traced(larger), module(larger), atol=1e-5):
             raise FewshotError("the traced model does not reproduce the model at another batch size")
+        checked = torch.jit.script(CheckedInput(traced, channels, image_size))
     extra = {"class_names.json": json.dumps(names),
              "meta.json": json.dumps({"image_size": image_size, "channels": channels, "input": "uint8 (B, C, H, W)",
                                       "output": "probabilities (B, classes)"})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return atomic_write(out, lambda handle: torch.jit.save(traced, handle, _extra_files=extra))
+        return atomic_write(out, lambda handle: torch.jit.save(checked, handle, _extra_files=extra))

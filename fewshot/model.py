@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -23,7 +25,10 @@ class FewShotModel(nn.Module):
         super().__init__()
         self.backbone, self.head, self.channels = backbone, head, channels
         default_mean, default_std = normalization(channels)
-        self.mean, self.std = backbone.mean or default_mean, backbone.std or default_std
+        mean, std = backbone.mean or default_mean, backbone.std or default_std
+        if len(mean) != channels:  # RGB statistics of pretrained weights, grey input: their channel average
+            mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> normalized float; float input is returned as it is."""
@@ -48,8 +53,8 @@ class FewShotModel(nn.Module):
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 ways: int) -> torch.Tensor:
-        if self.head.adapts_backbone:
-            return self.head.adapt(self.backbone, self.prepare(support), support_labels, self.prepare(query), ways)
+        if self.head.adapts_backbone:  # raw images: the head augments or normalizes them itself
+            return self.head.adapt(self.backbone, support, support_labels, query, ways, prepare=self.prepare)
         features = self.embed(torch.cat([support, query]))
         count = support.shape[0]
         return self.classify(features[:count], support_labels, features[count:], ways)
@@ -58,6 +63,11 @@ class FewShotModel(nn.Module):
 def build_model(config: ModelConfig, channels: int, image_size: int) -> FewShotModel:
     """Backbone and head from the config; the head is sized by one dummy pass at ``image_size``."""
     backbone = build_backbone(config.backbone, channels, config.weights, **config.backbone_options)
+    trained = getattr(backbone, "trained_image_size", None)
+    if trained and trained != image_size:
+        warnings.warn(f"the weights in {config.weights} were trained at {trained} px and are used at {image_size} px; "
+                      "features change with scale, so set data.image_size to "
+                      f"{trained} unless the change is intended", stacklevel=2)
     backbone = backbone.to(memory_format=torch.channels_last)
     was_training = backbone.training
     backbone.eval()
@@ -66,4 +76,5 @@ def build_model(config: ModelConfig, channels: int, image_size: int) -> FewShotM
         embedding_dim = backbone.pool_features(features).shape[1]
     backbone.train(was_training)
     head = build_head(config.head, embedding_dim, tuple(features.shape[1:]), **config.head_options)
+    head.check_backbone(backbone)
     return FewShotModel(backbone, head, channels)

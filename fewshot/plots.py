@@ -19,23 +19,24 @@ def _pyplot():
 
 
 def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
-    """Loss and accuracy (training, and validation with its 95% interval) against episodes."""
+    """Loss and accuracy (training, and validation with its 95% interval) against episodes (or epochs)."""
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
     if not train:
         return None
+    axis = "epoch" if "epoch" in train[0] else "episode"  # pretraining runs count epochs
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot([r["episode"] for r in train], [r["loss"] for r in train], label="train loss")
-    left.set_xlabel("episode")
+    left.plot([r[axis] for r in train], [r["loss"] for r in train], label="train loss")
+    left.set_xlabel(axis)
     left.set_ylabel("loss")
     left.set_title("training loss")
-    right.plot([r["episode"] for r in train], [r["accuracy"] for r in train], label="train (running)")
+    right.plot([r[axis] for r in train], [r["accuracy"] for r in train], label="train (running)")
     if val:
-        right.errorbar([r["episode"] for r in val], [r["accuracy"] for r in val], yerr=[r["ci95"] for r in val],
+        right.errorbar([r[axis] for r in val], [r["accuracy"] for r in val], yerr=[r["ci95"] for r in val],
                        marker="o", capsize=3, label="validation ± 95% CI")
-    right.set_xlabel("episode")
+    right.set_xlabel(axis)
     right.set_ylabel("accuracy (%)")
     right.set_title("accuracy")
     right.legend()

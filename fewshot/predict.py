@@ -66,29 +66,41 @@ def read_images(files: list[Path], image_size: int, channels: int) -> torch.Tens
 
 def classify_images(model: FewShotModel, support: torch.Tensor, labels: torch.Tensor, names: list[str],
                     query_images: torch.Tensor, query_files: list[Path], device: torch.device | str = "cpu",
-                    batch_size: int = 256) -> list[dict]:
-    """For each decoded query: ``{"query", "predicted", "probabilities": {class: p}}``."""
+                    batch_size: int = 256, explain_dir: str | os.PathLike | None = None) -> list[dict]:
+    """For each decoded query: ``{"query", "predicted", "probabilities": {class: p}}``.
+
+    With ``explain_dir``, the probabilities come from the same (adapted) network as the Grad-CAM heatmaps
+    written there, one ``<query>.gradcam.png`` each, so a heatmap's title always matches the prediction."""
     device = torch.device(device)
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.embed(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
-
     model.eval()
-    with torch.inference_mode():
-        if model.head.adapts_backbone:
-            logits = model(support.to(device), labels.to(device), query_images.to(device), len(names))
-        else:
-            logits = model.classify(embed(support), labels.to(device), embed(query_images), len(names))
-        probabilities = model.head.probabilities(logits).cpu()
+    if explain_dir is not None:
+        from .explain import explain, save_explanations
+
+        heatmaps, probabilities = explain(model.to(device), support.to(device), labels.to(device), len(names),
+                                          query_images.to(device))
+        probabilities = probabilities.cpu()
+        save_explanations(query_images, heatmaps.cpu(), probabilities, names, query_files, explain_dir)
+    else:
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([model.embed(images[i:i + batch_size].to(device))
+                              for i in range(0, len(images), batch_size)])
+
+        with torch.inference_mode():
+            if model.head.adapts_backbone:
+                logits = model(support.to(device), labels.to(device), query_images.to(device), len(names))
+            else:
+                logits = model.classify(embed(support), labels.to(device), embed(query_images), len(names))
+            probabilities = model.head.probabilities(logits).cpu()
     return [{"query": str(path), "predicted": names[int(probs.argmax())],
              "probabilities": {name: float(p) for name, p in zip(names, probs)}}
             for path, probs in zip(query_files, probabilities)]
 
 
 def predict(model: FewShotModel, support_folder: str | os.PathLike, queries: list[str], image_size: int,
-            channels: int, device: torch.device | str = "cpu", batch_size: int = 256) -> list[dict]:
+            channels: int, device: torch.device | str = "cpu", batch_size: int = 256,
+            explain_dir: str | os.PathLike | None = None) -> list[dict]:
     """Read the support folder and the queries, then :func:`classify_images`."""
     support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
     query_files = expand_queries(queries)
     query_images = read_images(query_files, image_size, channels)
-    return classify_images(model, support, labels, names, query_images, query_files, device, batch_size)
+    return classify_images(model, support, labels, names, query_images, query_files, device, batch_size, explain_dir)

@@ -1,39 +1,46 @@
 """Supervised pretraining on all base classes (``fewshot pretrain``): the Baseline / Baseline++ / RFS recipe.
 
 The backbone and a classifier over every training class (linear, or cosine with a fixed scale as in
-Baseline++) are trained with cross-entropy on ordinary shuffled batches, optionally with label smoothing,
-mixup or cutmix and the ``data.augment`` augmentation; SGD or Adam with linear warm-up and cosine decay
-per step. After every epoch the backbone is validated episodically on the val split with the configured
-head. The run directory matches ``fewshot train``'s, and its checkpoints hold a complete few-shot model
-(backbone + head), so ``fewshot eval RUN_DIR`` works directly, and ``model.weights: RUN_DIR/checkpoints/best.pt``
-starts episodic training from the pretrained backbone.
+Baseline++) are trained with cross-entropy on shuffled batches, optionally with label smoothing, mixup or
+cutmix and the ``data.augment`` augmentation; SGD or Adam with linear warm-up and cosine decay per step.
+After every epoch the backbone is validated episodically on the val split with the configured head.
+
+It shares ``fewshot train``'s run lifecycle (:mod:`fewshot.lifecycle`): the same run directory, atomic
+checkpoints, SIGTERM handling, exact ``--resume`` (batch ``g`` of the run is a fixed function of the
+seed, so a resumed run draws the same batches, augmentations and mixes) and torchrun data parallelism
+(rank ``r`` of ``N`` takes batches ``s*N + r``). Its checkpoints hold a complete few-shot model (backbone
++ head) and the classifier, so ``fewshot eval RUN_DIR`` works directly, and ``model.weights:
+RUN_DIR/checkpoints/best.pt`` starts episodic training from the pretrained backbone.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
+import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from episodes import LabelledImages, train_augmentation
+from episodes import FewShotSplit, train_augmentation
 
-from .atomic import atomic_write_text
-from .checkpoint import save_checkpoint
-from .config import Config, dump_config
+from .config import Config
 from .data import open_phase, phase_spec
+from .distributed import DistContext, init_distributed, shutdown
 from .errors import FewshotError
 from .evaluate import evaluate
+from .lifecycle import Job, RunDirectory, TrainingState, restore, run_steps
 from .model import build_model
-from .plots import plot_training_curves
-from .runtime import autocast, resolve_device, seed_everything
-from .train import VAL_SEED_OFFSET, MetricsLog, check_free_space, check_run_dir
+from .optim import Schedule, build_optimizer, build_scheduler
+from .runtime import autocast, seed_everything
+from .train import VAL_SEED_OFFSET
+
+MUST_MATCH = ("model.backbone", "model.head", "model.backbone_options", "data.image_size", "data.channels",
+              "pretrain.batch_size", "pretrain.classifier")
 
 
 class CosineClassifier(nn.Module):
@@ -48,6 +55,47 @@ class CosineClassifier(nn.Module):
         return self.scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
 
 
+class Supervised(nn.Module):
+    """Backbone and classifier as one module, for DistributedDataParallel: images -> logits ``(B, classes)``."""
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.backbone, self.classifier = backbone, classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.backbone(images))
+
+
+class ShuffledBatches(Dataset):
+    """Item ``g`` is global batch ``g`` of the run: ``(images (B, C, H, W) uint8, labels (B,))``.
+
+    Epoch ``e`` visits every image once in an order drawn from ``(seed, e)``; the last incomplete batch
+    of an epoch is dropped. Augmentation draws are seeded by ``(seed, g)``, so a batch is the same
+    whichever process, worker or resume asks for it.
+    """
+
+    def __init__(self, split: FewShotSplit, batch_size: int, seed: int, transform=None):
+        self.split, self.batch_size, self.seed, self.transform = split, batch_size, seed, transform
+        self.items = np.array([(c, p) for c, size in enumerate(split.class_sizes) for p in range(size)])
+        self.per_epoch = len(self.items) // batch_size
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.items))
+
+    def __len__(self) -> int:  # batches of one epoch
+        return self.per_epoch
+
+    def __getitem__(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, position = divmod(int(batch), self.per_epoch)
+        chosen = self.items[self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]]
+        images = torch.stack([self.split.images(int(c), [int(p)])[0] for c, p in chosen])
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(np.random.default_rng([self.seed, int(batch), 1]).integers(2**62)))
+                images = torch.stack([self.transform(image) for image in images])
+        return images, torch.from_numpy(chosen[:, 0].copy())
+
+
 def mix_batch(images: torch.Tensor, labels: torch.Tensor, classes: int, mixup: float, cutmix: float,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or cutmix (one chosen at random when both are on) with soft targets ``(B, classes)``."""
@@ -57,7 +105,7 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, classes: int, mixup: f
         return images, targets
     name = choices[int(torch.randint(len(choices), (1,), generator=generator))]
     alpha = mixup if name == "mixup" else cutmix
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator))).beta(alpha, alpha))
     order = torch.randperm(len(images), generator=generator).to(images.device)
     if name == "mixup":
         mixed = lam * images + (1 - lam) * images[order]
@@ -72,105 +120,91 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, classes: int, mixup: f
     return mixed, lam * targets + (1 - lam) * targets[order.to(targets.device)]
 
 
-def pretrain(config: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+def pretrain(config: Config, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
     """Pretrain as ``config.pretrain`` says, writing into ``run_dir``; return the summary dict."""
-    from tqdm.auto import tqdm
+    context, device = init_distributed(config.train.device)
+    try:
+        return _pretrain(config, RunDirectory(run_dir, resume, context.is_main), progress, log, context, device)
+    finally:
+        shutdown(context)
 
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=False)
+
+def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[str], None], context: DistContext,
+              device: torch.device) -> dict:
     pcfg, ecfg = config.pretrain, config.eval
-    device = resolve_device(config.train.device)
     seed_everything(config.seed)
     model = build_model(config.model, config.data.channels, config.data.image_size).to(device)
     if model.head.adapts_backbone:
-        raise FewshotError("pretrain needs a head that classifies embeddings for validation (protonet, "
-                           "linear_probe, relation), not one that adapts the backbone")
-    check_free_space(run_dir, model)
+        raise FewshotError(f"pretrain validates with the configured head, which must classify embeddings; "
+                           f"'{config.model.head}' adapts the network per episode: pretrain with another head "
+                           "(model.head), then evaluate with this one")
+    run.check(model)
     base = open_phase(config, phase_spec(config.data, "train"), 2, 1, 0, progress)
+    batches = ShuffledBatches(base, pcfg.batch_size, config.seed,
+                              train_augmentation(config.data.augment, config.data.image_size, config.data.channels))
+    per_step = batches.per_epoch // context.world_size
+    if per_step == 0:
+        raise FewshotError(f"pretrain.batch_size={pcfg.batch_size} is too large: {len(batches.items)} training "
+                           f"images make no full batch{' per process' if context.enabled else ''}; lower it")
+    total = pcfg.epochs * per_step
+    saved = run.resume_point(config, MUST_MATCH, "pretrain.epochs", total, log, "batche") if run.resume else None
     val_spec = phase_spec(config.data, "val", required=False)
-    val_split = open_phase(config, val_spec, ecfg.ways, ecfg.shots, ecfg.queries, progress) if val_spec else None
+    val_split = None
+    if val_spec and context.is_main:
+        val_split = open_phase(config, val_spec, ecfg.ways, ecfg.shots, ecfg.queries, progress)
     classes = len(base)
     dim = model.head.embedding_dim
     classifier = (CosineClassifier(dim, classes, pcfg.cosine_scale) if pcfg.classifier == "cosine"
                   else nn.Linear(dim, classes)).to(device)
+    net = Supervised(model.backbone, classifier)
+    if context.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+
+    def forward(batch: tuple[int, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        index, images, labels = batch
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        mixer = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+        inputs, targets = mix_batch(model.prepare(images), labels, classes, pcfg.mixup, pcfg.cutmix, mixer)
+        with autocast(device, config.train.amp):
+            logits = net(inputs).float()
+        loss = F.cross_entropy(logits, targets, label_smoothing=pcfg.label_smoothing)
+        return loss, int((logits.argmax(1) == labels).sum()), len(labels)
+
+    def validate():
+        return evaluate(model, val_split, ecfg.ways, ecfg.shots, ecfg.queries, pcfg.val_episodes,
+                        seed=config.seed + VAL_SEED_OFFSET, device=device, batch_size=ecfg.batch_size,
+                        progress=False, precision="auto" if config.train.amp else "fp32")
+
+    epoch_of = lambda step: math.ceil(step / per_step)  # noqa: E731 - epochs finished after `step` steps
     parameters = list(model.backbone.parameters()) + list(classifier.parameters())
-    if pcfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameters, lr=pcfg.lr, momentum=pcfg.momentum, weight_decay=pcfg.weight_decay,
-                                    nesterov=True)
-    else:
-        optimizer = torch.optim.Adam(parameters, lr=pcfg.lr, weight_decay=pcfg.weight_decay)
-    augment = train_augmentation(config.data.augment, config.data.image_size, config.data.channels)
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(LabelledImages(base, augment), batch_size=pcfg.batch_size, shuffle=True, drop_last=True,
-                        generator=generator, num_workers=config.data.workers, pin_memory=device.type == "cuda")
-    if len(loader) == 0:
-        raise FewshotError(f"pretrain.batch_size={pcfg.batch_size} is larger than the {len(loader.dataset)} "
-                           "training images")
-    total_steps, warmup = pcfg.epochs * len(loader), pcfg.warmup_epochs * len(loader)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    mixer = torch.Generator().manual_seed(config.seed + 1)
-    best = {"accuracy": -1.0, "ci95": 0.0, "episode": 0}
-    started = time.perf_counter()
-
-    def state(epoch: int) -> dict:
-        return {"config": config.to_dict(), "model": model.state_dict(), "classifier": classifier.state_dict(),
-                "episode": epoch, "best": best, "stage": "pretrain"}
-
-    try:
-        for epoch in range(1, pcfg.epochs + 1):
-            model.train()
-            classifier.train()
-            totals = [0.0, 0.0, 0]
-            bar = tqdm(loader, desc=f"pretrain epoch {epoch}/{pcfg.epochs}", unit="batch",
-                       disable=None if progress else True, leave=False)
-            for images, labels in bar:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                inputs, targets = mix_batch(model.prepare(images), labels, classes, pcfg.mixup, pcfg.cutmix, mixer)
-                with autocast(device, config.train.amp):
-                    logits = classifier(model.backbone(inputs)).float()
-                loss = F.cross_entropy(logits, targets, label_smoothing=pcfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise FewshotError(f"loss became {loss.item()} in pretraining epoch {epoch}; lower pretrain.lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                totals[0] += loss.item() * len(labels)
-                totals[1] += (logits.argmax(1) == labels).sum().item()
-                totals[2] += len(labels)
-                bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{100 * totals[1] / totals[2]:.1f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.2g}")
-            bar.close()
-            metrics.write({"kind": "train", "episode": epoch, "loss": totals[0] / totals[2],
-                           "accuracy": 100 * totals[1] / totals[2], "lr": optimizer.param_groups[0]["lr"],
-                           "seconds": time.perf_counter() - started})
-            line = (f"epoch {epoch}: loss {totals[0] / totals[2]:.3f}, train accuracy "
-                    f"{100 * totals[1] / totals[2]:.1f} %")
-            if val_split is not None:
-                result = evaluate(model, val_split, ecfg.ways, ecfg.shots, ecfg.queries, pcfg.val_episodes,
-                                  seed=config.seed + VAL_SEED_OFFSET, device=device, progress=False)
-                metrics.write({"kind": "val", "episode": epoch, "accuracy": result.accuracy, "ci95": result.ci95})
-                line += f"; validation {result.summary()}"
-                if result.accuracy > best["accuracy"]:
-                    best = {"accuracy": result.accuracy, "ci95": result.ci95, "episode": epoch}
-                    save_checkpoint(run_dir / "checkpoints" / "best.pt", state(epoch))
-            log(line)
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", state(epoch))
-    finally:
-        metrics.close()
-    if best["accuracy"] < 0:
-        save_checkpoint(run_dir / "checkpoints" / "best.pt", state(pcfg.epochs))
-    plot_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-    summary = {"epochs": pcfg.epochs, "minutes": (time.perf_counter() - started) / 60, "classes": classes,
-               "best_validation": best if best["accuracy"] >= 0 else None, "run_dir": str(run_dir)}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    optimizer = build_optimizer(pcfg.optimizer, parameters, pcfg.lr, pcfg.momentum, pcfg.weight_decay)
+    schedule = Schedule("cosine", total, pcfg.warmup_epochs * per_step)
+    job = Job(config, {"model": model, "classifier": classifier}, optimizer, build_scheduler(optimizer, schedule),
+              forward, where=lambda batch: f"batch {batch[0]}, epoch {epoch_of(state.step + 1)}", total=total,
+              log_every=per_step, val_every=per_step if val_spec else 0, validate=validate, unit="batch",
+              checkpoint_every=per_step, checkpoint_minutes=config.train.checkpoint_minutes,
+              label=lambda step: f"epoch {epoch_of(step)}", record=lambda step: {"epoch": epoch_of(step)},
+              extra={"stage": "pretrain"})
+    state = TrainingState()
+    if saved is not None:
+        restore(job, state, saved, device)
+        if context.is_main:
+            log(f"resumed {run.path} after batch {state.step} (epoch {epoch_of(state.step)})")
+    run.start(config)
+    model.train()
+    classifier.train()
+    world, rank = context.world_size, context.rank
+    steps = range(state.step, total)
+    loader = DataLoader(batches, batch_size=None, num_workers=config.data.workers,
+                        sampler=[s * world + rank for s in steps], generator=torch.Generator().manual_seed(config.seed))
+    indexed = ((s * world + rank, images, labels) for s, (images, labels) in zip(steps, loader))
+    outcome = run_steps(job, indexed, run, state, context, device, progress)
+    best = state.best if state.best["accuracy"] >= 0 else None
+    summary = {"epochs": epoch_of(state.step), "steps": state.step, "minutes": state.seconds() / 60,
+               "classes": classes, "best_validation": best, "stopped_early": outcome["stopped_early"],
+               "interrupted": outcome["interrupted"], "device": str(device), "world_size": world,
+               "run_dir": str(run.path)}
+    if not outcome["interrupted"]:
+        run.finish(summary)
     return summary

@@ -12,15 +12,21 @@ from .errors import FewshotError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA device is an error."""
+    """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` are accepted, and
+    anything else (``mps``, ``meta``, an unavailable GPU) is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FewshotError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FewshotError(f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise FewshotError(f"device '{name}' is not supported: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FewshotError(f"device '{name}' asked for, but no CUDA GPU is available: use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FewshotError(f"device '{name}' asked for, but only {torch.cuda.device_count()} GPUs are visible")
     return device
 
 

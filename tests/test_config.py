@@ -37,6 +37,24 @@ def test_set_overrides_parsed_as_yaml(tmp_path):
     ("train.optimizer=rmsprop", "train.optimizer must be one of adam, sgd"),
     ("train.lr", "--set expects key=value"),
     ("train.ways=1", "train.ways must be at least 2"),
+    ("train.log_every=0", "train.log_every must be at least 1, got 0"),
+    ("train.step_size=0", "train.step_size must be at least 1, got 0"),
+    ("train.lr=0", "train.lr must be greater than 0"),
+    ("train.momentum=1", "train.momentum must be at least 0 and less than 1"),
+    ("train.gamma=0", "train.gamma must be greater than 0 and at most 1"),
+    ("train.grad_clip=-1", "train.grad_clip must be greater than 0"),
+    ("train.patience=0", "train.patience must be at least 1"),
+    ("train.val_every=-1", "train.val_every must be at least 0"),
+    ("eval.episodes=0", "eval.episodes must be at least 1"),
+    ("eval.batch_size=0", "eval.batch_size must be at least 1"),
+    ("pretrain.epochs=0", "pretrain.epochs must be at least 1, got 0"),
+    ("pretrain.mixup=-1", "pretrain.mixup must be at least 0"),
+    ("pretrain.batch_size=0", "pretrain.batch_size must be at least 1"),
+    ("pretrain.label_smoothing=1", "pretrain.label_smoothing must be at least 0 and less than 1"),
+    ("data.image_size=0", "data.image_size must be between 8 and 4096"),
+    ("data.workers=-2", "data.workers must be between 0 and 64"),
+    ("seed=-1", "seed must be between 0 and"),
+    ("train.schedule=linear", "train.schedule must be one of step, constant, cosine"),
 ])
 def test_bad_values_are_one_line_errors(override, message):
     with pytest.raises(FewshotError) as info:
@@ -50,6 +68,27 @@ def test_bad_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
     with pytest.raises(FewshotError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+    (tmp_path / "colon.yaml").write_text("train:\n  lr: 1\n  ways: 5: 3\n")
+    with pytest.raises(FewshotError, match=r"colon.yaml is not valid YAML: line 3, column 10: mapping values"):
+        load_config(tmp_path / "colon.yaml")
+
+
+def test_every_numeric_key_declares_a_range():
+    import dataclasses
+
+    def numeric_fields(cls, prefix=""):
+        for item in dataclasses.fields(cls):
+            kind = item.type if not isinstance(item.type, str) else item.type
+            if dataclasses.is_dataclass(item.default_factory if item.default_factory is not dataclasses.MISSING
+                                        else None):
+                yield from numeric_fields(item.default_factory, f"{prefix}{item.name}.")
+            elif any(word in str(kind) for word in ("int", "float")):
+                yield f"{prefix}{item.name}", item
+
+    found = dict(numeric_fields(Config))
+    assert "train.lr" in found and "pretrain.epochs" in found and "seed" in found
+    unranged = [key for key, item in found.items() if "range" not in item.metadata]
+    assert not unranged, f"numeric config keys without a declared range: {unranged}"
 
 
 def test_resolved_config_round_trips():
@@ -67,4 +106,5 @@ def test_shipped_configs_are_valid():
     for path in configs:
         text = path.read_text()
         assert text.lstrip().startswith("#"), f"{path.name} must say in a comment where its data comes from"
+        assert "shared" not in text, f"{path.name} must not point into ../shared, which users do not have"
         load_config(path)

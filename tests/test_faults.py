@@ -85,14 +85,28 @@ def metrics_without_time(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def tensors_of(value, path=""):
+    """Every tensor of a nested checkpoint, by its path (model, optimizer state, RNG states...)."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from tensors_of(item, f"{path}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from tensors_of(item, f"{path}/{index}")
+
+
 def assert_same_run(a: Path, b: Path) -> None:
     first, second = load_checkpoint(a / "checkpoints" / "last.pt"), load_checkpoint(b / "checkpoints" / "last.pt")
     assert first["episode"] == second["episode"] == EPISODES
-    for key, value in first["model"].items():
-        assert torch.equal(value, second["model"][key]), key
-    assert str(first["optimizer"]["state"]) == str(second["optimizer"]["state"])
+    ours, theirs = dict(tensors_of(first)), dict(tensors_of(second))
+    assert ours.keys() == theirs.keys() and "/rng/torch" in ours and any(k.startswith("/optimizer/") for k in ours)
+    for key, value in ours.items():
+        assert torch.equal(value, theirs[key]), key
+    for key in ("config", "best", "stale", "window", "format"):
+        assert first[key] == second[key], key
     assert metrics_without_time(a) == metrics_without_time(b)
-    assert first["best"] == second["best"]
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +164,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
 
 
 def test_full_disk_reported_before_training(data_root, tmp_path, monkeypatch):
-    import fewshot.train as train_module
+    import fewshot.lifecycle as train_module
 
     usage = SimpleNamespace(total=10**9, used=10**9 - 2**20, free=2**20)
     monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: usage)
@@ -194,7 +208,7 @@ def test_resume_refuses_changed_image_size(data_root, tmp_path):
 
 
 def test_metrics_log_drops_a_cut_line_and_skips_logged_episodes(tmp_path):
-    from fewshot.train import MetricsLog
+    from fewshot.lifecycle import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "episode": 5, "loss": 1.0}\n{"kind": "train", "epi')

@@ -91,9 +91,25 @@ def test_gradual_unfreezing_reaches_all_blocks(model_and_episode):
     model, episode, _ = model_and_episode
     model.head.unfreeze_every = 5
     model.head.blocks = 3
-    logits = model(episode.support, episode.support_labels, episode.query, 5)
+    trainable_per_step = []
+    original_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):  # which stages take gradients at each optimizer step
+        trainable_per_step.append([all(p.requires_grad for p in stage.parameters())
+                                   for stage in model.backbone.stages()])
+        return original_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = spy
+    try:
+        logits = model(episode.support, episode.support_labels, episode.query, 5)
+    finally:
+        torch.optim.AdamW.step = original_step
     assert torch.isfinite(logits).all()
-    assert all(p.requires_grad for p in model.backbone.parameters())
+    stages = len(model.backbone.stages())
+    assert trainable_per_step[0] == [False] * (stages - 1) + [True], "one stage unfrozen at first"
+    assert trainable_per_step[5] == [False] * (stages - 2) + [True, True], "one more after unfreeze_every steps"
+    assert trainable_per_step[-1][-3:] == [True, True, True] and sum(trainable_per_step[-1]) == 3, \
+        "all `blocks` stages, and only those, train by the end"
 
 
 def test_finetune_is_not_meta_trained(tmp_path):

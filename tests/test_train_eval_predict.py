@@ -119,8 +119,10 @@ def test_fast_and_plain_evaluation_agree(dataset):
 
 
 def test_confidence_interval_formula():
-    accuracies = np.array([0.5, 0.7, 0.9, 0.6, 0.8])
-    assert confidence_interval(accuracies) == pytest.approx(1.96 * np.std(accuracies, ddof=1) / np.sqrt(5))
+    # by hand: mean 0.7, squared deviations 0.04 + 0 + 0.04 + 0.01 + 0.01 = 0.10, sample variance 0.10 / 4 = 0.025,
+    # std 0.158114, half-width 1.96 * 0.158114 / sqrt(5) = 0.138593
+    assert confidence_interval(np.array([0.5, 0.7, 0.9, 0.6, 0.8])) == pytest.approx(0.138593, abs=1e-6)
+    assert np.isnan(confidence_interval(np.array([0.5])))
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_eval_cli_json(trained_run, dataset, tmp_path, capsys):
         assert key in result
     assert (result["ways"], result["shots"], result["queries"], result["episodes"]) == (3, 2, 4, 50)
     assert len(result["per_episode"]) == 50
-    assert result["accuracy"] == pytest.approx(100 * np.mean(result["per_episode"]))
+    assert result["accuracy"] == pytest.approx(np.mean(result["per_episode"]))  # both in percent
     assert 0 < result["ci95"] < 20
     # no data flags: the checkpoint's own test split; same seed gives the same episodes
     out2 = tmp_path / "again.json"
@@ -212,6 +214,7 @@ def test_bad_inputs_are_one_line_errors(trained_run, dataset, tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     assert_one_line_error(run_cli("eval", str(broken)), "cannot read checkpoint")
+    assert "weights_only" not in run_cli("eval", str(broken)).stderr
     torch.save({"something": 1}, tmp_path / "other.pt")
     assert_one_line_error(run_cli("eval", str(tmp_path / "other.pt")), "is not a fewshot checkpoint")
     # shots + queries the data cannot satisfy (12 images per class)

@@ -55,11 +55,13 @@ def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> 
     file = Path(path).expanduser()
     if not file.is_file():
         raise FewshotError(f"weights file {file} does not exist (model.weights: none | imagenet | PATH)")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise FewshotError(f"cannot read weights file {file}: {str(exc).splitlines()[0]}") from None
+    from ..checkpoint import safe_load
+
+    state = safe_load(file, "weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        trained = state.get("config", {}).get("data", {}).get("image_size") if isinstance(state.get("config"),
+                                                                                         dict) else None
+        module.trained_image_size = trained  # build_model warns when the new image size differs
         state = {k.removeprefix("backbone."): v for k, v in state["model"].items() if k.startswith("backbone.")}
     elif isinstance(state, dict) and "backbone" in state and isinstance(state["backbone"], dict):
         state = state["backbone"]

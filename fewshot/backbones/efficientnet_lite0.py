@@ -71,8 +71,9 @@ def package_weights_path() -> str:
 class EfficientNetLite0(Backbone):
     """``(B, 3, H, W)`` -> ``(B, 1280, H/32, W/32)``; 1280-d pooled embedding.
 
-    ``weights: imagenet`` loads the packaged ImageNet weights (strict). The ImageNet classifier ``_fc``
-    is kept, so :meth:`classify_imagenet` gives the 1000 ImageNet logits. Inputs are normalized with
+    ``weights: imagenet`` loads the packaged ImageNet weights (strict). The ImageNet classifier ``_fc`` is
+    kept outside the module's parameters (so DistributedDataParallel sees no unused parameter, and
+    checkpoints do not carry it) for :meth:`classify_imagenet`, which gives the 1000 ImageNet logits. Inputs are normalized with
     mean 0.5 and std 0.5 per channel (``mean`` / ``std`` below), as the weights were trained.
     """
 
@@ -93,10 +94,15 @@ class EfficientNetLite0(Backbone):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(320, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **BN)
-        self._fc = nn.Linear(1280, 1000)
+        object.__setattr__(self, "imagenet_classifier", None)  # not a submodule: see the class docstring
         if weights == "imagenet":
-            self.load_state_dict(torch.load(package_weights_path(), map_location="cpu", weights_only=True),
-                                 strict=True)
+            state = torch.load(package_weights_path(), map_location="cpu", weights_only=True)
+            classifier = nn.Linear(1280, 1000)
+            with torch.no_grad():
+                classifier.weight.copy_(state.pop("_fc.weight"))
+                classifier.bias.copy_(state.pop("_fc.bias"))
+            object.__setattr__(self, "imagenet_classifier", classifier.requires_grad_(False))
+            self.load_state_dict(state, strict=True)
         elif weights != "none":
             load_weights_file(self, weights, "efficientnet_lite0")
 
@@ -110,5 +116,7 @@ class EfficientNetLite0(Backbone):
         return [nn.ModuleList([self._conv_stem, self._bn0]), *self._blocks, nn.ModuleList([self._conv_head, self._bn1])]
 
     def classify_imagenet(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalized images -> ``(B, 1000)`` ImageNet logits."""
-        return self._fc(self.forward(x))
+        """``(B, 3, H, W)`` normalized images -> ``(B, 1000)`` ImageNet logits (``weights: imagenet`` only)."""
+        if self.imagenet_classifier is None:
+            raise FewshotError("classify_imagenet needs the ImageNet classifier: build with weights: imagenet")
+        return self.imagenet_classifier.to(x.device)(self.forward(x))

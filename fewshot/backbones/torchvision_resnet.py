@@ -10,6 +10,8 @@ from urllib.error import URLError
 import torch
 from torch import nn
 
+from episodes.images import IMAGENET_MEAN, IMAGENET_STD
+
 from ..errors import FewshotError
 from .base import Backbone, load_weights_file
 
@@ -37,6 +39,7 @@ class TorchvisionResNet(Backbone):
         net = factory(weights=None)
         if weights == "imagenet":
             net.load_state_dict(imagenet_state_dict(weights_enum, name))
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD  # what the weights expect, also for grey input
         if in_channels != 3:
             old = net.conv1
             net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)

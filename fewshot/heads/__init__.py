@@ -26,6 +26,19 @@ HEADS: dict[str, type[Head]] = {
 }
 
 
+def register_head(name: str, cls: type[Head]) -> type[Head]:
+    """Add a head class to the registry (what the ``HEADS`` line does for the heads shipped here)."""
+    if not (isinstance(cls, type) and issubclass(cls, Head)):
+        raise TypeError(f"head '{name}' must be a subclass of fewshot.heads.Head")
+    HEADS[name] = cls
+    return cls
+
+
+def head_names(capability: str | None = None) -> list[str]:
+    """Registered head names, optionally only those whose class declares ``capability`` True."""
+    return [name for name, cls in HEADS.items() if capability is None or getattr(cls, capability)]
+
+
 def build_head(name: str, embedding_dim: int, feature_shape: tuple[int, ...], **options) -> Head:
     """Instantiate the head registered as ``name``."""
     if name not in HEADS:
@@ -35,4 +48,4 @@ def build_head(name: str, embedding_dim: int, feature_shape: tuple[int, ...], **
     return cls(embedding_dim, feature_shape, **options)
 
 
-__all__ = ["HEADS", "Head", "build_head", "class_means"]
+__all__ = ["HEADS", "Head", "build_head", "class_means", "head_names", "register_head"]

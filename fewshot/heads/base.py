@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +21,23 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torc
     return (sums / counts[:, None]).reshape(ways, *features.shape[1:])
 
 
+Network = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""An episode's network: normalized images ``(B, C, H, W)`` -> (last feature maps ``(B, D, h, w)``,
+logits ``(B, ways)``); the logits are computed from the maps, so Grad-CAM can differentiate one by the other."""
+
+
+class FeatureMaps(nn.Module):
+    """``backbone.forward_features`` as a module's forward, so ``torch.func.functional_call`` can run it
+    on other weights (named ``backbone.*``)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(images)
+
+
 class Head(nn.Module):
     """Classifies query features given labelled support features of one episode.
 
@@ -25,12 +45,20 @@ class Head(nn.Module):
     ``(Q, *F)``, where ``F`` is ``(E,)`` for pooled embeddings or ``(D, h, w)`` for feature maps
     (heads that set ``feature_map = True``). Returns logits ``(Q, ways)``.
 
-    ``adapts_backbone`` is False for heads that leave the backbone as it is at test time: the
-    evaluator then embeds each image once and reuses the embedding in every episode.
+    Capabilities, declared by each head class (nothing elsewhere lists heads by name):
+
+    * ``adapts_backbone``: the head needs the episode's raw images, because it changes the network per
+      episode (:meth:`adapt`); False means the evaluator may embed each image once and reuse it.
+    * ``meta_trainable``: ``fewshot train`` can meta-train through it.
+    * ``exportable``: it classifies fixed support embeddings, so a model can be exported with them built in.
+    * ``explainable``: ``predict --explain`` can draw Grad-CAM heatmaps through :meth:`adapted`.
     """
 
     feature_map: bool = False
     adapts_backbone: bool = False
+    meta_trainable: bool = True
+    exportable: bool = True
+    explainable: bool = True
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...]):
         super().__init__()
@@ -55,3 +83,25 @@ class Head(nn.Module):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(Q, ways)`` from logits: softmax by default."""
         return logits.softmax(dim=-1)
+
+    def check_backbone(self, backbone: nn.Module) -> None:
+        """Raise a one-line error when the head's options do not fit ``backbone`` (called when the model is
+        built); nothing to check by default."""
+
+    @contextlib.contextmanager
+    def adapted(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
+                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Network]:
+        """The episode's network for ``support`` ``(S, C, H, W)`` (uint8, normalized by ``prepare``, or
+        already-normalized floats), valid inside the ``with`` block. Here: the backbone as it is, with the
+        support embedded once; heads that adapt the backbone override it."""
+        support = prepare(support) if prepare is not None else support
+        with torch.no_grad():
+            maps = backbone.forward_features(support)
+            features = (maps if self.feature_map else backbone.pool_features(maps)).float()
+
+        def network(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            maps = backbone.forward_features(images)
+            embedded = maps if self.feature_map else backbone.pool_features(maps)
+            return maps, self(features, support_labels, embedded.float(), ways)
+
+        yield network

@@ -11,28 +11,52 @@ original weights after every episode, so episodes are independent.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FewshotError
-from .base import Head, class_means
+from .base import Head, Network, class_means
 
 
 class FineTune(Head):
     adapts_backbone = True
+    meta_trainable = False
+    exportable = False
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 50, blocks: int = 1,
                  backbone_lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 1e-4,
                  unfreeze_every: int = 0, bn: str = "frozen", augment: str = "flip", temperature: float = 10.0):
         super().__init__(embedding_dim, feature_shape)
+        from episodes.images import AUGMENTATION_OPS, PRESETS
+
         if bn not in ("frozen", "train"):
             raise FewshotError(f"finetune bn must be frozen or train, got '{bn}'")
-        self.steps, self.blocks, self.backbone_lr, self.head_lr = int(steps), int(blocks), backbone_lr, head_lr
-        self.weight_decay, self.unfreeze_every, self.bn, self.augment = weight_decay, int(unfreeze_every), bn, augment
+        for name, value in (("steps", steps), ("blocks", blocks), ("unfreeze_every", unfreeze_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise FewshotError(f"finetune {name} must be an integer >= 0, got {value!r}")
+        for name, value in (("backbone_lr", backbone_lr), ("head_lr", head_lr), ("temperature", temperature)):
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise FewshotError(f"finetune {name} must be a number > 0, got {value!r}")
+        if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+            raise FewshotError(f"finetune weight_decay must be a number >= 0, got {weight_decay!r}")
+        names = [augment] if isinstance(augment, str) else list(augment)
+        if any(n not in PRESETS and n not in AUGMENTATION_OPS for n in names):
+            raise FewshotError(f"finetune augment must be a preset ({', '.join(PRESETS)}) or a list of operations "
+                               f"({', '.join(AUGMENTATION_OPS)}), got {augment!r}")
+        self.steps, self.blocks, self.backbone_lr, self.head_lr = steps, blocks, backbone_lr, head_lr
+        self.weight_decay, self.unfreeze_every, self.bn, self.augment = weight_decay, unfreeze_every, bn, augment
         self.temperature = temperature
+
+    def check_backbone(self, backbone: nn.Module) -> None:
+        stages = len(backbone.stages())
+        if self.blocks > stages:
+            raise FewshotError(f"finetune blocks={self.blocks} but the backbone has {stages} stages: use at most "
+                               f"{stages}")
 
     def forward(self, support, support_labels, query, ways):
         """On features only (no backbone at hand): a cosine classifier fitted on the support features."""
@@ -57,28 +81,41 @@ class FineTune(Head):
         return lambda query: classifier(F.normalize(query.float(), dim=-1)).detach()
 
     def adapt(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor,
-              query: torch.Tensor, ways: int) -> torch.Tensor:
-        """Fine-tune on ``support`` ``(S, C, H, W)`` (normalized floats) and return query logits ``(Q, ways)``.
+              query: torch.Tensor, ways: int, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> torch.Tensor:
+        """Fine-tune on ``support`` ``(S, C, H, W)`` and return query logits ``(Q, ways)``; images are uint8
+        (augmented as uint8, then normalized by ``prepare``) or, without augmentation, normalized floats.
+        ``backbone`` is restored to its weights and buffers before returning."""
+        with self.adapted(backbone, support, support_labels, ways, prepare) as network:
+            with torch.no_grad():
+                return network(prepare(query) if prepare is not None else query)[1]
 
-        ``backbone`` is restored to its weights and buffers on entry before returning.
-        """
+    @contextlib.contextmanager
+    def adapted(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
+                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Network]:
+        """The backbone fine-tuned on ``support`` with its new classifier, valid inside the ``with`` block."""
         from episodes import train_augmentation
         from episodes.images import apply_per_image
 
+        prepare = prepare or (lambda images: images)
+        augment = train_augmentation(self.augment, support.shape[-1], support.shape[1])
+        if augment is not None and support.dtype != torch.uint8:
+            raise FewshotError("finetune augments uint8 images: pass the support set as uint8 (it is normalized "
+                               "after augmentation), or set head option augment: none")
         saved = copy.deepcopy(backbone.state_dict())
         was_training = backbone.training
         stages = backbone.stages()
         trainable = [m for m in stages[len(stages) - self.blocks:]] if self.blocks > 0 else []
-        augment = train_augmentation(self.augment, support.shape[-1], support.shape[1])
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 # clones: inputs made under inference_mode cannot take part in autograd
-                support, query, support_labels = support.clone(), query.clone(), support_labels.clone()
+                support, support_labels = support.clone(), support_labels.clone()
                 for p in backbone.parameters():
                     p.requires_grad_(False)
                 backbone.eval()
                 with torch.no_grad():
-                    classifier = self._new_classifier(F.normalize(backbone(support), dim=-1), support_labels, ways)
+                    classifier = self._new_classifier(F.normalize(backbone(prepare(support)), dim=-1),
+                                                      support_labels, ways)
                 groups = [{"params": list(classifier.parameters()), "lr": self.head_lr}]
                 unfrozen = 0 if self.unfreeze_every else len(trainable)
 
@@ -102,12 +139,18 @@ class FineTune(Head):
                         set_unfrozen(unfrozen)
                     images = apply_per_image(augment, support) if augment is not None else support
                     optimizer.zero_grad()
-                    logits = classifier(F.normalize(backbone(images), dim=-1))
+                    logits = classifier(F.normalize(backbone(prepare(images)), dim=-1))
                     F.cross_entropy(logits, support_labels).backward()
                     optimizer.step()
                 backbone.eval()
-                with torch.no_grad():
-                    return classifier(F.normalize(backbone(query), dim=-1))
+                for p in list(backbone.parameters()) + list(classifier.parameters()):
+                    p.requires_grad_(False)
+
+            def network(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                maps = backbone.forward_features(images)
+                return maps, classifier(F.normalize(backbone.pool_features(maps), dim=-1))
+
+            yield network
         finally:
             with torch.inference_mode(False), torch.no_grad():
                 backbone.load_state_dict(saved)

@@ -21,6 +21,7 @@ queries of its episode.
 from __future__ import annotations
 
 import contextlib
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import FewshotError
-from .base import Head
+from .base import FeatureMaps, Head, Network
 
 
 @contextlib.contextmanager
@@ -49,6 +50,7 @@ def batch_statistics(module: nn.Module):
 class MAML(Head):
     adapts_backbone = True
     meta_trainable = True
+    exportable = False
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], inner_steps: int = 5,
                  inner_lr: float = 0.01, eval_steps: int = 10, first_order: bool = False, max_ways: int = 5):
@@ -111,12 +113,40 @@ class MAML(Head):
             self.inner_steps if self.training else self.eval_steps)
 
     def adapt(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-              ways: int) -> torch.Tensor:
-        """Adapt backbone and classifier on ``support`` ``(ways*shots, C, H, W)`` (normalized floats) and
-        return the adapted network's query logits ``(Q, ways)``."""
+              ways: int, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Adapt backbone and classifier on ``support`` ``(ways*shots, C, H, W)`` (normalized floats, or uint8
+        normalized by ``prepare``) and return the adapted network's query logits ``(Q, ways)``."""
         self.check_ways(ways)
+        if prepare is not None:
+            support, query = prepare(support), prepare(query)
         with torch.inference_mode(False), torch.enable_grad(), batch_statistics(backbone):
             buffers = {name: b.clone() for name, b in backbone.named_buffers()}
             weights = self.adapted_weights(backbone, buffers, support.clone(), support_labels.clone(), ways)
             result = self.network_logits(backbone, weights, buffers, query.clone(), ways)
         return result if self.training else result.detach()
+
+    def maps_and_logits(self, backbone: nn.Module, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                        images: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature maps ``(B, D, h, w)`` and logits ``(B, ways)`` of the network at ``weights``."""
+        state = {**{n: w for n, w in weights.items() if n.startswith("backbone.")},
+                 **{f"backbone.{n}": b for n, b in buffers.items()}}
+        maps = functional_call(FeatureMaps(backbone), state, (images,))
+        return maps, self.classify(weights, backbone.pool_features(maps), ways)
+
+    @contextlib.contextmanager
+    def adapted(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
+                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Network]:
+        """The adapted network (batch-statistics BatchNorm, as in :meth:`adapt`: pass all the queries in
+        one batch to get :meth:`adapt`'s predictions), valid inside the ``with`` block."""
+        self.check_ways(ways)
+        support = prepare(support) if prepare is not None else support
+        with torch.inference_mode(False), torch.enable_grad(), batch_statistics(backbone):
+            buffers = {name: b.clone() for name, b in backbone.named_buffers()}
+            weights = self.adapted_support_weights(backbone, buffers, support.clone(), support_labels.clone(), ways)
+            weights = {name: w.detach() for name, w in weights.items()}
+            yield lambda images: self.maps_and_logits(backbone, weights, buffers, images.clone(), ways)
+
+    def adapted_support_weights(self, backbone: nn.Module, buffers: dict[str, torch.Tensor], support: torch.Tensor,
+                                support_labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
+        """All weights after adaptation (``backbone.*`` and ``classifier.*``); ANIL adapts the classifier only."""
+        return self.adapted_weights(backbone, buffers, support, support_labels, ways)
