@@ -150,19 +150,37 @@ def resume_command(argv: Sequence[str], run_dir) -> str:
     return shlex.join(["fewshot", *kept, "--out", str(run_dir), "--resume"])
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+def run_training(args: argparse.Namespace, command: str) -> None:
+    """``fewshot train`` / ``fewshot pretrain``: run, then print how it ended (rank 0 only)."""
+    if command == "train":
+        from .train import train as run
+    else:
+        from .pretrain import pretrain as run
 
     config, run_dir = config_and_run_dir(args)
-    summary = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    summary = run(config, run_dir, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
-        return 0
+        return
     if summary["interrupted"]:
-        print(f"stopped by {summary['interrupted']} after episode {summary['episodes']}; checkpoint saved in "
-              f"{run_dir}/checkpoints/last.pt; resume with: {resume_command(args.argv, run_dir)}")
-        return 0
-    line = f"trained {summary['episodes']} episodes in {summary['minutes']:.1f} min"
-    print(f"{line}{best_validation_text(summary, 'at episode')}; run directory {run_dir}")
+        done = f"episode {summary['episodes']}" if command == "train" else f"batch {summary['steps']}"
+        print(f"stopped by {summary['interrupted']} after {done}; checkpoint saved in {run_dir}/checkpoints/last.pt; "
+              f"resume with: {resume_command(args.argv, run_dir)}")
+    elif command == "train":
+        line = f"trained {summary['episodes']} episodes in {summary['minutes']:.1f} min"
+        print(f"{line}{best_validation_text(summary, 'at episode')}; run directory {run_dir}")
+    else:
+        line = f"pretrained {summary['epochs']} epochs on {summary['classes']} classes in {summary['minutes']:.1f} min"
+        print(f"{line}{best_validation_text(summary, 'after epoch')}; run directory {run_dir} (use it with fewshot "
+              "eval, or as model.weights for fewshot train)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run_training(args, "train")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    run_training(args, "pretrain")
     return 0
 
 
@@ -171,23 +189,6 @@ def best_validation_text(summary: dict, when: str) -> str:
     best = summary["best_validation"]
     return (f"; best validation {best['accuracy']:.2f} ± {best['ci95']:.2f} % {when} "
             f"{best.get('epoch', best['episode'])}") if best else ""
-
-
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .pretrain import pretrain
-
-    config, run_dir = config_and_run_dir(args)
-    summary = pretrain(config, run_dir, resume=args.resume, progress=not args.no_progress)
-    if os.environ.get("RANK", "0") != "0":
-        return 0
-    if summary["interrupted"]:
-        print(f"stopped by {summary['interrupted']} after batch {summary['steps']}; checkpoint saved in "
-              f"{run_dir}/checkpoints/last.pt; resume with: {resume_command(args.argv, run_dir)}")
-        return 0
-    line = f"pretrained {summary['epochs']} epochs on {summary['classes']} classes in {summary['minutes']:.1f} min"
-    line += best_validation_text(summary, "after epoch")
-    print(f"{line}; run directory {run_dir} (use it with fewshot eval, or as model.weights for fewshot train)")
-    return 0
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:

@@ -95,6 +95,13 @@ def gather_objects(value, context: DistContext) -> list:
     return out
 
 
+def data_parallel(module: torch.nn.Module, context: DistContext, device: torch.device) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel under torchrun, else ``module`` itself."""
+    if not context.enabled:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
 def shutdown(context: DistContext) -> None:
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()

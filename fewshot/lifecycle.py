@@ -28,7 +28,7 @@ import torch
 from .atomic import atomic_write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_config
-from .distributed import DistContext, all_sum, any_rank, broadcast_flag
+from .distributed import DistContext, all_sum, any_rank, broadcast_flag, init_distributed, shutdown
 from .errors import FewshotError
 from .plots import plot_training_curves
 
@@ -278,6 +278,21 @@ def restore(job: Job, state: TrainingState, saved: dict, device: torch.device) -
         torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
 
 
+def begin(job: Job, run: RunDirectory, saved: dict | None, context: DistContext, device: torch.device,
+          log: Callable[[str], None]) -> TrainingState:
+    """A new training state, or the one ``saved`` (``last.pt``) holds with everything restored; then the run
+    directory is started and the modules put in training mode."""
+    state = TrainingState()
+    if saved is not None:
+        restore(job, state, saved, device)
+        if context.is_main:
+            log(f"resumed {run.path} after {job.label(state.step)}")
+    run.start(job.config)
+    for module in job.modules.values():
+        module.train()
+    return state
+
+
 def _update(job: Job, loss: torch.Tensor) -> None:
     job.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -375,3 +390,33 @@ def run_steps(job: Job, batches: Iterable, run: RunDirectory, state: TrainingSta
         if state.best["accuracy"] < 0:  # never validated: the final weights are the best we know
             run.save("best.pt", checkpoint_state(job, state, device))
     return {"stopped_early": stopped_early, "interrupted": interrupted, "first": first}
+
+
+def launch(body: Callable[..., dict], config: Config, run_dir: str | os.PathLike, resume: bool, progress: bool,
+           log: Callable[[str], None]) -> dict:
+    """Join the torchrun process group if any, then ``body(config, run, progress, log, context, device)``."""
+    context, device = init_distributed(config.train.device)
+    try:
+        return body(config, RunDirectory(run_dir, resume, context.is_main), progress, log, context, device)
+    finally:
+        shutdown(context)
+
+
+VAL_SEED_OFFSET = 1_000_003  # validation episodes are a fixed set, distinct from the training stream
+
+
+def validation(model: torch.nn.Module, config: Config, episodes: int, context: DistContext, device: torch.device,
+               progress: bool) -> Callable[[], Any] | None:
+    """A function that validates ``model`` on the config's val split (the same ``episodes`` episodes every
+    time), or None when there is no val split. Only rank 0 opens the split."""
+    from .data import open_phase, phase_spec
+    from .evaluate import evaluate
+
+    spec = phase_spec(config.data, "val", required=False)
+    if spec is None:
+        return None
+    ecfg = config.eval
+    split = open_phase(config, spec, ecfg.ways, ecfg.shots, ecfg.queries, progress) if context.is_main else None
+    return lambda: evaluate(model, split, ecfg.ways, ecfg.shots, ecfg.queries, episodes,
+                            seed=config.seed + VAL_SEED_OFFSET, device=device, batch_size=ecfg.batch_size,
+                            progress=False, precision="auto" if config.train.amp else "fp32")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -30,14 +29,12 @@ from episodes import FewShotSplit, train_augmentation
 
 from .config import Config
 from .data import open_phase, phase_spec
-from .distributed import DistContext, init_distributed, shutdown
+from .distributed import DistContext, data_parallel
 from .errors import FewshotError
-from .evaluate import evaluate
-from .lifecycle import Job, RunDirectory, TrainingState, restore, run_steps
+from .lifecycle import Job, RunDirectory, begin, launch, run_steps, validation
 from .model import build_model
 from .optim import Schedule, build_optimizer, build_scheduler
 from .runtime import autocast, seed_everything
-from .train import VAL_SEED_OFFSET
 
 MUST_MATCH = ("model.backbone", "model.head", "model.backbone_options", "data.image_size", "data.channels",
               "pretrain.batch_size", "pretrain.classifier")
@@ -123,16 +120,12 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, classes: int, mixup: f
 def pretrain(config: Config, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
     """Pretrain as ``config.pretrain`` says, writing into ``run_dir``; return the summary dict."""
-    context, device = init_distributed(config.train.device)
-    try:
-        return _pretrain(config, RunDirectory(run_dir, resume, context.is_main), progress, log, context, device)
-    finally:
-        shutdown(context)
+    return launch(_pretrain, config, run_dir, resume, progress, log)
 
 
 def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[str], None], context: DistContext,
               device: torch.device) -> dict:
-    pcfg, ecfg = config.pretrain, config.eval
+    pcfg = config.pretrain
     seed_everything(config.seed)
     model = build_model(config.model, config.data.channels, config.data.image_size).to(device)
     if model.head.adapts_backbone:
@@ -149,17 +142,12 @@ def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[
                            f"images make no full batch{' per process' if context.enabled else ''}; lower it")
     total = pcfg.epochs * per_step
     saved = run.resume_point(config, MUST_MATCH, "pretrain.epochs", total, log, "batche") if run.resume else None
-    val_spec = phase_spec(config.data, "val", required=False)
-    val_split = None
-    if val_spec and context.is_main:
-        val_split = open_phase(config, val_spec, ecfg.ways, ecfg.shots, ecfg.queries, progress)
+    validate = validation(model, config, pcfg.val_episodes, context, device, progress)
     classes = len(base)
     dim = model.head.embedding_dim
     classifier = (CosineClassifier(dim, classes, pcfg.cosine_scale) if pcfg.classifier == "cosine"
                   else nn.Linear(dim, classes)).to(device)
-    net = Supervised(model.backbone, classifier)
-    if context.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    net = data_parallel(Supervised(model.backbone, classifier), context, device)
 
     def forward(batch: tuple[int, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         index, images, labels = batch
@@ -171,29 +159,17 @@ def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[
         loss = F.cross_entropy(logits, targets, label_smoothing=pcfg.label_smoothing)
         return loss, int((logits.argmax(1) == labels).sum()), len(labels)
 
-    def validate():
-        return evaluate(model, val_split, ecfg.ways, ecfg.shots, ecfg.queries, pcfg.val_episodes,
-                        seed=config.seed + VAL_SEED_OFFSET, device=device, batch_size=ecfg.batch_size,
-                        progress=False, precision="auto" if config.train.amp else "fp32")
-
     epoch_of = lambda step: math.ceil(step / per_step)  # noqa: E731 - epochs finished after `step` steps
     parameters = list(model.backbone.parameters()) + list(classifier.parameters())
     optimizer = build_optimizer(pcfg.optimizer, parameters, pcfg.lr, pcfg.momentum, pcfg.weight_decay)
     schedule = Schedule("cosine", total, pcfg.warmup_epochs * per_step)
     job = Job(config, {"model": model, "classifier": classifier}, optimizer, build_scheduler(optimizer, schedule),
               forward, where=lambda batch: f"batch {batch[0]}, epoch {epoch_of(state.step + 1)}", total=total,
-              log_every=per_step, val_every=per_step if val_spec else 0, validate=validate, unit="batch",
+              log_every=per_step, val_every=per_step, validate=validate, unit="batch",
               checkpoint_every=per_step, checkpoint_minutes=config.train.checkpoint_minutes,
               label=lambda step: f"epoch {epoch_of(step)}", record=lambda step: {"epoch": epoch_of(step)},
               extra={"stage": "pretrain"})
-    state = TrainingState()
-    if saved is not None:
-        restore(job, state, saved, device)
-        if context.is_main:
-            log(f"resumed {run.path} after batch {state.step} (epoch {epoch_of(state.step)})")
-    run.start(config)
-    model.train()
-    classifier.train()
+    state = begin(job, run, saved, context, device, log)
     world, rank = context.world_size, context.rank
     steps = range(state.step, total)
     loader = DataLoader(batches, batch_size=None, num_workers=config.data.workers,

@@ -28,16 +28,14 @@ from episodes import Episode, EpisodeDataset, EpisodeSampler, train_augmentation
 
 from .config import Config
 from .data import open_phase, phase_spec
-from .distributed import DistContext, gather_objects, init_distributed, parameter_spread, shutdown
+from .distributed import DistContext, data_parallel, gather_objects, parameter_spread
 from .errors import FewshotError
-from .evaluate import evaluate
 from .heads import head_names
-from .lifecycle import Job, RunDirectory, TrainingState, restore, run_steps
+from .lifecycle import Job, RunDirectory, begin, launch, run_steps, validation
 from .model import FewShotModel, build_model
 from .optim import Schedule, build_optimizer, build_scheduler
 from .runtime import autocast, seed_everything
 
-VAL_SEED_OFFSET = 1_000_003  # validation episodes are a fixed set, distinct from the training stream
 MUST_MATCH = ("model.backbone", "model.head", "model.backbone_options", "model.head_options", "data.image_size",
               "data.channels")
 
@@ -63,11 +61,7 @@ def check_meta_trainable(model: FewShotModel, head: str) -> None:
 def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print) -> dict:
     """Meta-train as ``config`` says, writing into ``run_dir``; return the summary dict."""
-    context, device = init_distributed(config.train.device)
-    try:
-        return _train(config, RunDirectory(run_dir, resume, context.is_main), progress, log, context, device)
-    finally:
-        shutdown(context)
+    return launch(_train, config, run_dir, resume, progress, log)
 
 
 def episode_loader(config: Config, split, start: int, context: DistContext, device: torch.device) -> DataLoader:
@@ -86,21 +80,15 @@ def episode_loader(config: Config, split, start: int, context: DistContext, devi
 
 def _train(config: Config, run: RunDirectory, progress: bool, log: Callable[[str], None], context: DistContext,
            device: torch.device) -> dict:
-    tcfg, ecfg = config.train, config.eval
+    tcfg = config.train
     seed_everything(config.seed)
     model = build_model(config.model, config.data.channels, config.data.image_size).to(device)
     check_meta_trainable(model, config.model.head)
     run.check(model)
     saved = run.resume_point(config, MUST_MATCH, "train.episodes", tcfg.episodes, log) if run.resume else None
     train_split = open_phase(config, phase_spec(config.data, "train"), tcfg.ways, tcfg.shots, tcfg.queries, progress)
-    val_spec = phase_spec(config.data, "val", required=False)
-    val_split = None
-    if val_spec and context.is_main:
-        val_split = open_phase(config, val_spec, ecfg.ways, ecfg.shots, ecfg.queries, progress)
-
-    net = model
-    if context.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    validate = validation(model, config, tcfg.val_episodes, context, device, progress)
+    net = data_parallel(model, context, device)
 
     def forward(episode: Episode) -> tuple[torch.Tensor, int, int]:
         episode = episode.to(device, non_blocking=True)
@@ -109,24 +97,13 @@ def _train(config: Config, run: RunDirectory, progress: bool, log: Callable[[str
             loss = model.head.loss(logits.float(), episode.query_labels)
         return loss, int((logits.argmax(1) == episode.query_labels).sum()), len(logits)
 
-    def validate():
-        return evaluate(model, val_split, ecfg.ways, ecfg.shots, ecfg.queries, tcfg.val_episodes,
-                        seed=config.seed + VAL_SEED_OFFSET, device=device, batch_size=ecfg.batch_size,
-                        progress=False, precision="auto" if tcfg.amp else "fp32")
-
     optimizer = build_optimizer(tcfg.optimizer, model.parameters(), tcfg.lr, tcfg.momentum, tcfg.weight_decay)
     job = Job(config, {"model": model}, optimizer, build_scheduler(optimizer, schedule_of(config)), forward,
               where=lambda episode: f"episode index {episode.index}", total=tcfg.episodes, log_every=tcfg.log_every,
-              val_every=tcfg.val_every if val_spec else 0, validate=validate, grad_clip=tcfg.grad_clip,
+              val_every=tcfg.val_every, validate=validate, grad_clip=tcfg.grad_clip,
               patience=tcfg.patience, checkpoint_every=tcfg.checkpoint_every,
               checkpoint_minutes=tcfg.checkpoint_minutes)
-    state = TrainingState()
-    if saved is not None:
-        restore(job, state, saved, device)
-        if context.is_main:
-            log(f"resumed {run.path} at episode {state.step}")
-    run.start(config)
-    model.train()
+    state = begin(job, run, saved, context, device, log)
     outcome = run_steps(job, episode_loader(config, train_split, state.step, context, device), run, state, context,
                         device, progress)
     summary = {"episodes": state.step, "minutes": state.seconds() / 60,
