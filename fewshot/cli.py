@@ -516,8 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="self-training: smallest probability for a pseudo-label (default 0.9)")
     evaluate.add_argument("--per-class", action="store_true",
                           help="per-class precision, recall and F1, and a confusion-matrix PNG")
-    evaluate.add_argument("--confusion", default="confusion.png", metavar="PNG",
-                          help="where --per-class writes the confusion matrix (default confusion.png)")
+    evaluate.add_argument("--confusion", metavar="PNG",
+                          help="where the confusion matrix PNG goes (implies --per-class; default confusion.png "
+                               "with --per-class)")
     evaluate.add_argument("--cache-dir", help="decoded-image cache folder (default $FEWSHOT_CACHE_DIR or "
                                               "~/.cache/fewshot)")
     evaluate.add_argument("--skip-corrupt", action="store_true", help="leave corrupt images out with a warning")

@@ -67,7 +67,7 @@ def run_to_end(*args: str) -> subprocess.CompletedProcess:
 
 def saved_episode(run_dir: Path) -> int:
     try:
-        return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["episode"]
+        return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["episode"]
     except (FileNotFoundError, EOFError, RuntimeError):
         return 0
 
@@ -187,7 +187,7 @@ def test_failed_write_never_corrupts_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(FewshotError, match="cannot write .*last.pt: No space left on device"):
         save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "config": {}, "episode": 8})
     monkeypatch.undo()
-    kept = torch.load(path, weights_only=False)
+    kept = torch.load(path, weights_only=True)
     assert kept["episode"] == 7 and torch.equal(kept["model"]["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 

@@ -69,7 +69,9 @@ def test_one_episode_interval_is_null_and_per_episode_in_percent(run_dir, tmp_pa
     saved = json.loads(text)
     assert "NaN" not in text and saved["ci95"] is None
     assert saved["per_episode"] == [pytest.approx(saved["accuracy"])] and saved["accuracy"] > 1.0
-    assert "no interval" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no interval" in out and "precision" not in out, "no per-class table unless asked for"
+    assert not Path("confusion.png").exists()
 
 
 def test_confusion_alone_writes_the_matrix(run_dir, tmp_path, capsys):
