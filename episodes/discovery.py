@@ -8,11 +8,12 @@ ImageFolder tree (``root/cls/*.jpg``) gives names like ``cls`` and Omniglot
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import EpisodesError, preview
+from .errors import EpisodesError, EpisodesWarning, preview
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -41,20 +42,34 @@ def is_image_file(name: str) -> bool:
 
 
 def _walk_classes(root: Path) -> Iterable[tuple[str, list[Path]]]:
-    """Yield (relative name, sorted image files) for every directory holding images."""
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        images: list[Path] = []
+    """Yield (relative name, sorted image files) for every directory holding images.
+
+    Symbolic links to directories are followed, but every real directory is read once: a link to a
+    folder already read (a loop such as ``ln -s .. loop``, or a second link to one folder) is skipped
+    with a warning naming it. Folders reached without a link are read before those behind links, so
+    the name a folder gets does not depend on where a link to it sorts.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack, links = [root], []
+    while stack or links:
+        directory = stack.pop() if stack else links.pop(0)
         try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen:
+                warnings.warn(f"skipped {directory}: it links to {os.path.realpath(directory)}, which is already "
+                              "read (a symbolic-link loop or a second link to one folder)", EpisodesWarning,
+                              stacklevel=3)
+                continue
+            seen.add((info.st_dev, info.st_ino))
             entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
-        except PermissionError as exc:
+        except OSError as exc:
             raise EpisodesError(f"cannot read folder {directory}: {exc.strerror}") from None
+        images: list[Path] = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=True):
-                stack.append(Path(entry.path))
+                (links if entry.is_symlink() else stack).append(Path(entry.path))
             elif is_image_file(entry.name):
                 images.append(Path(entry.path))
         if images:

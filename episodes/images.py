@@ -10,6 +10,7 @@ transforms v2 on ``(C, H, W)`` uint8 tensors; evaluation applies no random trans
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable
 
 import numpy as np
@@ -31,7 +32,10 @@ PRESETS = {"none": (), "flip": ("flip",), "standard": ("crop", "flip", "jitter")
 def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     """Decode one image file to a ``(size, size, channels)`` uint8 array.
 
-    Raises :class:`CorruptImageError` naming the file when it cannot be read or decoded.
+    Raises :class:`CorruptImageError` naming the file when it cannot be read or decoded, is a broken
+    symbolic link, or has more pixels than PIL's decompression-bomb limit (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``; between one and two times that limit PIL only warns, and the image
+    is decoded).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -43,12 +47,26 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarra
             if image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise CorruptImageError(f"cannot decode image {path}: refused, {_bomb_reason(exc)} "
+                                "(decompression-bomb protection)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if os.path.islink(path) and not os.path.exists(path):
+            reason = f"it is a broken symbolic link (to {os.readlink(path)})"
+        else:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CorruptImageError(f"cannot decode image {path}: {reason}") from None
     if channels == 1:
         array = array[:, :, None]
     return array
+
+
+def _bomb_reason(exc: Exception) -> str:
+    """``N pixels, more than PIL's limit of M`` from PIL's DecompressionBombError message."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+    if not found:
+        return str(exc).splitlines()[0] if str(exc) else "too many pixels"
+    return f"{found[1]} pixels, more than PIL's limit of {found[2]}"
 
 
 def rotate(images: np.ndarray, degrees: int) -> np.ndarray:

@@ -106,12 +106,18 @@ def classes_from_list(roots: Sequence[str | os.PathLike], list_file: str | os.Pa
 
 
 def classes_from_csv(csv_file: str | os.PathLike, images: str | os.PathLike) -> list[ImageClass]:
-    """Classes of a miniImageNet CSV (``filename,label`` rows) whose images lie in ``images``."""
+    """Classes of a miniImageNet CSV (``filename,label`` rows) whose images lie in ``images``.
+
+    A row's file is ``images/filename``, else ``images/label/filename``. Raises :class:`EpisodesError`
+    naming the line for an empty filename or label and for a file listed on two rows (under one label
+    or two), and naming the files missing from ``images``.
+    """
     path = Path(csv_file).expanduser()
     if not path.is_file():
         raise EpisodesError(f"CSV split file {path} does not exist")
     image_dir = check_root(images)
     by_label: dict[str, list[Path]] = {}
+    first_row: dict[Path, tuple[int, str]] = {}  # file -> (line number, label) of its row
     missing: list[str] = []
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
@@ -124,6 +130,11 @@ def classes_from_csv(csv_file: str | os.PathLike, images: str | os.PathLike) -> 
             if len(row) < 2:
                 raise EpisodesError(f"{path} line {number}: expected 'filename,label', got '{','.join(row)}'")
             filename, label = row[0].strip(), row[1].strip()
+            if not filename:
+                raise EpisodesError(f"{path} line {number}: empty filename: every row needs 'filename,label'")
+            if not label:
+                raise EpisodesError(f"{path} line {number}: '{filename}' has an empty label: every row needs "
+                                    "'filename,label'")
             file_path = image_dir / filename
             if not file_path.is_file():
                 nested = image_dir / label / filename
@@ -132,6 +143,14 @@ def classes_from_csv(csv_file: str | os.PathLike, images: str | os.PathLike) -> 
                 else:
                     missing.append(filename)
                     continue
+            if file_path in first_row:
+                first, first_label = first_row[file_path]
+                where = f"{path} lines {first} and {number}: '{filename}' is listed"
+                if first_label == label:
+                    raise EpisodesError(f"{where} twice under label '{label}': delete one of the rows")
+                raise EpisodesError(f"{where} under both labels '{first_label}' and '{label}': an image belongs "
+                                    "to one class, delete the wrong row")
+            first_row[file_path] = (number, label)
             by_label.setdefault(label, []).append(file_path)
     if missing:
         raise EpisodesError(

@@ -206,7 +206,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--backbone", help=f"model.backbone: {', '.join(BACKBONES)} (default resnet50)")
     parser.add_argument("--weights", help="model.weights: none (default), imagenet, or a state-dict / checkpoint file")
     parser.add_argument("--head", help=f"model.head: {', '.join(heads)} (default protonet)")
-    parser.add_argument("--image-size", type=int_at_least(8), metavar="PX", help="data.image_size (default 84)")
+    parser.add_argument("--image-size", type=int_at_least(8), metavar="PX",
+                        help="data.image_size (default: the backbone's native size, e.g. 260 for efficientnet_lite2, "
+                             "else 84)")
     parser.add_argument("--channels", type=int, choices=(1, 3), help="data.channels: 1 or 3 (default 3)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key; the value is parsed as YAML, e.g. --set train.lr=1e-3 "
@@ -233,7 +235,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="backbone weights without a checkpoint: none (default), imagenet, or a state-dict file")
     group.add_argument("--head", help=f"head when no checkpoint is given: {', '.join(HEADS)}")
     group.add_argument("--image-size", type=int_at_least(8), metavar="PX",
-                       help="image side in pixels (default: the checkpoint's, else 84)")
+                       help="image side in pixels (default: the checkpoint's, else the backbone's native size, "
+                            "else 84)")
     group.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB; default)")
     group.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
                        help="head option without a checkpoint, e.g. distance=cosine (repeatable)")
@@ -258,7 +261,8 @@ def model_from_args(args: argparse.Namespace):
     if not args.backbone or not args.head:
         raise FewshotError("give a checkpoint or run directory, or both --backbone and --head")
     overrides = [f"model.backbone={args.backbone}", f"model.weights={args.weights}", f"model.head={args.head}",
-                 f"data.image_size={args.image_size or 84}", f"data.channels={args.channels or 3}"]
+                 f"data.channels={args.channels or 3}"]
+    overrides += [f"data.image_size={args.image_size}"] if args.image_size else []
     overrides += [f"model.head_options.{item}" for item in args.head_option]
     config = config_from_dict({}, overrides)
     torch.manual_seed(config.seed)  # randomly initialised parts are the same on every call

@@ -48,6 +48,7 @@ def choice(default: str, *options: str) -> Any:
 
 
 SEED_LIMIT = 2**63 - 1
+DEFAULT_IMAGE_SIZE = 84  # for backbones without a native input size
 
 
 @dataclass
@@ -57,7 +58,7 @@ class DataConfig:
     classes: PerPhase = field(default_factory=PerPhase)  # class-list file per phase
     csv: PerPhase = field(default_factory=PerPhase)  # miniImageNet CSV per phase (needs images)
     images: str | None = None  # folder of the CSV's images
-    image_size: int = ranged(84, 8, 4096)
+    image_size: int | None = ranged(None, 8, 4096)  # None: the backbone's native size (pretrained), else 84
     channels: int = ranged(3, 1, 3)  # 1 (grayscale) or 3 (RGB); 2 is refused in check_config
     augment: str | list[str] = "none"  # preset (none, flip, standard, strong) or list of operations
     cache_dir: str | None = None  # decoded-image cache; default $FEWSHOT_CACHE_DIR or ~/.cache/fewshot
@@ -291,6 +292,10 @@ def config_from_dict(raw: dict | None, overrides: list[str] | None = None) -> Co
     raw = apply_overrides(dict(raw or {}), list(overrides or []))
     config = _build(Config, _normalize_numbers(raw))
     check_config(config)
+    if config.data.image_size is None:
+        from .backbones import native_size
+
+        config.data.image_size = native_size(config.model.backbone) or DEFAULT_IMAGE_SIZE
     return config
 
 

@@ -164,7 +164,8 @@ def test_registries_build_every_pair():
             logits = model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1]),
                            torch.zeros(3, 1, 28, 28, dtype=torch.uint8), 2)
             assert logits.shape == (3, 2)
-    assert set(BACKBONES) == {"resnet50", "resnet18", "resnet12", "conv4", "efficientnet_lite0"}
+    assert set(BACKBONES) == {"resnet50", "resnet18", "resnet12", "conv4", "efficientnet_lite0", "efficientnet_lite1",
+                              "efficientnet_lite2"}
     with pytest.raises(FewshotError, match="unknown head"):
         build_model(ModelConfig(backbone="conv4", head="maml2"), 1, 28)
 

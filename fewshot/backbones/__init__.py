@@ -11,7 +11,7 @@ import inspect
 from ..errors import FewshotError
 from .base import Backbone, load_weights_file
 from .conv4 import Conv4
-from .efficientnet_lite0 import EfficientNetLite0
+from .efficientnet_lite import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
 from .resnet12 import ResNet12
 from .resnet18 import ResNet18
 from .resnet50 import ResNet50
@@ -22,6 +22,8 @@ BACKBONES: dict[str, type[Backbone]] = {
     "resnet12": ResNet12,
     "conv4": Conv4,
     "efficientnet_lite0": EfficientNetLite0,
+    "efficientnet_lite1": EfficientNetLite1,
+    "efficientnet_lite2": EfficientNetLite2,
 }
 
 
@@ -32,6 +34,12 @@ def check_options(cls: type, options: dict, what: str, reserved: tuple[str, ...]
         if key not in accepted:
             raise FewshotError(f"unknown {what} option '{key}' for {cls.__name__}; it takes: "
                                f"{', '.join(accepted) or 'no options'}")
+
+
+def native_size(name: str) -> int | None:
+    """The input side the backbone's pretrained weights were made for, if it declares one."""
+    cls = BACKBONES.get(name)
+    return getattr(cls, "native_size", None) if cls is not None else None
 
 
 def build_backbone(name: str, in_channels: int = 3, weights: str = "none", **options) -> Backbone:
@@ -51,4 +59,4 @@ def build_backbone(name: str, in_channels: int = 3, weights: str = "none", **opt
     return backbone
 
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "check_options"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "check_options", "native_size"]

@@ -20,6 +20,7 @@ class Backbone(nn.Module):
     """
 
     pool: str = "avg"
+    native_size: int | None = None  # input side the pretrained weights were made for (the default image size)
     mean: tuple[float, ...] | None = None  # input normalization the weights expect; None: the default
     std: tuple[float, ...] | None = None
 

