@@ -227,8 +227,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     from .heads import HEADS
 
     group = parser.add_argument_group("model (a checkpoint, or a backbone and head)")
+    from .recipes import RECIPES
+
     group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
-                       help="checkpoint file, or run directory (its checkpoints/best.pt)")
+                       help="checkpoint file, or run directory (its checkpoints/best.pt); with no model argument at "
+                            "all, the 'default' recipe")
+    group.add_argument("--recipe", help=f"a pretrained recipe, no training: {', '.join(RECIPES)} (fewshot recipes "
+                                        "lists them with their measured accuracy)")
     group.add_argument("--backbone", help=f"backbone when no checkpoint is given: {', '.join(BACKBONES)}; with a "
                                           "checkpoint, checked against it")
     group.add_argument("--weights", default="none",
@@ -251,6 +256,8 @@ def model_from_args(args: argparse.Namespace):
 
     from .model import build_model
 
+    if args.checkpoint and args.recipe:
+        raise FewshotError("give a checkpoint or --recipe, not both")
     if args.checkpoint:
         model, config = model_from_checkpoint(load_checkpoint(args.checkpoint), args.backbone, args.head,
                                               args.image_size)
@@ -258,10 +265,20 @@ def model_from_args(args: argparse.Namespace):
             raise FewshotError(f"the checkpoint was trained on {config.data.channels}-channel images, "
                                f"not {args.channels}")
         return model, config
-    if not args.backbone or not args.head:
-        raise FewshotError("give a checkpoint or run directory, or both --backbone and --head")
-    overrides = [f"model.backbone={args.backbone}", f"model.weights={args.weights}", f"model.head={args.head}",
-                 f"data.channels={args.channels or 3}"]
+    if args.recipe and (args.backbone or args.head):
+        raise FewshotError("give --recipe, or --backbone and --head, not both")
+    if args.recipe or not (args.backbone or args.head):
+        from .recipes import get_recipe
+
+        args.recipe = args.recipe or "default"
+        if args.channels == 1:
+            raise FewshotError(f"recipe '{args.recipe}' takes RGB images: drop --channels 1")
+        overrides = get_recipe(args.recipe).overrides()
+    elif not args.backbone or not args.head:
+        raise FewshotError("give a checkpoint or run directory, --recipe NAME, or both --backbone and --head")
+    else:
+        overrides = [f"model.backbone={args.backbone}", f"model.weights={args.weights}", f"model.head={args.head}",
+                     f"data.channels={args.channels or 3}"]
     overrides += [f"data.image_size={args.image_size}"] if args.image_size else []
     overrides += [f"model.head_options.{item}" for item in args.head_option]
     config = config_from_dict({}, overrides)
@@ -357,6 +374,8 @@ def model_source(args: argparse.Namespace, config) -> str:
     """``runs/x/checkpoints/best.pt`` or ``resnet50 (imagenet) + protonet``, for result lines."""
     if args.checkpoint:
         return config_checkpoint(args)
+    if args.recipe:
+        return f"recipe '{args.recipe}' ({config.model.backbone} + {config.model.transform} + {config.model.head})"
     return f"{config.model.backbone} ({args.weights}) + {config.model.head}"
 
 
@@ -416,6 +435,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_model(model, args.support, out, config.data.image_size, config.data.channels)
     print(f"exported TorchScript model to {path}: input uint8 (B, {config.data.channels}, {config.data.image_size}, "
           f"{config.data.image_size}), output class probabilities; class names in its class_names.json")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """List the recipes: what each bundles and what it measured."""
+    from .heads import HEADS
+    from .recipes import RECIPES
+
+    for name, recipe in RECIPES.items():
+        kind = "transductive" if HEADS[recipe.head].transductive else "inductive"
+        print(f"{name}  ({kind}): {recipe.description}")
+        print(f"    {' '.join('--set ' + item for item in recipe.overrides())}")
+        for benchmark, line in recipe.measured.items():
+            print(f"    {benchmark}: {line}")
     return 0
 
 
@@ -552,6 +585,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
     export.add_argument("--out", required=True, metavar="FILE", help="TorchScript file to write (.pt)")
     export.set_defaults(handler=cmd_export)
+
+    recipes = commands.add_parser(
+        "recipes", help="list the pretrained recipes (no training) with their measured accuracy",
+        description="A recipe bundles backbone, weights, resolution, test-time augmentation, feature transform and "
+                    "head. 'default' is the most accurate inductive one (any shots, a single query works) and is "
+                    "used by predict and eval when no model is given; 'transductive' also uses the episode's "
+                    "unlabelled queries.",
+    )
+    recipes.set_defaults(handler=cmd_recipes)
 
     demo = commands.add_parser(
         "demo", help="generate a glyph dataset, meta-train, evaluate with intervals and predict (a few minutes)",

@@ -73,6 +73,8 @@ class ModelConfig:
     head: str = "protonet"
     backbone_options: dict = field(default_factory=dict)
     head_options: dict = field(default_factory=dict)
+    transform: str = "none"  # feature transform before the head: none, l2n, cl2n, power_cl2n (fewshot/transforms.py)
+    tta: str = "none"  # test-time augmentation of embeddings: none, flip
 
 
 @dataclass
@@ -326,6 +328,13 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 def check_config(config: Config) -> None:
     """Declared ranges and choices, then the checks that ranges alone cannot express."""
     check_declared(config)
+    from .model import TTA
+    from .transforms import TRANSFORMS
+
+    for key, value, allowed in (("model.transform", config.model.transform, TRANSFORMS),
+                                ("model.tta", config.model.tta, TTA)):
+        if value not in allowed:
+            raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     if config.data.channels not in (1, 3):
         raise FewshotError(f"data.channels must be 1 or 3, got {config.data.channels}")
     from episodes.images import AUGMENTATION_OPS, PRESETS

@@ -115,16 +115,30 @@ def embed_slots(model: FewShotModel, split: FewShotSplit, slots: np.ndarray, off
     return torch.cat(chunks)
 
 
+def embed_split(model: FewShotModel, split: FewShotSplit, device: torch.device | str = "cpu", batch_size: int = 256,
+                progress: bool = True, precision: str = "auto") -> torch.Tensor:
+    """Embeddings of every image of ``split``, class-major (class 0's images first): ``(images, *F)``. Pass
+    them to :func:`evaluate` as ``features`` to evaluate several heads or transforms on one embedding."""
+    total = int(sum(split.class_sizes))
+    offsets = np.concatenate([[0], np.cumsum(split.class_sizes)[:-1]]).astype(np.int64)
+    model.eval()
+    with torch.inference_mode():
+        return embed_slots(model, split, np.arange(total), offsets, torch.device(device), batch_size, progress,
+                           precision)
+
+
 def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, queries: int, episodes: int,
              seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256, fast: bool | None = None,
              progress: bool = True, precision: str = "auto", refine: str = "none", refine_steps: int = 1,
-             threshold: float = 0.9, per_class: bool = False) -> EvalResult:
+             threshold: float = 0.9, per_class: bool = False, features: torch.Tensor | None = None) -> EvalResult:
     """Accuracy of ``model`` on ``episodes`` episodes of ``split`` (episode ``i`` of ``seed``).
 
     ``precision``: ``auto`` (bfloat16 autocast on CUDA, float32 on the CPU), ``fp32`` or ``bf16``
     (bfloat16 autocast on any device, see :func:`fewshot.runtime.autocast`).
     ``refine``: ``none``, ``soft_kmeans`` or ``self_training`` (see :mod:`fewshot.refine`).
     ``per_class``: also gather every query's true and predicted class, for :func:`per_class_report`.
+    ``features``: the split's embeddings from :func:`embed_split` (by this model's backbone), reused instead
+    of embedding again.
     """
     device = torch.device(device)
     sampler = EpisodeSampler(split.class_sizes, ways, shots, queries, seed)
@@ -140,7 +154,7 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
         with torch.inference_mode():
             run = _evaluate_embedded if fast else _evaluate_per_episode
             accuracies, truth, predicted = run(model, split, sampler, episodes, device, batch_size, progress,
-                                               precision, refine, refine_steps, threshold)
+                                               precision, refine, refine_steps, threshold, features)
     finally:
         model.train(was_training)
     result = EvalResult(accuracies, ways, shots, queries, time.perf_counter() - start, seed)
@@ -152,7 +166,7 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
 
 
 def _evaluate_embedded(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
-                       refine_steps, threshold, chunk: int = 10):
+                       refine_steps, threshold, embedded=None, chunk: int = 10):
     """Fast path: embed every image the episodes use once, then classify ``chunk`` episodes at a time
     (one batched head call when there is no refinement)."""
     from tqdm.auto import tqdm
@@ -162,8 +176,11 @@ def _evaluate_embedded(model, split, sampler, episodes, device, batch_size, prog
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     drawn = [sampler.sample(i) for i in range(episodes)]
     support_slots, query_slots = episode_slots(drawn, offsets)
-    slots = np.unique(np.concatenate([support_slots.ravel(), query_slots.ravel()]))
-    features = embed_slots(model, split, slots, offsets, device, batch_size, progress, precision)
+    if embedded is None:
+        slots = np.unique(np.concatenate([support_slots.ravel(), query_slots.ravel()]))
+        features = embed_slots(model, split, slots, offsets, device, batch_size, progress, precision)
+    else:
+        slots, features = np.arange(len(embedded)), embedded.to(device)
     support_rows = torch.from_numpy(np.searchsorted(slots, support_slots)).to(device)
     query_rows = torch.from_numpy(np.searchsorted(slots, query_slots)).to(device)
     support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
@@ -203,7 +220,7 @@ def classify_episode(model: FewShotModel, episode: Episode, precision: str = "au
 
 
 def _evaluate_per_episode(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
-                          refine_steps, threshold):
+                          refine_steps, threshold, embedded=None):
     """Plain path: gather and embed each episode's images, then classify it."""
     from tqdm.auto import tqdm
 

@@ -42,8 +42,7 @@ def explain(model: FewShotModel, support: torch.Tensor, support_labels: torch.Te
     BatchNorm (MAML, ANIL) see all queries in one batch, as in prediction; others in chunks."""
     model.eval()
     with torch.inference_mode(False), torch.enable_grad():
-        with model.head.adapted(model.backbone, support.clone(), support_labels.clone(), ways,
-                                prepare=model.prepare) as network:
+        with model.adapted(support.clone(), support_labels.clone(), ways) as network:
             size = len(queries) if model.head.adapts_backbone else chunk
             parts = [grad_cam(network, model.prepare(queries[i:i + size].clone()), model.head.probabilities)
                      for i in range(0, len(queries), size)]

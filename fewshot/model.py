@@ -1,8 +1,12 @@
-"""A few-shot classifier: backbone + head, taking uint8 images and normalizing them on its device."""
+"""A few-shot classifier: backbone + head, taking uint8 images and normalizing them on its device, with
+optional test-time augmentation of the embeddings (``model.tta``) and a feature transform between
+embedding and head (``model.transform``, see :mod:`fewshot.transforms`)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -11,7 +15,12 @@ from episodes import normalization, normalize
 
 from .backbones import Backbone, build_backbone
 from .config import ModelConfig
+from .errors import FewshotError
 from .heads import Head, build_head
+from .heads.base import Network
+from .transforms import TRANSFORMS, apply_transform
+
+TTA = ("none", "flip")  # test-time augmentation of embeddings: none, or the mean with the mirrored image
 
 
 class FewShotModel(nn.Module):
@@ -21,9 +30,16 @@ class FewShotModel(nn.Module):
     already-normalized float. Support and query go through the backbone in one batch.
     """
 
-    def __init__(self, backbone: Backbone, head: Head, channels: int):
+    def __init__(self, backbone: Backbone, head: Head, channels: int, transform: str = "none", tta: str = "none"):
         super().__init__()
         self.backbone, self.head, self.channels = backbone, head, channels
+        if transform not in TRANSFORMS or tta not in TTA:
+            raise FewshotError(f"model.transform must be one of {', '.join(TRANSFORMS)} and model.tta one of "
+                               f"{', '.join(TTA)}; got '{transform}' and '{tta}'")
+        if (transform != "none" or tta != "none") and (head.feature_map or head.adapts_backbone):
+            raise FewshotError(f"model.transform and model.tta work on pooled embeddings; head "
+                               f"'{type(head).__name__}' uses feature maps or adapts the network: set both to none")
+        self.transform, self.tta = transform, tta
         default_mean, default_std = normalization(channels)
         mean, std = backbone.mean or default_mean, backbone.std or default_std
         if len(mean) != channels:  # RGB statistics of pretrained weights, grey input: their channel average
@@ -37,19 +53,49 @@ class FewShotModel(nn.Module):
         return images.contiguous(memory_format=torch.channels_last)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, E)`` embeddings, or ``(B, D, h, w)`` maps for a feature-map head."""
+        """``(B, C, H, W)`` -> ``(B, E)`` embeddings (averaged with the mirrored image's under ``tta: flip``),
+        or ``(B, D, h, w)`` maps for a feature-map head."""
         images = self.prepare(images)
-        return self.backbone.forward_features(images) if self.head.feature_map else self.backbone(images)
+        if self.head.feature_map:
+            return self.backbone.forward_features(images)
+        embedded = self.backbone(images)
+        if self.tta == "flip":
+            embedded = (embedded + self.backbone(images.flip(-1))) / 2
+        return embedded
 
     def classify(self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor,
                  ways: int) -> torch.Tensor:
-        """Logits ``(Q, ways)`` from features already embedded by :meth:`embed`."""
-        return self.head(support_features.float(), support_labels, query_features.float(), ways)
+        """Logits ``(Q, ways)`` from features already embedded by :meth:`embed` (transformed here)."""
+        support, query = apply_transform(self.transform, support_features.float(), query_features.float())
+        return self.head(support, support_labels, query, ways)
 
     def classify_episodes(self, support_features: torch.Tensor, support_labels: torch.Tensor,
                           query_features: torch.Tensor, ways: int) -> torch.Tensor:
         """Logits ``(E, Q, ways)`` for ``E`` episodes of embedded features ``(E, S, *F)`` / ``(E, Q, *F)``."""
-        return self.head.forward_episodes(support_features.float(), support_labels, query_features.float(), ways)
+        support, query = apply_transform(self.transform, support_features.float(), query_features.float())
+        return self.head.forward_episodes(support, support_labels, query, ways)
+
+    @contextlib.contextmanager
+    def adapted(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int) -> Iterator[Network]:
+        """The network this model uses for a support set ``(S, C, H, W)``, inside the ``with`` block:
+        normalized images -> (last feature maps, logits), the logits computed from the maps (for Grad-CAM).
+        Heads that adapt the backbone give their adapted network; otherwise the support set is embedded
+        once and queries go through the same TTA, transform and head as :meth:`forward`."""
+        if self.head.adapts_backbone:
+            with self.head.adapted(self.backbone, support, support_labels, ways, prepare=self.prepare) as network:
+                yield network
+            return
+        with torch.no_grad():
+            support_features = self.embed(support).float()
+
+        def network(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            maps = self.backbone.forward_features(images)
+            embedded = maps if self.head.feature_map else self.backbone.pool_features(maps)
+            if self.tta == "flip" and not self.head.feature_map:
+                embedded = (embedded + self.backbone(images.flip(-1))) / 2
+            return maps, self.classify(support_features, support_labels, embedded, ways)
+
+        yield network
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 ways: int) -> torch.Tensor:
@@ -77,4 +123,4 @@ def build_model(config: ModelConfig, channels: int, image_size: int) -> FewShotM
     backbone.train(was_training)
     head = build_head(config.head, embedding_dim, tuple(features.shape[1:]), **config.head_options)
     head.check_backbone(backbone)
-    return FewShotModel(backbone, head, channels)
+    return FewShotModel(backbone, head, channels, config.transform, config.tta)

@@ -49,7 +49,7 @@ def test_grad_cam_matches_its_definition():
     query = torch.randint(0, 255, (3, 3, 24, 24), dtype=torch.uint8)
     with torch.inference_mode():
         features = model.embed(support)
-    with model.head.adapted(model.backbone, support, labels, 2, prepare=model.prepare) as network:
+    with model.adapted(support, labels, 2) as network:
         heatmaps, probabilities = grad_cam(network, model.prepare(query), model.head.probabilities)
     assert heatmaps.shape == (3, 24, 24) and probabilities.shape == (3, 2)
     for i in range(3):  # weights = spatial mean of d(logit of the predicted class)/d(map); ReLU; upsample; max 1

@@ -14,7 +14,9 @@ from .finetune import FineTune
 from .linear_probe import LinearProbe
 from .maml import MAML
 from .protonet import ProtoNet
+from .pt_map import PTMAP
 from .relation import RelationNet
+from .tim import TIM
 
 HEADS: dict[str, type[Head]] = {
     "protonet": ProtoNet,
@@ -23,6 +25,8 @@ HEADS: dict[str, type[Head]] = {
     "finetune": FineTune,
     "maml": MAML,
     "anil": ANIL,
+    "pt_map": PTMAP,
+    "tim": TIM,
 }
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +50,9 @@ class Head(nn.Module):
       episode (:meth:`adapt`); False means the evaluator may embed each image once and reuse it.
     * ``meta_trainable``: ``fewshot train`` can meta-train through it.
     * ``exportable``: it classifies fixed support embeddings, so a model can be exported with them built in.
-    * ``explainable``: ``predict --explain`` can draw Grad-CAM heatmaps through :meth:`adapted`.
+    * ``explainable``: ``predict --explain`` can draw Grad-CAM heatmaps of its predictions.
+    * ``transductive``: a query's prediction uses the other queries of its episode (or of its ``predict``
+      batch), so it needs several queries per class.
     """
 
     feature_map: bool = False
@@ -59,6 +60,7 @@ class Head(nn.Module):
     meta_trainable: bool = True
     exportable: bool = True
     explainable: bool = True
+    transductive: bool = False
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...]):
         super().__init__()
@@ -88,20 +90,9 @@ class Head(nn.Module):
         """Raise a one-line error when the head's options do not fit ``backbone`` (called when the model is
         built); nothing to check by default."""
 
-    @contextlib.contextmanager
     def adapted(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
-                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Network]:
-        """The episode's network for ``support`` ``(S, C, H, W)`` (uint8, normalized by ``prepare``, or
-        already-normalized floats), valid inside the ``with`` block. Here: the backbone as it is, with the
-        support embedded once; heads that adapt the backbone override it."""
-        support = prepare(support) if prepare is not None else support
-        with torch.no_grad():
-            maps = backbone.forward_features(support)
-            features = (maps if self.feature_map else backbone.pool_features(maps)).float()
-
-        def network(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            maps = backbone.forward_features(images)
-            embedded = maps if self.feature_map else backbone.pool_features(maps)
-            return maps, self(features, support_labels, embedded.float(), ways)
-
-        yield network
+                prepare: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """Heads that adapt the backbone (``adapts_backbone``) return a context manager giving the episode's
+        adapted :data:`Network` for ``support`` ``(S, C, H, W)``; the others are served by
+        :meth:`fewshot.model.FewShotModel.adapted`."""
+        raise NotImplementedError(f"{type(self).__name__} does not adapt the backbone")

