@@ -245,6 +245,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB; default)")
     group.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
                        help="head option without a checkpoint, e.g. distance=cosine (repeatable)")
+    group.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="backbone option without a checkpoint, e.g. depth=2 for a timm model (repeatable)")
     group.add_argument("--device", help="auto (default: CUDA if available, else CPU), cpu, cuda or cuda:N")
 
 
@@ -281,6 +283,7 @@ def model_from_args(args: argparse.Namespace):
                      f"data.channels={args.channels or 3}"]
     overrides += [f"data.image_size={args.image_size}"] if args.image_size else []
     overrides += [f"model.head_options.{item}" for item in args.head_option]
+    overrides += [f"model.backbone_options.{item}" for item in args.backbone_option]
     config = config_from_dict({}, overrides)
     torch.manual_seed(config.seed)  # randomly initialised parts are the same on every call
     return build_model(config.model, config.data.channels, config.data.image_size), config

@@ -128,7 +128,6 @@ class PretrainConfig:
     mixup: float = ranged(0.0, 0)  # Beta(alpha, alpha) of mixup; 0 = off
     cutmix: float = ranged(0.0, 0)  # Beta(alpha, alpha) of cutmix; 0 = off
     val_episodes: int = ranged(200, 1)  # episodic validation (eval.ways/shots/queries) after each epoch
-    log_every: int = ranged(10, 1)  # batches between metrics lines
 
 
 @dataclass

@@ -38,6 +38,10 @@ class Backbone(nn.Module):
         """The backbone's blocks from input to output, for fine-tuning the last few."""
         return list(self.children())
 
+    def adapt_state_dict(self, state: dict) -> dict:
+        """Rename a foreign state dict's keys to this module's (``weights: PATH``); unchanged by default."""
+        return state
+
 
 def state_dict_mismatch(module: nn.Module, state: dict) -> str | None:
     """None when ``state`` fits ``module`` exactly, else a short description of what does not fit."""
@@ -58,7 +62,17 @@ def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> 
         raise FewshotError(f"weights file {file} does not exist (model.weights: none | imagenet | PATH)")
     from ..checkpoint import safe_load
 
-    state = safe_load(file, "weights file")
+    if file.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise FewshotError(f"{file} is a safetensors file: pip install safetensors") from None
+        try:
+            state = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
+            raise FewshotError(f"cannot read weights file {file}: {str(exc).splitlines()[0][:200]}") from None
+    else:
+        state = safe_load(file, "weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         trained = state.get("config", {}).get("data", {}).get("image_size") if isinstance(state.get("config"),
                                                                                          dict) else None
@@ -68,6 +82,8 @@ def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> 
         state = state["backbone"]
     if not isinstance(state, dict):
         raise FewshotError(f"weights file {file} holds no state dict")
+    if hasattr(module, "adapt_state_dict"):
+        state = module.adapt_state_dict(state)
     problem = state_dict_mismatch(module, state)
     if problem:
         raise FewshotError(f"weights file {file} does not fit backbone '{name}': {problem}")
