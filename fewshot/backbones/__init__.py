@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 
 from ..errors import FewshotError
-from . import timm_backbone
+from . import ensemble, timm_backbone
 from .base import Backbone, load_weights_file
 from .conv4 import Conv4
 from .efficientnet_lite import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
@@ -41,17 +41,22 @@ def native_size(name: str) -> int | None:
     """The input side the backbone's pretrained weights were made for, if it declares one."""
     if name.startswith(timm_backbone.PREFIX):
         return timm_backbone.native_size(name)
+    if name.startswith(ensemble.PREFIX):
+        return max((native_size(member) or 0 for member in ensemble.member_names(name)), default=0) or None
     cls = BACKBONES.get(name)
     return getattr(cls, "native_size", None) if cls is not None else None
 
 
 def build_backbone(name: str, in_channels: int = 3, weights: str = "none", **options) -> Backbone:
     """Instantiate the backbone registered as ``name``."""
+    if name.startswith(ensemble.PREFIX):
+        check_options(ensemble.Ensemble, options, "model.backbone_options", ("name", "in_channels", "weights"))
+        return ensemble.Ensemble(name, in_channels, weights)
     if name.startswith(timm_backbone.PREFIX):
         return timm_backbone.TimmBackbone(name.removeprefix(timm_backbone.PREFIX), in_channels, weights, **options)
     if name not in BACKBONES:
-        raise FewshotError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}, or timm:<name> for "
-                           "any timm model")
+        raise FewshotError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}, timm:<name> for "
+                           "any timm model, or ensemble:<a>+<b>")
     cls = BACKBONES[name]
     check_options(cls, options, "model.backbone_options", ("in_channels", "weights"))
     takes_weights = "weights" in inspect.signature(cls.__init__).parameters

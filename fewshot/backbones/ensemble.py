@@ -1,0 +1,67 @@
+"""Several backbones as one: ``model.backbone: ensemble:<a>+<b>`` (e.g.
+``ensemble:efficientnet_lite0+efficientnet_lite2``).
+
+Each member sees the image at its own native resolution (resized with antialiasing from the decoded
+``data.image_size``, which defaults to the largest member's) and with its own normalization; the members'
+embeddings are L2-normalized and concatenated, so each counts equally. ``weights`` applies to every
+member. The feature map is that concatenation as a ``(D, 1, 1)`` map: heads that need spatial maps
+(``relation``) are not for ensembles, and Grad-CAM heatmaps have no spatial detail.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from episodes import normalization
+
+from ..errors import FewshotError
+from .base import Backbone
+
+PREFIX = "ensemble:"
+
+
+def member_names(name: str) -> list[str]:
+    names = name.removeprefix(PREFIX).split("+")
+    if len(names) < 2 or not all(names):
+        raise FewshotError(f"'{name}': an ensemble names two or more backbones, e.g. "
+                           "ensemble:efficientnet_lite0+efficientnet_lite2")
+    return names
+
+
+class Ensemble(Backbone):
+    """``(B, C, H, W)`` images scaled to [0, 1] -> ``(B, D1 + D2 + ..., 1, 1)`` normalized embeddings."""
+
+    mean = (0.0, 0.0, 0.0)  # the model only scales pixels to [0, 1]; each member normalizes its own way
+    std = (1.0, 1.0, 1.0)
+
+    def __init__(self, name: str, in_channels: int = 3, weights: str = "none"):
+        super().__init__()
+        from . import build_backbone, native_size
+
+        names = member_names(name)
+        self.members = nn.ModuleList(build_backbone(member, in_channels, weights) for member in names)
+        self.sizes = [native_size(member) for member in names]
+        default_mean, default_std = normalization(in_channels)
+        for index, member in enumerate(self.members):
+            mean, std = member.mean or default_mean, member.std or default_std
+            if len(mean) != in_channels:
+                mean, std = (sum(mean) / len(mean),) * in_channels, (sum(std) / len(std),) * in_channels
+            self.register_buffer(f"mean{index}", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer(f"std{index}", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        if in_channels == 1:  # mean/std above are per channel of the input
+            self.mean, self.std = (0.0,), (1.0,)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for index, (member, size) in enumerate(zip(self.members, self.sizes)):
+            images = x
+            if size and tuple(x.shape[-2:]) != (size, size):
+                images = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            images = (images - getattr(self, f"mean{index}")) / getattr(self, f"std{index}")
+            parts.append(F.normalize(member(images.contiguous(memory_format=torch.channels_last)), dim=-1))
+        return torch.cat(parts, dim=1)[:, :, None, None]
+
+    def stages(self) -> list[nn.Module]:
+        return list(self.members)
