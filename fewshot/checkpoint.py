@@ -87,6 +87,8 @@ def model_from_checkpoint(state: dict[str, Any], backbone: str | None = None, he
     config.model.weights = "none"  # the checkpoint holds the weights
     model = build_model(config.model, config.data.channels, config.data.image_size)
     load_model_state(model, state["model"], state["path"])
+    if "normalization" in state:  # the input statistics it was trained with (pretrained weights decide them)
+        model.mean, model.std = (tuple(float(v) for v in values) for values in state["normalization"])
     return model, config
 
 

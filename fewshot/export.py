@@ -29,6 +29,7 @@ from .atomic import atomic_write
 from .errors import FewshotError
 from .model import FewShotModel
 from .predict import read_support_folder
+from .transforms import apply_transform
 
 
 class CheckedInput(nn.Module):
@@ -59,6 +60,7 @@ class PrototypeClassifier(nn.Module):
         super().__init__()
         self.backbone, self.head, self.ways = model.backbone, model.head, ways
         self.feature_map = model.head.feature_map
+        self.tta, self.transform = model.tta, model.transform  # as FewShotModel.embed and classify apply them
         self.register_buffer("support_features", support_features)
         self.register_buffer("support_labels", support_labels)
         std = torch.tensor(model.std).view(1, -1, 1, 1)
@@ -68,7 +70,10 @@ class PrototypeClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() * self.scale + self.shift
         features = self.backbone.forward_features(x) if self.feature_map else self.backbone(x)
-        logits = self.head(self.support_features, self.support_labels, features, self.ways)
+        if self.tta == "flip":
+            features = (features + self.backbone(x.flip(-1))) / 2
+        support, features = apply_transform(self.transform, self.support_features, features)
+        logits = self.head(support, self.support_labels, features, self.ways)
         return self.head.probabilities(logits)
 
 

@@ -182,6 +182,8 @@ class RunDirectory:
             return
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.yaml", dump_config(config))
+        if not self.resume:  # a run stopped before its first checkpoint may have left a log: start it afresh
+            (self.path / "metrics.jsonl").unlink(missing_ok=True)
         self.metrics = MetricsLog(self.path / "metrics.jsonl")
 
     def write_metrics(self, record: dict) -> None:
@@ -261,7 +263,10 @@ class Job:
 
 def checkpoint_state(job: Job, state: TrainingState, device: torch.device) -> dict:
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    model = job.modules["model"]
+    normalization = {"normalization": [list(model.mean), list(model.std)]} if hasattr(model, "mean") else {}
     return {"config": job.config.to_dict(), **{name: m.state_dict() for name, m in job.modules.items()},
+            **normalization,
             "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(), "rng": rng,
             **job.extra, **state.to_dict()}
 

@@ -152,7 +152,7 @@ def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[
     def forward(batch: tuple[int, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int, int]:
         index, images, labels = batch
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        mixer = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+        mixer = torch.Generator().manual_seed(int(np.random.default_rng([config.seed, index, 2]).integers(2**62)))
         inputs, targets = mix_batch(model.prepare(images), labels, classes, pcfg.mixup, pcfg.cutmix, mixer)
         with autocast(device, config.train.amp):
             logits = net(inputs).float()

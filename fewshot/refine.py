@@ -14,6 +14,7 @@ import torch
 from .errors import FewshotError
 from .heads import class_means
 from .model import FewShotModel
+from .transforms import apply_transform
 
 REFINEMENTS = ("none", "soft_kmeans", "self_training")
 
@@ -50,7 +51,10 @@ def classify_refined(model: FewShotModel, support: torch.Tensor, labels: torch.T
     """Query logits from embedded support and query, refined by ``method`` (see the module docstring)."""
     if method == "none":
         return model.classify(support, labels, query, ways)
-    if method == "soft_kmeans":
+    if model.head.transductive:
+        raise FewshotError(f"head '{type(model.head).__name__}' is transductive already: use --refine none")
+    if method == "soft_kmeans":  # on the model's transformed features, like its head
+        support, query = apply_transform(model.transform, support.float(), query.float())
         return soft_kmeans(support, labels, query, ways, steps)
     if method == "self_training":
         return self_training(model, support, labels, query, ways, threshold)

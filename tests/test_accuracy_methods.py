@@ -123,7 +123,7 @@ def test_predict_and_eval_use_the_default_recipe_with_no_model_arguments(tmp_pat
     assert result[0]["predicted"] == "class01"
     assert main(["eval", "--data", str(tmp_path / "more"), "--ways", "3", "--shots", "1", "--queries", "2",
                  "--episodes", "4", "--image-size", "64", "--no-progress"]) == 0
-    assert "recipe 'default' (ensemble:efficientnet_lite0+efficientnet_lite2 + power_cl2n + protonet)" in \
+    assert "recipe 'default' (ensemble:efficientnet_lite0+efficientnet_lite2 + power_cl2n + linear_probe)" in \
         capsys.readouterr().out
 
 
@@ -147,3 +147,29 @@ def test_ensemble_concatenates_normalized_member_embeddings():
     assert model.mean == (0.0, 0.0, 0.0) and model.std == (1.0, 1.0, 1.0)  # members normalize on their own
     with pytest.raises(FewshotError, match="an ensemble names two or more backbones"):
         build_backbone("ensemble:conv4", 3, "none")
+
+
+def test_export_applies_the_models_transform_and_tta(tmp_path):
+    from fewshot.export import export_model
+    from fewshot.predict import classify_images, read_images, read_support_folder
+
+    make_image_folder(tmp_path / "support", classes=3, per_class=2, size=16, seed=5)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="conv4", head="protonet", transform="power_cl2n", tta="flip",
+                                    backbone_options={"width": 8}), 3, 16).eval()
+    export_model(model, tmp_path / "support", tmp_path / "m.pt", 16, 3)
+    support, labels, names, files = read_support_folder(tmp_path / "support", 16, 3)
+    expected = classify_images(model, support, labels, names, support, files)
+    exported = torch.jit.load(str(tmp_path / "m.pt"))(read_images(files, 16, 3))
+    for row, item in zip(exported, expected):
+        assert row.tolist() == pytest.approx([item["probabilities"][n] for n in names], abs=1e-4)
+
+
+def test_an_ensemble_weights_file_holds_every_member(tmp_path):
+    from fewshot.backbones import build_backbone
+
+    torch.manual_seed(1)
+    trained = build_backbone("ensemble:conv4+resnet12", 3, "none")
+    torch.save(trained.state_dict(), tmp_path / "ensemble.pt")
+    loaded = build_backbone("ensemble:conv4+resnet12", 3, str(tmp_path / "ensemble.pt"))
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in trained.state_dict().items())

@@ -356,3 +356,36 @@ def test_pretrain_under_torchrun_with_efficientnet(phases, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2 * (40 // 4 // 2)
+
+
+def test_review_fixes_checkpoint_normalization_and_fresh_metrics(phases, tmp_path, monkeypatch):
+    import fewshot.backbones.torchvision_resnet as tv
+    from fewshot.checkpoint import model_from_checkpoint
+    from torchvision.models import resnet18
+
+    monkeypatch.setattr(tv, "imagenet_state_dict", lambda enum, name: resnet18().state_dict())
+    config = tiny(phases, episodes=2)
+    config["model"] = {"backbone": "resnet18", "weights": "imagenet", "head": "protonet"}
+    config["data"]["channels"] = 1
+    run = tmp_path / "grey"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"kind": "train", "episode": 99, "loss": 7.0}\n')  # a run that died early
+    train(config_from_dict(config), run, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["episode"] for row in rows] == [2], "a new run starts its own log"
+    model, _ = model_from_checkpoint(load_checkpoint(run))
+    assert model.mean == pytest.approx((0.449,), abs=1e-3), "reloaded with the statistics it was trained with"
+
+
+def test_review_fixes_large_seed_pretrain_and_refine_checks(phases, tmp_path):
+    from fewshot.evaluate import evaluate
+    from fewshot.pretrain import pretrain
+    from episodes import SplitSpec, open_split
+
+    config = pretrain_config(phases, epochs=1, mixup=0.4)
+    config["seed"] = 2**62
+    assert pretrain(config_from_dict(config), tmp_path / "seed", progress=False)["steps"] == 5
+    model = build_model(ModelConfig(backbone="conv4", head="pt_map", backbone_options={"width": 8}), 3, 16)
+    split = open_split(SplitSpec((str(phases / "test"),)), image_size=16, channels=3, progress=False)
+    with pytest.raises(FewshotError, match="transductive already"):
+        evaluate(model, split, 3, 1, 2, 2, progress=False, refine="soft_kmeans")

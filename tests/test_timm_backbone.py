@@ -96,3 +96,14 @@ def test_local_weights_round_trip_and_offline_error(tmp_path, monkeypatch):
     message = str(info.value)
     assert "timm:resnet10t" in message and "model.safetensors" in message and "model.weights: PATH" in message
     assert "\n" not in message
+
+
+def test_vit_keeps_its_final_norm_and_bad_options_are_one_line_errors(tmp_path):
+    import timm
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)  # timm's own layout and head
+    torch.save(source.state_dict(), tmp_path / "vit.pt")
+    loaded = build_backbone("timm:vit_tiny_patch16_224", 3, str(tmp_path / "vit.pt"), depth=2)
+    assert torch.equal(loaded.model.norm.weight, source.norm.weight)
+    with pytest.raises(FewshotError, match="does not take these model.backbone_options"):
+        build_backbone("timm:resnet10t", 3, "none", foo=1)

@@ -4,7 +4,7 @@
 Each member sees the image at its own native resolution (resized with antialiasing from the decoded
 ``data.image_size``, which defaults to the largest member's) and with its own normalization; the members'
 embeddings are L2-normalized and concatenated, so each counts equally. ``weights`` applies to every
-member. The feature map is that concatenation as a ``(D, 1, 1)`` map: heads that need spatial maps
+member; a weights file (a pretrained or trained run of this ensemble) holds all members. The feature map is that concatenation as a ``(D, 1, 1)`` map: heads that need spatial maps
 (``relation``) are not for ensembles, and Grad-CAM heatmaps have no spatial detail.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 from episodes import normalization
 
 from ..errors import FewshotError
-from .base import Backbone
+from .base import Backbone, load_weights_file
 
 PREFIX = "ensemble:"
 
@@ -41,7 +41,8 @@ class Ensemble(Backbone):
         from . import build_backbone, native_size
 
         names = member_names(name)
-        self.members = nn.ModuleList(build_backbone(member, in_channels, weights) for member in names)
+        shared = weights if weights in ("none", "imagenet") else "none"  # a file holds the whole ensemble
+        self.members = nn.ModuleList(build_backbone(member, in_channels, shared) for member in names)
         self.sizes = [native_size(member) for member in names]
         default_mean, default_std = normalization(in_channels)
         for index, member in enumerate(self.members):
@@ -52,6 +53,8 @@ class Ensemble(Backbone):
             self.register_buffer(f"std{index}", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         if in_channels == 1:  # mean/std above are per channel of the input
             self.mean, self.std = (0.0,), (1.0,)
+        if weights not in ("none", "imagenet"):
+            load_weights_file(self, weights, name)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         parts = []

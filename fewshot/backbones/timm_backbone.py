@@ -9,8 +9,8 @@ Other ``model.backbone_options`` are passed to ``timm.create_model`` (e.g. ``dep
 
 Feature maps: a CNN's last map as it is; a vision transformer's patch tokens laid out on their grid
 ``(B, D, h, w)`` (class and register tokens dropped), so heads that need maps and Grad-CAM work with ViTs.
-The embedding is always computed from that map (ViTs pool the patch tokens by their mean and timm's
-``fc_norm``; CNNs use timm's own head pooling), so evaluation, prediction and explanations agree.
+The embedding is always computed from that map (ViTs average the patch tokens after the model's own final
+norm; CNNs use timm's own head pooling), so evaluation, prediction and explanations agree.
 ViTs are built with ``dynamic_img_size`` and take any input size divisible by their patch size.
 """
 
@@ -39,9 +39,9 @@ def _timm():
 
 def pretrained_config(name: str) -> dict:
     """timm's pretrained configuration of ``name`` (input size, mean, std, where the weights live)."""
+    _timm()
     from timm.models import get_pretrained_cfg
 
-    _timm()
     config = get_pretrained_cfg(name)
     if config is None:
         raise FewshotError(f"timm has no model '{name}' (model.backbone: timm:<name>, names as in "
@@ -66,10 +66,14 @@ class TimmBackbone(Backbone):
         self.mean, self.std = tuple(config.get("mean") or ()) or None, tuple(config.get("std") or ()) or None
         kwargs = {"num_classes": 0, "in_chans": in_channels, **options}
         if _is_vit(timm, name):
-            kwargs = {"global_pool": "avg", "dynamic_img_size": True, **kwargs}
+            # mean of the patch tokens after the model's own (pretrained) final norm: fc_norm off
+            kwargs = {"global_pool": "avg", "fc_norm": False, "dynamic_img_size": True, **kwargs}
         pretrained = weights in ("imagenet", "pretrained")
         try:
             self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError as exc:
+            raise FewshotError(f"timm model '{name}' does not take these model.backbone_options "
+                               f"{sorted(options)}: {str(exc).splitlines()[0][:160]}") from None
         except (OSError, RuntimeError, ValueError) as exc:
             if not pretrained:
                 raise FewshotError(f"cannot build timm model '{name}': {str(exc).splitlines()[0][:200]}") from None
@@ -80,6 +84,7 @@ class TimmBackbone(Backbone):
                                f"with internet access and pass it as model.weights: PATH (or fill the cache "
                                f"{cache}; HF_HUB_OFFLINE=1 skips the download attempts)") from None
         self.vit = hasattr(self.model, "num_prefix_tokens") and hasattr(self.model, "patch_embed")
+        self.channels_last_output = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
         if weights not in ("none", "imagenet", "pretrained"):
             load_weights_file(self, weights, f"timm:{name}")
 
@@ -94,15 +99,17 @@ class TimmBackbone(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(x)
-        if not self.vit:
-            return features
+        if not self.vit:  # Swin-like models return (B, h, w, D)
+            return features.permute(0, 3, 1, 2) if self.channels_last_output else features
         tokens = features[:, self.model.num_prefix_tokens:]  # (B, h*w, D)
         height, width = _grid(self.model, x.shape[-2:], tokens.shape[1])
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 
     def pool_features(self, features: torch.Tensor) -> torch.Tensor:
         if self.vit:
-            return self.model.fc_norm(features.flatten(2).mean(dim=2))
+            return self.model.fc_norm(features.flatten(2).mean(dim=2))  # fc_norm is the identity here
+        if self.channels_last_output:
+            features = features.permute(0, 2, 3, 1)
         return self.model.forward_head(features, pre_logits=True)
 
     def stages(self) -> list[nn.Module]:
