@@ -3,9 +3,10 @@
 
 Each member sees the image at its own native resolution (resized with antialiasing from the decoded
 ``data.image_size``, which defaults to the largest member's) and with its own normalization; the members'
-embeddings are L2-normalized and concatenated, so each counts equally. ``weights`` applies to every
-member; a weights file (a pretrained or trained run of this ensemble) holds all members. The feature map is that concatenation as a ``(D, 1, 1)`` map: heads that need spatial maps
-(``relation``) are not for ensembles, and Grad-CAM heatmaps have no spatial detail.
+embeddings are L2-normalized and concatenated, so each counts equally. ``weights: imagenet`` applies to
+every member; a weights file (a pretrained or trained run of this ensemble) holds all members. The
+feature map is that concatenation as a ``(D, 1, 1)`` map: heads that need spatial maps (``relation``) are
+not for ensembles, and Grad-CAM heatmaps have no spatial detail.
 """
 
 from __future__ import annotations
