@@ -38,25 +38,34 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def writable_folder(path: Path) -> tuple[Path, str | None]:
+    """The nearest existing folder at or above ``path``, and why a file cannot be created there (None when
+    it can). The check is a real write, not ``os.access``: root passes access checks on read-only or
+    virtual file systems such as /proc."""
+    import tempfile
+
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return existing, f"{existing} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return existing, f"{exc.strerror or exc} in {existing}"
+    return existing, None
+
+
 def check_output(path: str | os.PathLike, flag: str, folder: bool = False) -> Path:
     """Before any work: ``path`` (a file, or a folder when ``folder``) can be written. Raises a one-line
     error naming ``flag`` otherwise, so a bad output path never throws away a finished computation."""
-    import tempfile
-
     target = Path(path).expanduser()
     if not folder and target.is_dir():
         raise FewshotError(f"{flag} {target} is a folder: give a file name")
     if folder and target.exists() and not target.is_dir():
         raise FewshotError(f"{flag} {target} is a file: give a folder")
-    existing = target if folder and target.is_dir() else target.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is not a folder")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise FewshotError(f"{flag} {target} cannot be written ({exc.strerror or exc} in {existing}): choose "
-                           "another path") from None
+    _, problem = writable_folder(target if folder and target.is_dir() else target.parent)
+    if problem:
+        raise FewshotError(f"{flag} {target} cannot be written ({problem}): choose another path")
     return target

@@ -225,10 +225,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """A model from a checkpoint / run directory, or built from a backbone and head without training."""
     from .backbones import BACKBONES
     from .heads import HEADS
-
-    group = parser.add_argument_group("model (a checkpoint, or a backbone and head)")
     from .recipes import RECIPES
 
+    group = parser.add_argument_group("model (a checkpoint, a recipe, or a backbone and head)")
     group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
                        help="checkpoint file, or run directory (its checkpoints/best.pt); with no model argument at "
                             "all, the 'default' recipe")

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, writable_folder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_config
 from .distributed import DistContext, all_sum, any_rank, broadcast_flag, init_distributed, shutdown
@@ -53,12 +52,6 @@ def _get(config_dict: dict, dotted: str):
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
-
-
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 class MetricsLog:
@@ -140,14 +133,7 @@ class RunDirectory:
                 raise FewshotError(f"{self.path} is a folder that holds other files ({', '.join(sorted(contents)[:3])}"
                                    f"{', ...' if len(contents) > 3 else ''}), not a run directory: choose a new or "
                                    "empty --out")
-        existing = _existing_ancestor(self.path)
-        problem = None if existing.is_dir() else f"{existing} is not a folder"
-        if problem is None:
-            try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
-                with tempfile.TemporaryFile(dir=existing):
-                    pass
-            except OSError as exc:
-                problem = f"{existing} is not writable: {exc.strerror or exc}"
+        existing, problem = writable_folder(self.path)
         if problem:
             raise FewshotError(f"run directory {self.path} cannot be created or written ({problem}): choose "
                                "another --out")

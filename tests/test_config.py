@@ -106,5 +106,8 @@ def test_shipped_configs_are_valid():
     for path in configs:
         text = path.read_text()
         assert text.lstrip().startswith("#"), f"{path.name} must say in a comment where its data comes from"
-        assert "shared" not in text, f"{path.name} must not point into ../shared, which users do not have"
-        load_config(path)
+        config = load_config(path)
+        named = [*config.data.root, config.data.images, *vars(config.data.classes).values(),
+                 *vars(config.data.csv).values()]
+        outside = [p for p in named if p and (p.startswith(("/", "..")) or "/../" in p)]
+        assert not outside, f"{path.name} must name relative placeholder paths a user replaces, not {outside}"
