@@ -225,7 +225,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """A model from a checkpoint / run directory, or built from a backbone and head without training."""
     from .backbones import BACKBONES
     from .heads import HEADS
+    from .model import TTA
     from .recipes import RECIPES
+    from .transforms import TRANSFORMS
 
     group = parser.add_argument_group("model (a checkpoint, a recipe, or a backbone and head)")
     group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
@@ -246,6 +248,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="head option without a checkpoint, e.g. distance=cosine (repeatable)")
     group.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                        help="backbone option without a checkpoint, e.g. depth=2 for a timm model (repeatable)")
+    group.add_argument("--transform", choices=list(TRANSFORMS),
+                       help="feature transform before the head (overrides the checkpoint's or recipe's): none, l2n, "
+                            "cl2n (centre on the support mean, L2-normalize), power_cl2n (square root first)")
+    group.add_argument("--tta", choices=list(TTA),
+                       help="test-time augmentation (overrides the checkpoint's or recipe's): none, or flip (average "
+                            "each embedding with its mirror image's)")
     group.add_argument("--device", help="auto (default: CUDA if available, else CPU), cpu, cuda or cuda:N")
 
 
@@ -265,6 +273,9 @@ def model_from_args(args: argparse.Namespace):
         if args.channels and args.channels != config.data.channels:
             raise FewshotError(f"the checkpoint was trained on {config.data.channels}-channel images, "
                                f"not {args.channels}")
+        config.model.transform = args.transform or config.model.transform
+        config.model.tta = args.tta or config.model.tta
+        model.set_test_time(config.model.transform, config.model.tta)
         return model, config
     if args.recipe and (args.backbone or args.head):
         raise FewshotError("give --recipe, or --backbone and --head, not both")
@@ -283,6 +294,8 @@ def model_from_args(args: argparse.Namespace):
     overrides += [f"data.image_size={args.image_size}"] if args.image_size else []
     overrides += [f"model.head_options.{item}" for item in args.head_option]
     overrides += [f"model.backbone_options.{item}" for item in args.backbone_option]
+    overrides += [f"model.transform={args.transform}"] if args.transform else []
+    overrides += [f"model.tta={args.tta}"] if args.tta else []
     config = config_from_dict({}, overrides)
     torch.manual_seed(config.seed)  # randomly initialised parts are the same on every call
     return build_model(config.model, config.data.channels, config.data.image_size), config

@@ -33,13 +33,7 @@ class FewShotModel(nn.Module):
     def __init__(self, backbone: Backbone, head: Head, channels: int, transform: str = "none", tta: str = "none"):
         super().__init__()
         self.backbone, self.head, self.channels = backbone, head, channels
-        if transform not in TRANSFORMS or tta not in TTA:
-            raise FewshotError(f"model.transform must be one of {', '.join(TRANSFORMS)} and model.tta one of "
-                               f"{', '.join(TTA)}; got '{transform}' and '{tta}'")
-        if (transform != "none" or tta != "none") and (head.feature_map or head.adapts_backbone):
-            raise FewshotError(f"model.transform and model.tta work on pooled embeddings; head "
-                               f"'{type(head).__name__}' uses feature maps or adapts the network: set both to none")
-        self.transform, self.tta = transform, tta
+        self.set_test_time(transform, tta)
         default_mean, default_std = normalization(channels)
         mean, std = backbone.mean or default_mean, backbone.std or default_std
         if len(mean) != channels:  # RGB statistics of pretrained weights, grey input: their channel average
@@ -68,6 +62,17 @@ class FewShotModel(nn.Module):
         """Logits ``(Q, ways)`` from features already embedded by :meth:`embed` (transformed here)."""
         support, query = apply_transform(self.transform, support_features.float(), query_features.float())
         return self.head(support, support_labels, query, ways)
+
+    def set_test_time(self, transform: str, tta: str) -> None:
+        """Set the feature transform and test-time augmentation (neither changes any weight), checked."""
+        if transform not in TRANSFORMS or tta not in TTA:
+            raise FewshotError(f"model.transform must be one of {', '.join(TRANSFORMS)} and model.tta one of "
+                               f"{', '.join(TTA)}; got '{transform}' and '{tta}'")
+        if (transform != "none" or tta != "none") and (self.head.feature_map or self.head.adapts_backbone):
+            raise FewshotError(f"model.transform and model.tta work on pooled embeddings; head "
+                               f"'{type(self.head).__name__}' uses feature maps or adapts the network: set both "
+                               "to none")
+        self.transform, self.tta = transform, tta
 
     def classify_episodes(self, support_features: torch.Tensor, support_labels: torch.Tensor,
                           query_features: torch.Tensor, ways: int) -> torch.Tensor:

@@ -59,8 +59,8 @@ def clustered_episode(seed: int, ways: int = 5, shots: int = 1, queries: int = 1
     return support, torch.arange(ways).repeat_interleave(shots), query, torch.arange(ways).repeat_interleave(queries)
 
 
-@pytest.mark.parametrize("head", ["pt_map", "tim"])
-def test_transductive_heads_beat_prototypes_at_one_shot(head):
+@pytest.mark.parametrize("head, margin", [("pt_map", 0.05), ("tim", 0.05), ("bd_cspn", 0.02)])
+def test_transductive_heads_beat_prototypes_at_one_shot(head, margin):
     inductive, transductive = [], []
     proto, other = build_head("protonet", 32, (32,)), build_head(head, 32, (32,))
     for seed in range(30):
@@ -69,14 +69,14 @@ def test_transductive_heads_beat_prototypes_at_one_shot(head):
             logits = model(F.normalize(support, dim=-1), labels, F.normalize(query, dim=-1), 5)
             assert logits.shape == (75, 5) and torch.isfinite(logits).all()
             store.append((logits.argmax(1) == truth).float().mean().item())
-    assert sum(transductive) / 30 > sum(inductive) / 30 + 0.05, (sum(inductive) / 30, sum(transductive) / 30)
+    assert sum(transductive) / 30 > sum(inductive) / 30 + margin, (sum(inductive) / 30, sum(transductive) / 30)
     assert HEADS[head].transductive and not HEADS[head].exportable and not HEADS["protonet"].transductive
 
 
 def test_batched_transductive_heads_equal_one_episode_at_a_time():
     support, labels, query, _ = clustered_episode(0)
     support2, _, query2, _ = clustered_episode(1)
-    for name in ("pt_map", "tim"):
+    for name in ("pt_map", "tim", "bd_cspn", "linear_probe"):
         head = build_head(name, 32, (32,))
         batched = head.forward_episodes(torch.stack([support, support2]), labels, torch.stack([query, query2]), 5)
         assert torch.allclose(batched[0], head(support, labels, query, 5), atol=1e-4)
@@ -88,6 +88,27 @@ def test_transductive_head_options_are_checked():
         build_head("pt_map", 8, (8,), steps=0)
     with pytest.raises(FewshotError, match="tim needs lr > 0"):
         build_head("tim", 8, (8,), lr=-1.0)
+    with pytest.raises(FewshotError, match="bd_cspn temperature must be a number > 0"):
+        build_head("bd_cspn", 8, (8,), temperature=0)
+
+
+def test_linear_probe_in_the_support_span_matches_plain_gradient_descent():
+    """The probe iterates in the span of the support embeddings; plain Nesterov descent on the weights,
+    written out here, must give the same classifier."""
+    support, labels, query, _ = clustered_episode(3, shots=3)
+    head = build_head("linear_probe", 32, (32,), steps=40, weight_decay=0.01)
+    x, q = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    targets = F.one_hot(labels, 5).float()
+    weight, bias = torch.zeros(32, 5), torch.zeros(5)
+    prev_w, prev_b = weight, bias
+    for t in range(1, 41):
+        m = (t - 1) / (t + 2)
+        look_w, look_b = weight + m * (weight - prev_w), bias + m * (bias - prev_b)
+        residual = ((x @ look_w + look_b).softmax(-1) - targets) / len(x)
+        prev_w, prev_b = weight, bias
+        weight = look_w - (x.T @ residual + 0.01 * look_w) / 0.51
+        bias = look_b - residual.sum(0) / 0.51
+    assert torch.allclose(head(support, labels, query, 5), q @ weight + bias, atol=1e-4)
 
 
 def test_recipes_are_listed_and_name_registered_parts(capsys):
@@ -173,3 +194,25 @@ def test_an_ensemble_weights_file_holds_every_member(tmp_path):
     torch.save(trained.state_dict(), tmp_path / "ensemble.pt")
     loaded = build_backbone("ensemble:conv4+resnet12", 3, str(tmp_path / "ensemble.pt"))
     assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in trained.state_dict().items())
+
+
+def test_transform_and_tta_flags_override_checkpoint_and_recipe(tmp_path):
+    from fewshot.checkpoint import save_checkpoint
+    from fewshot.cli import build_parser, model_from_args
+
+    config = config_from_dict({"model": {"backbone": "conv4", "head": "protonet", "backbone_options": {"width": 8}},
+                               "data": {"image_size": 16}})
+    model = build_model(config.model, 3, 16)
+    save_checkpoint(tmp_path / "m.pt", {"config": config.to_dict(), "model": model.state_dict()})
+    parse = build_parser().parse_args
+    loaded, loaded_config = model_from_args(parse(["eval", str(tmp_path / "m.pt"), "--transform", "power_cl2n",
+                                                   "--tta", "flip"]))
+    assert (loaded.transform, loaded.tta) == ("power_cl2n", "flip") == (loaded_config.model.transform,
+                                                                       loaded_config.model.tta)
+    assert model_from_args(parse(["eval", str(tmp_path / "m.pt")]))[0].transform == "none"
+    built, _ = model_from_args(parse(["eval", "--backbone", "conv4", "--head", "protonet", "--transform", "cl2n"]))
+    assert built.transform == "cl2n"
+    with pytest.raises(FewshotError, match="work on pooled embeddings"):
+        model_from_args(parse(["eval", "--backbone", "conv4", "--head", "finetune", "--transform", "cl2n"]))
+    with pytest.raises(SystemExit):
+        parse(["eval", "--transform", "pca"])

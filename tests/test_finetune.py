@@ -118,3 +118,47 @@ def test_finetune_is_not_meta_trained(tmp_path):
                                "model": {"backbone": "conv4", "head": "finetune"}})
     with pytest.raises(FewshotError, match="not meta-trained"):
         train(config, tmp_path / "run", progress=False)
+
+
+def test_pseudo_episodes_are_cut_from_the_support_alone(model_and_episode):
+    model, episode, _ = model_and_episode  # 5-way 2-shot
+    head = model.head
+    head.pseudo_views = 3
+    support, labels = episode.support, episode.support_labels
+    pseudo_support, pseudo_labels, pseudo_query, query_labels = head.pseudo_episode(support, labels, 5)
+    assert len(pseudo_support) == 5 and torch.equal(torch.bincount(pseudo_labels, minlength=5), torch.ones(5).long())
+    assert len(pseudo_query) == 5 * 4 and torch.equal(torch.bincount(query_labels), torch.full((5,), 4))
+    held_out = pseudo_query[:5]  # the held-out originals come first, then their augmented views
+    for image, label in zip(held_out, query_labels[:5]):
+        assert any(torch.equal(image, s) for s, l in zip(support, labels) if l == label)
+        assert not any(torch.equal(image, s) for s in pseudo_support)
+    # 1-shot: every support image stays in the pseudo-support; the pseudo-queries are its augmented views
+    one_shot = torch.tensor([labels.tolist().index(c) for c in range(5)])
+    s1, l1, q1, ql1 = head.pseudo_episode(support[one_shot], labels[one_shot], 5)
+    assert torch.equal(s1, support[one_shot]) and len(q1) == 15 and torch.equal(ql1, labels[one_shot].repeat(3))
+    again = head.pseudo_episode(support[one_shot], labels[one_shot], 5)[2]
+    assert torch.equal(again, q1), "deterministic for a given support set"
+
+
+def test_learning_rate_chosen_per_task_on_the_pseudo_episode(model_and_episode, monkeypatch):
+    model, episode, _ = model_and_episode
+    model.head.lr_candidates = [0.0, 1e-2, 1e9]
+    used = []
+    original = type(model.head)._finetuned
+
+    def spy(self, backbone, support, labels, ways, prepare, augment, lr):
+        used.append((len(support), lr))
+        return original(self, backbone, support, labels, ways, prepare, augment, lr)
+
+    monkeypatch.setattr(type(model.head), "_finetuned", spy)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    with torch.inference_mode():
+        logits = model(episode.support, episode.support_labels, episode.query, 5)
+    assert logits.shape == (15, 5) and torch.isfinite(logits).all()
+    # three candidates on the 5-image pseudo-support, then the chosen rate on all 10 support images
+    assert [n for n, _ in used] == [5, 5, 5, 10] and [lr for _, lr in used[:3]] == [0.0, 1e-2, 1e9]
+    assert used[-1][1] == model.head.last_backbone_lr != 1e9, "a rate that wrecks the network is never chosen"
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} restored after the search"
+    with pytest.raises(FewshotError, match="lr_candidates must be a non-empty list"):
+        build_model(ModelConfig(backbone="conv4", head="finetune", head_options={"lr_candidates": []}), 3, 20)

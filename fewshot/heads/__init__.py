@@ -10,6 +10,7 @@ from ..backbones import check_options
 from ..errors import FewshotError
 from .anil import ANIL
 from .base import Head, class_means
+from .bd_cspn import BDCSPN
 from .finetune import FineTune
 from .linear_probe import LinearProbe
 from .maml import MAML
@@ -27,6 +28,7 @@ HEADS: dict[str, type[Head]] = {
     "anil": ANIL,
     "pt_map": PTMAP,
     "tim": TIM,
+    "bd_cspn": BDCSPN,
 }
 
 

@@ -7,12 +7,23 @@ step, optionally unfreezing one more stage every ``unfreeze_every`` steps (gradu
 BatchNorm stays in evaluation mode with frozen running statistics (``bn: frozen``, the default), the
 safe choice with a handful of images; ``bn: train`` lets them move. The backbone is restored to its
 original weights after every episode, so episodes are independent.
+
+``lr_candidates`` (P>M>F's test-time recipe, Hu et al. 2022): instead of one fixed ``backbone_lr``, each
+episode picks its own from the candidates on a pseudo-episode cut from the support set alone (the queries
+are never looked at). With two or more images in every class, one image per class is held out as the
+pseudo-query, together with ``pseudo_views`` augmented views of it; with a single image in some class,
+the pseudo-queries are ``pseudo_views`` augmented views of every support image (P>M>F's choice). Each
+candidate fine-tunes on the pseudo-support for ``steps`` steps; the one with the best pseudo-query
+accuracy wins (ties: the higher mean log-probability of the true class, then the smaller rate), and the
+network is then fine-tuned on the whole support set with it. A candidate of 0 means "classifier only".
+The choice costs ``len(lr_candidates)`` extra fine-tunings per episode; ``last_backbone_lr`` holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -30,7 +41,8 @@ class FineTune(Head):
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 50, blocks: int = 1,
                  backbone_lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 1e-4,
-                 unfreeze_every: int = 0, bn: str = "frozen", augment: str = "flip", temperature: float = 10.0):
+                 unfreeze_every: int = 0, bn: str = "frozen", augment: str = "flip", temperature: float = 10.0,
+                 lr_candidates: list[float] | None = None, pseudo_views: int = 4):
         super().__init__(embedding_dim, feature_shape)
         from episodes.images import AUGMENTATION_OPS, PRESETS
 
@@ -51,6 +63,16 @@ class FineTune(Head):
         self.steps, self.blocks, self.backbone_lr, self.head_lr = steps, blocks, backbone_lr, head_lr
         self.weight_decay, self.unfreeze_every, self.bn, self.augment = weight_decay, unfreeze_every, bn, augment
         self.temperature = temperature
+        if lr_candidates is not None:
+            if (not isinstance(lr_candidates, (list, tuple)) or not lr_candidates or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in lr_candidates)):
+                raise FewshotError(f"finetune lr_candidates must be a non-empty list of numbers >= 0, got "
+                                   f"{lr_candidates!r}")
+            lr_candidates = sorted(float(v) for v in lr_candidates)
+        if isinstance(pseudo_views, bool) or not isinstance(pseudo_views, int) or pseudo_views < 1:
+            raise FewshotError(f"finetune pseudo_views must be an integer >= 1, got {pseudo_views!r}")
+        self.lr_candidates, self.pseudo_views = lr_candidates, pseudo_views
+        self.last_backbone_lr: float | None = None
 
     def check_backbone(self, backbone: nn.Module) -> None:
         stages = len(backbone.stages())
@@ -95,17 +117,78 @@ class FineTune(Head):
                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Network]:
         """The backbone fine-tuned on ``support`` with its new classifier, valid inside the ``with`` block."""
         from episodes import train_augmentation
-        from episodes.images import apply_per_image
 
-        prepare = prepare or (lambda images: images)
         augment = train_augmentation(self.augment, support.shape[-1], support.shape[1])
         if augment is not None and support.dtype != torch.uint8:
             raise FewshotError("finetune augments uint8 images: pass the support set as uint8 (it is normalized "
                                "after augmentation), or set head option augment: none")
+        backbone_lr = self.backbone_lr
+        if self.lr_candidates is not None:
+            backbone_lr = self.choose_backbone_lr(backbone, support, support_labels, ways, prepare)
+        self.last_backbone_lr = backbone_lr
+        with self._finetuned(backbone, support, support_labels, ways, prepare, augment, backbone_lr) as network:
+            yield network
+
+    def pseudo_episode(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pseudo-support, its labels, pseudo-queries, their labels) cut from ``support`` ``(S, C, H, W)``
+        alone, as the ``lr_candidates`` docstring describes; deterministic for a given support set."""
+        from episodes import train_augmentation
+        from episodes.images import apply_per_image
+
+        counts = torch.bincount(support_labels, minlength=ways)
+        if bool((counts >= 2).all()):
+            first = torch.stack([torch.nonzero(support_labels == c)[0, 0] for c in range(ways)])
+            keep = torch.ones(len(support), dtype=torch.bool)
+            keep[first] = False
+            pseudo_support, pseudo_labels = support[keep], support_labels[keep]
+            sources, source_labels = support[first], support_labels[first]
+            with_originals = True
+        else:
+            pseudo_support, pseudo_labels = support, support_labels
+            sources, source_labels, with_originals = support, support_labels, False
+        augment = train_augmentation("standard" if support.dtype == torch.uint8 else "none", support.shape[-1],
+                                     support.shape[1])
+        views = [sources] if with_originals else []
+        state = torch.random.get_rng_state()
+        torch.manual_seed(int(support.float().sum().item()) % (2**31))
+        try:
+            for _ in range(self.pseudo_views):
+                views.append(apply_per_image(augment, sources) if augment is not None else sources.flip(-1))
+        finally:
+            torch.random.set_rng_state(state)
+        return pseudo_support, pseudo_labels, torch.cat(views), source_labels.repeat(len(views))
+
+    def choose_backbone_lr(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor,
+                           ways: int, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+        """The candidate backbone learning rate that fine-tunes best on a pseudo-episode of ``support``."""
+        from episodes import train_augmentation
+
+        pseudo_support, pseudo_labels, pseudo_query, query_labels = self.pseudo_episode(support, support_labels, ways)
+        augment = train_augmentation(self.augment, support.shape[-1], support.shape[1])
+        prepare_query = prepare or (lambda images: images)
+        scores = []
+        for lr in self.lr_candidates:
+            with self._finetuned(backbone, pseudo_support, pseudo_labels, ways, prepare, augment, lr) as network:
+                with torch.no_grad():
+                    log_probs = network(prepare_query(pseudo_query))[1].float().log_softmax(-1)
+            accuracy = (log_probs.argmax(-1) == query_labels).float().mean().item()
+            likelihood = log_probs.gather(1, query_labels[:, None]).mean().item()
+            if not math.isfinite(likelihood):  # a rate that made the network diverge
+                accuracy, likelihood = -1.0, -math.inf
+            scores.append((accuracy, likelihood, -lr))
+        return -max(scores)[2]
+
+    @contextlib.contextmanager
+    def _finetuned(self, backbone, support, support_labels, ways, prepare, augment, backbone_lr
+                   ) -> Iterator[Network]:
+        from episodes.images import apply_per_image
+
+        prepare = prepare or (lambda images: images)
         saved = copy.deepcopy(backbone.state_dict())
         was_training = backbone.training
         stages = backbone.stages()
-        trainable = [m for m in stages[len(stages) - self.blocks:]] if self.blocks > 0 else []
+        trainable = [m for m in stages[len(stages) - self.blocks:]] if self.blocks > 0 and backbone_lr > 0 else []
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 # clones: inputs made under inference_mode cannot take part in autograd
@@ -130,7 +213,7 @@ class FineTune(Head):
 
                 params = [p for m in trainable for p in m.parameters()]
                 if params:
-                    groups.append({"params": params, "lr": self.backbone_lr})
+                    groups.append({"params": params, "lr": backbone_lr})
                 optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
                 set_unfrozen(unfrozen)
                 for step in range(self.steps):

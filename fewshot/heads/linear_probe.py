@@ -23,24 +23,35 @@ class LinearProbe(Head):
         self.steps, self.weight_decay, self.scale = int(steps), float(weight_decay), float(scale)
 
     def fit(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights ``(E, ways)`` and bias ``(ways,)`` fitted on ``(S, E)`` support embeddings."""
-        x = F.normalize(support.float(), dim=-1) * self.scale
+        """Weights ``(..., E, ways)`` and bias ``(..., 1, ways)`` fitted on support embeddings ``(..., S, E)``
+        (any leading episode dimensions, one probe per episode, all fitted together).
+
+        Gradient descent from zero keeps the weights in the span of the support embeddings, ``W = x^T A``,
+        so the iterations run on ``A (..., S, ways)`` through the Gram matrix ``x x^T (..., S, S)``: the same
+        iterates as in weight space, at a cost that does not grow with the embedding size.
+        """
+        x = F.normalize(support.float(), dim=-1) * self.scale  # (..., S, E)
+        gram = x @ x.transpose(-1, -2)  # (..., S, S)
         targets = F.one_hot(support_labels, ways).to(x.dtype)
-        count = x.shape[0]
+        count = x.shape[-2]
         step = 1.0 / (0.5 * self.scale**2 + self.weight_decay)
-        weight = x.new_zeros(x.shape[1], ways)
-        bias = x.new_zeros(ways)
-        prev_weight, prev_bias = weight, bias
+        coefficients = x.new_zeros(*x.shape[:-1], ways)  # (..., S, ways)
+        bias = x.new_zeros(*x.shape[:-2], 1, ways)
+        prev_coefficients, prev_bias = coefficients, bias
         for t in range(1, self.steps + 1):
             momentum = (t - 1) / (t + 2)
-            look_w = weight + momentum * (weight - prev_weight)
+            look_a = coefficients + momentum * (coefficients - prev_coefficients)
             look_b = bias + momentum * (bias - prev_bias)
-            residual = ((x @ look_w + look_b).softmax(dim=-1) - targets) / count  # (S, ways)
-            prev_weight, prev_bias = weight, bias
-            weight = look_w - step * (x.T @ residual + self.weight_decay * look_w)
-            bias = look_b - step * residual.sum(dim=0)
-        return weight, bias
+            residual = ((gram @ look_a + look_b).softmax(dim=-1) - targets) / count  # (..., S, ways)
+            prev_coefficients, prev_bias = coefficients, bias
+            coefficients = look_a - step * (residual + self.weight_decay * look_a)
+            bias = look_b - step * residual.sum(dim=-2, keepdim=True)
+        return x.transpose(-1, -2) @ coefficients, bias
 
     def forward(self, support, support_labels, query, ways):
         weight, bias = self.fit(support, support_labels, ways)
         return (F.normalize(query.float(), dim=-1) * self.scale) @ weight + bias
+
+    def forward_episodes(self, support, support_labels, query, ways):
+        """``(E, S, D)`` support, ``(E, Q, D)`` queries -> ``(E, Q, ways)``: E probes fitted in one batch."""
+        return self(support, support_labels, query, ways)

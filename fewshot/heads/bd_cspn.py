@@ -1,0 +1,52 @@
+"""BD-CSPN (Liu et al. 2020): prototypes rectified with the episode's queries, transductively.
+
+Two biases of support-only prototypes are reduced. *Cross-class bias*: the queries are shifted by the
+difference between the support mean and the query mean. *Intra-class bias*: each query gets the pseudo
+label of its nearest prototype (cosine), and each prototype becomes the mean of its support embeddings and
+pseudo-labelled queries, every one weighted by ``exp(temperature * cosine)`` to the initial prototype.
+Logits are ``temperature * cosine`` to the rectified prototypes. Unlike PT-MAP it assumes nothing about
+how the queries spread over the classes, but a query's prediction still depends on the other queries.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import FewshotError
+from .base import Head
+
+
+class BDCSPN(Head):
+    meta_trainable = False
+    exportable = False
+    explainable = False
+    transductive = True
+
+    def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], temperature: float = 10.0):
+        super().__init__(embedding_dim, feature_shape)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise FewshotError(f"bd_cspn temperature must be a number > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def forward(self, support, support_labels, query, ways):
+        return self.forward_episodes(support[None], support_labels, query[None], ways)[0]
+
+    def forward_episodes(self, support, support_labels, query, ways):
+        """Support ``(E, S, D)`` with shared labels ``(S,)``, queries ``(E, Q, D)`` -> logits ``(E, Q, ways)``."""
+        support, query = F.normalize(support.float(), dim=-1), F.normalize(query.float(), dim=-1)
+        query = query + support.mean(dim=1, keepdim=True) - query.mean(dim=1, keepdim=True)
+        one_hot = F.one_hot(support_labels, ways).to(support.dtype)  # (S, ways)
+        prototypes = torch.einsum("sw,esd->ewd", one_hot / one_hot.sum(0).clamp_min(1), support)
+        prototypes = F.normalize(prototypes, dim=-1)
+
+        def cosine(x: torch.Tensor) -> torch.Tensor:  # (E, N, D) -> (E, N, ways)
+            return F.normalize(x, dim=-1) @ prototypes.transpose(1, 2)
+
+        query_cosine = cosine(query)
+        pseudo = F.one_hot(query_cosine.argmax(-1), ways).to(query.dtype)  # (E, Q, ways)
+        weights = torch.cat([one_hot.expand(len(support), -1, -1) * (self.temperature * cosine(support)).exp(),
+                             pseudo * (self.temperature * query_cosine).exp()], dim=1)  # (E, S+Q, ways)
+        joint = torch.cat([support, query], dim=1)
+        rectified = torch.einsum("enw,end->ewd", weights, joint) / weights.sum(1).unsqueeze(-1)
+        return self.temperature * F.normalize(query, dim=-1) @ F.normalize(rectified, dim=-1).transpose(1, 2)
