@@ -43,10 +43,7 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarra
         with Image.open(path) as image:
             if image.format == "JPEG":
                 image.draft("L" if channels == 1 else "RGB", (size, size))
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+            return pil_to_array(image, size, channels)
     except Image.DecompressionBombError as exc:
         raise CorruptImageError(f"cannot decode image {path}: refused, {_bomb_reason(exc)} "
                                 "(decompression-bomb protection)") from None
@@ -56,9 +53,16 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarra
         else:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CorruptImageError(f"cannot decode image {path}: {reason}") from None
-    if channels == 1:
-        array = array[:, :, None]
-    return array
+
+
+def pil_to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A decoded PIL image, prepared as every model input is: converted to RGB (or L for one channel),
+    resized to ``size`` x ``size`` with bilinear filtering -> ``(size, size, channels)`` uint8."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[:, :, None] if channels == 1 else array
 
 
 def _bomb_reason(exc: Exception) -> str:

@@ -258,47 +258,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace):
-    """(model, config) from the model flags."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .config import config_from_dict
-    import torch
+    """(model, config) from the model flags (see :func:`fewshot.loading.load_model`)."""
+    from .loading import load_model
 
-    from .model import build_model
-
-    if args.checkpoint and args.recipe:
-        raise FewshotError("give a checkpoint or --recipe, not both")
-    if args.checkpoint:
-        model, config = model_from_checkpoint(load_checkpoint(args.checkpoint), args.backbone, args.head,
-                                              args.image_size)
-        if args.channels and args.channels != config.data.channels:
-            raise FewshotError(f"the checkpoint was trained on {config.data.channels}-channel images, "
-                               f"not {args.channels}")
-        config.model.transform = args.transform or config.model.transform
-        config.model.tta = args.tta or config.model.tta
-        model.set_test_time(config.model.transform, config.model.tta)
-        return model, config
-    if args.recipe and (args.backbone or args.head):
-        raise FewshotError("give --recipe, or --backbone and --head, not both")
-    if args.recipe or not (args.backbone or args.head):
-        from .recipes import get_recipe
-
-        args.recipe = args.recipe or "default"
-        if args.channels == 1:
-            raise FewshotError(f"recipe '{args.recipe}' takes RGB images: drop --channels 1")
-        overrides = get_recipe(args.recipe).overrides()
-    elif not args.backbone or not args.head:
-        raise FewshotError("give a checkpoint or run directory, --recipe NAME, or both --backbone and --head")
-    else:
-        overrides = [f"model.backbone={args.backbone}", f"model.weights={args.weights}", f"model.head={args.head}",
-                     f"data.channels={args.channels or 3}"]
-    overrides += [f"data.image_size={args.image_size}"] if args.image_size else []
-    overrides += [f"model.head_options.{item}" for item in args.head_option]
-    overrides += [f"model.backbone_options.{item}" for item in args.backbone_option]
-    overrides += [f"model.transform={args.transform}"] if args.transform else []
-    overrides += [f"model.tta={args.tta}"] if args.tta else []
-    config = config_from_dict({}, overrides)
-    torch.manual_seed(config.seed)  # randomly initialised parts are the same on every call
-    return build_model(config.model, config.data.channels, config.data.image_size), config
+    if not args.checkpoint and not args.recipe and not (args.backbone or args.head):
+        args.recipe = "default"  # so the output names it
+    return load_model(args.checkpoint, recipe=args.recipe, backbone=args.backbone, head=args.head,
+                      weights=args.weights, image_size=args.image_size, channels=args.channels,
+                      head_options=args.head_option, backbone_options=args.backbone_option,
+                      transform=args.transform, tta=args.tta)
 
 
 def eval_split_spec(args: argparse.Namespace, config) -> SplitSpec:
@@ -394,8 +362,8 @@ def model_source(args: argparse.Namespace, config) -> str:
     return f"{config.model.backbone} ({args.weights}) + {config.model.head}"
 
 
-def print_per_class(report: dict, png: str) -> None:
-    """Per-class precision / recall / F1 table, and the confusion-matrix PNG."""
+def print_per_class(report: dict, png: str | None) -> None:
+    """Per-class precision / recall / F1 table, and the confusion-matrix PNG (unless ``png`` is None)."""
     from .plots import MAX_CONFUSION_CLASSES, plot_confusion
 
     rows = sorted(report["classes"], key=lambda row: row["f1"])
@@ -407,6 +375,8 @@ def print_per_class(report: dict, png: str) -> None:
             print(f"... {len(rows) - 40} classes in the middle (all in --json) ...")
         print(f"{row['class']:<{width}}  {row['precision']:9.1f}  {row['recall']:6.1f}  {row['f1']:5.1f}  "
               f"{row['queries']:7d}")
+    if png is None:
+        return
     if plot_confusion(report, png):
         print(f"confusion matrix: {png}")
     else:
@@ -414,22 +384,41 @@ def print_per_class(report: dict, png: str) -> None:
               "the full matrix is in --json")
 
 
+def classifier_from_args(args: argparse.Namespace):
+    """A :class:`fewshot.FewShotClassifier` from the model flags (the same model :func:`model_from_args` builds)."""
+    from .classifier import FewShotClassifier
+
+    if not args.checkpoint and not args.recipe and not (args.backbone or args.head):
+        args.recipe = "default"  # so the output names it
+    return FewShotClassifier(args.checkpoint or args.recipe, backbone=args.backbone, head=args.head,
+                             weights=args.weights, image_size=args.image_size, channels=args.channels,
+                             head_options=_options(args.head_option), backbone_options=_options(args.backbone_option),
+                             transform=args.transform, tta=args.tta, device=args.device or "auto")
+
+
+def _options(items: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FewshotError(f"option '{item}' must look like KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .atomic import check_output
-    from .predict import classify_images, expand_queries, read_images, read_support_folder
-    from .runtime import resolve_device
+    from .predict import expand_queries
 
     explain_dir = check_output(args.explain, "--explain", folder=True) if args.explain else None
-    device = resolve_device(args.device or "auto")
-    model, config = model_from_args(args)
-    if explain_dir and not model.head.explainable:
-        raise FewshotError(f"head '{config.model.head}' cannot be explained with Grad-CAM; drop --explain")
-    size, channels = config.data.image_size, config.data.channels
-    support, labels, names, _ = read_support_folder(args.support, size, channels)
+    classifier = classifier_from_args(args)
+    if explain_dir and not classifier.model_.head.explainable:
+        raise FewshotError(f"head '{classifier.config_.model.head}' cannot be explained with Grad-CAM; drop --explain")
     files = expand_queries(args.query)
-    queries = read_images(files, size, channels)
-    results = classify_images(model.to(device), support, labels, names, queries, files, device,
-                              explain_dir=explain_dir)
+    classifier.fit(args.support)
+    results = classifier.explain(files, explain_dir) if explain_dir else classifier.details(files)
     if explain_dir:
         print(f"Grad-CAM heatmaps: {len(results)} PNG files in {explain_dir}", file=sys.stderr)
     if args.json:
@@ -441,15 +430,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .atomic import atomic_write_text, check_output
+    from .plots import plot_confusion
+
+    json_out = check_output(args.json, "--json") if args.json else None
+    confusion = check_output(args.confusion, "--confusion") if args.confusion else None
+    classifier = classifier_from_args(args).fit(args.support)
+    estimate = classifier.estimate(repeats=args.repeats, holdout=args.holdout, seed=args.seed)
+    print(f"{estimate.summary()} with {classifier.source} on {args.support}")
+    print("support images per class in each split: " + ", ".join(f"{k} {v}" for k, v in estimate.shots.items()))
+    print_per_class(estimate.report, None)
+
+    def write_confusion():
+        plot_confusion(estimate.report, confusion, "estimated confusion (fraction of each true class)")
+        print(f"confusion matrix: {confusion}")
+
+    outputs = [("--confusion", write_confusion)] if confusion else []
+    if json_out:
+        outputs.append(("--json", lambda: atomic_write_text(json_out, json.dumps(estimate.to_json(), indent=1))))
+    return write_outputs(outputs)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .atomic import check_output
-    from .export import export_model
 
     out = check_output(args.out, "--out")
-    model, config = model_from_args(args)
-    path = export_model(model, args.support, out, config.data.image_size, config.data.channels)
-    print(f"exported TorchScript model to {path}: input uint8 (B, {config.data.channels}, {config.data.image_size}, "
-          f"{config.data.image_size}), output class probabilities; class names in its class_names.json")
+    classifier = classifier_from_args(args).fit(args.support)
+    path = classifier.export(out, args.format)
+    size, channels = classifier.image_size, classifier.channels
+    described = {"torchscript": f"TorchScript: input uint8 (B, {channels}, {size}, {size}), output class probabilities; "
+                                "class names in its class_names.json",
+                 "onnx": "ONNX: input uint8 (B, H, W, 3) RGB of any size, output class probabilities; class names "
+                         "in its metadata (class_names)",
+                 "onnx-int8": "INT8-quantized ONNX: input uint8 (B, H, W, 3) RGB of any size, output class "
+                              "probabilities; class names in its metadata (class_names)"}[args.format]
+    print(f"exported {path}: {described}")
     return 0
 
 
@@ -590,15 +606,37 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write a Grad-CAM heatmap over each query as OUT_DIR/<query>.gradcam.png")
     predict.set_defaults(handler=cmd_predict)
 
+    estimate = commands.add_parser(
+        "estimate", help="how accurate will predict be on my classes? cross-validated on the support images",
+        description="Episodic cross-validation on your own labelled images: REPEATS random splits hold out a "
+                    "fraction of every class's images and classify them with the rest as support. Prints the mean "
+                    "accuracy with a 95%% interval over the held-out images, per-class precision / recall / F1, "
+                    "and warns about classes with too few images. Every class needs at least 2 images.",
+    )
+    add_model_arguments(estimate)
+    estimate.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
+    estimate.add_argument("--repeats", type=int_at_least(1), default=50, help="random splits (default 50)")
+    estimate.add_argument("--holdout", type=fraction, default=0.2,
+                          help="fraction of each class held out per split, at least one image (default 0.2)")
+    estimate.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the splits (default 0)")
+    estimate.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG")
+    estimate.add_argument("--json", metavar="OUT", help="write the estimate, per-class scores and matrix as JSON")
+    estimate.set_defaults(handler=cmd_estimate)
+
     export = commands.add_parser(
-        "export", help="export a model with a support folder's classes built in (TorchScript)",
-        description="Write a TorchScript file that an application loads with torch.jit.load alone: it takes "
-                    "(B, C, H, W) uint8 images at the model's image size and returns class probabilities; the "
-                    "class names are in the archive's extra file class_names.json.",
+        "export", help="export a model with a support folder's classes built in (ONNX, INT8 ONNX, TorchScript)",
+        description="Write a standalone classifier of the support folder's classes. onnx (needs "
+                    "fewshot[onnx]): onnxruntime alone runs it; input decoded RGB uint8 (B, H, W, 3) of any size, "
+                    "resize and normalization in the graph; output class probabilities; class names in the "
+                    "metadata. onnx-int8: the same, quantized to 8 bits (calibrated on the support images). "
+                    "torchscript (default): torch.jit.load alone runs it; input (B, C, H, W) uint8 at the model's size; class "
+                    "names in the archive's class_names.json.",
     )
     add_model_arguments(export)
     export.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
-    export.add_argument("--out", required=True, metavar="FILE", help="TorchScript file to write (.pt)")
+    export.add_argument("--format", choices=("torchscript", "onnx", "onnx-int8"), default="torchscript",
+                        help="torchscript (default), onnx or onnx-int8")
+    export.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, or .pt for torchscript)")
     export.set_defaults(handler=cmd_export)
 
     recipes = commands.add_parser(

@@ -80,13 +80,20 @@ class PrototypeClassifier(nn.Module):
 def export_model(model: FewShotModel, support_folder: str | os.PathLike, out: str | os.PathLike, image_size: int,
                  channels: int) -> Path:
     """Trace ``model`` with the support folder's classes built in and save it to ``out`` (atomically)."""
+    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
+    return export_torchscript(model, support, labels, names, out, image_size, channels)
+
+
+def export_torchscript(model: FewShotModel, support: torch.Tensor, labels: torch.Tensor, names: list[str],
+                       out: str | os.PathLike, image_size: int, channels: int) -> Path:
+    """Trace ``model`` with the support images ``(S, C, H, W)`` uint8 (labels ``(S,)`` indexing ``names``)
+    built in as embeddings, and save it to ``out`` (atomically)."""
     if not model.head.exportable:
         from .heads import head_names
 
         raise FewshotError(f"head '{type(model.head).__name__}' adapts the network per episode and cannot be "
                            f"exported with fixed prototypes; export a model with one of: "
                            f"{', '.join(head_names('exportable'))}")
-    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
     model = model.cpu().eval()
     with torch.inference_mode():
         support_features = model.embed(support).float()

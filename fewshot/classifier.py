@@ -1,0 +1,450 @@
+"""``FewShotClassifier``: a few labelled images per class in, a classifier out, in three lines of Python.
+
+    from fewshot import FewShotClassifier
+    clf = FewShotClassifier().fit("my_support/")          # the 'default' recipe; one subfolder per class
+    clf.predict(["new1.jpg", "new2.jpg"])                 # -> ['cat', 'dog']
+
+Built from a recipe name (``default`` when nothing is given), a run directory or checkpoint, or a backbone
+and head (:func:`fewshot.loading.load_model`, the CLI's own function). Support images are embedded once
+when they are added; ``predict_proba`` embeds only the new images. ``fewshot predict`` is this class.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
+from .inputs import ImageLike, PreparedImage, as_batch, prepare_images
+from .model import FewShotModel
+
+SAVED_FORMAT = "fewshot-classifier"
+SAVED_VERSION = 1
+
+
+@dataclass
+class _ClassExamples:
+    images: torch.Tensor  # (n, C, H, W) uint8
+    features: torch.Tensor | None  # (n, E) float32; None when the head adapts the backbone (it needs images)
+    names: list[str]
+    digests: list[str]
+
+
+@dataclass
+class Estimate:
+    """What :meth:`FewShotClassifier.estimate` measured (accuracies in percent)."""
+
+    accuracy: float  # mean over held-out images of how often each was classified right
+    ci95: float | None  # 1.96 * std over images / sqrt(images); None with one image
+    repeats: int
+    images: int  # distinct images that were held out at least once
+    shots: dict[str, int]  # support images per class in each split
+    report: dict  # per-class precision / recall / F1 and the confusion matrix (see per_class_report)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        interval = f" ± {self.ci95:.2f}" if self.ci95 is not None else ""
+        return (f"estimated accuracy {self.accuracy:.2f}{interval} % (95% interval over {self.images} held-out "
+                f"images, {self.repeats} random splits)")
+
+    def to_json(self) -> dict:
+        return {"accuracy": self.accuracy, "ci95": self.ci95, "repeats": self.repeats, "images": self.images,
+                "shots": self.shots, "per_class": self.report["classes"], "confusion": self.report["confusion"],
+                "class_names": self.report["class_names"], "warnings": self.warnings}
+
+
+class FewShotClassifier:
+    """A classifier of the classes shown to :meth:`fit`, scikit-learn style.
+
+    ``model``: a recipe name (``fewshot recipes`` lists them), a run directory or checkpoint file, or None for
+    the ``default`` recipe; or give ``backbone`` and ``head`` (with ``weights``: ``none``, ``imagenet`` or a
+    file). ``transform`` / ``tta`` override the recipe's or checkpoint's; ``head_options`` / ``backbone_options``
+    are dicts. ``device``: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
+
+    After :meth:`fit`: ``classes_`` (sorted class names: column ``j`` of :meth:`predict_proba` is
+    ``classes_[j]``), ``model_`` (the :class:`~fewshot.model.FewShotModel`) and ``config_``.
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, backbone: str | None = None, head: str | None = None,
+                 weights: str = "none", image_size: int | None = None, channels: int | None = None,
+                 head_options: dict | None = None, backbone_options: dict | None = None,
+                 transform: str | None = None, tta: str | None = None, device: str = "cpu", batch_size: int = 32):
+        from .loading import load_model
+        from .recipes import RECIPES
+        from .runtime import resolve_device
+
+        is_recipe = isinstance(model, str) and model in RECIPES and not Path(model).exists()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FewshotError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model_, self.config_ = load_model(
+            None if is_recipe else model, recipe=model if is_recipe else None, backbone=backbone, head=head,
+            weights=weights, image_size=image_size, channels=channels, head_options=head_options,
+            backbone_options=backbone_options, transform=transform, tta=tta)
+        self.source = (f"recipe '{model}'" if is_recipe else str(model) if model is not None
+                       else f"{backbone} + {head}" if backbone or head else "recipe 'default'")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.model_.to(self.device).eval()
+        self._examples: dict[str, _ClassExamples] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def image_size(self) -> int:
+        return self.config_.data.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.config_.data.channels
+
+    @property
+    def classes_(self) -> list[str]:
+        self._check_fitted()
+        return sorted(self._examples)
+
+    def _check_fitted(self) -> None:
+        if len(self._examples) < 2:
+            raise NotFittedError("this classifier has not been fitted: call fit(support) with at least two classes "
+                                 "first")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, support: str | os.PathLike | Mapping[str, Sequence[ImageLike]] | Sequence[ImageLike],
+            labels: Sequence[str] | None = None) -> "FewShotClassifier":
+        """Learn the classes of ``support``: a folder with one subfolder of images per class, a mapping
+        ``{class: [images]}``, or a sequence of images with the parallel ``labels``. Images are file paths,
+        PIL images, arrays or tensors (:data:`fewshot.inputs.ImageLike`). Replaces earlier examples."""
+        grouped = _group_support(support, labels)
+        if len(grouped) < 2:
+            raise SupportSetError(f"a classifier needs at least two classes, got {len(grouped)}")
+        examples: dict[str, _ClassExamples] = {}
+        for name, items in grouped.items():
+            examples[name] = self._prepare_class(name, items)
+        self._examples = examples
+        self._warn_duplicates()
+        return self
+
+    def add_examples(self, class_name: str, images: ImageLike | Sequence[ImageLike]) -> "FewShotClassifier":
+        """Add images to a class (a new class if the name is new); only the new images are embedded."""
+        if not isinstance(class_name, str) or not class_name.strip():
+            raise SupportSetError(f"a class name must be a non-empty string, got {class_name!r}")
+        new = self._prepare_class(class_name, images)
+        old = self._examples.get(class_name)
+        if old is not None:
+            features = None if old.features is None else torch.cat([old.features, new.features])
+            new = _ClassExamples(torch.cat([old.images, new.images]), features, old.names + new.names,
+                                 old.digests + new.digests)
+        self._examples[class_name] = new
+        self._warn_duplicates()
+        return self
+
+    def _prepare_class(self, name: str, items: Any) -> _ClassExamples:
+        if isinstance(items, (list, tuple)) and not items:
+            raise SupportSetError(f"class '{name}' has no images: add a few or leave the class out")
+        prepared = prepare_images(items, self.image_size, self.channels)
+        images = as_batch(prepared)
+        features = None if self.model_.head.adapts_backbone else self._embed(images)
+        return _ClassExamples(images, features, [p.name for p in prepared], [p.digest for p in prepared])
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` uint8 -> embeddings ``(N, E)`` float32 on the CPU, ``batch_size`` at a time."""
+        with torch.inference_mode():
+            return torch.cat([self.model_.embed(images[i:i + self.batch_size].to(self.device)).float().cpu()
+                              for i in range(0, len(images), self.batch_size)])
+
+    def _warn_duplicates(self) -> None:
+        seen: dict[str, tuple[str, str]] = {}
+        for class_name in sorted(self._examples):
+            entry = self._examples[class_name]
+            for name, digest in zip(entry.names, entry.digests):
+                other = seen.setdefault(digest, (class_name, name))
+                if other[0] != class_name:
+                    warnings.warn(f"the same image is in class '{other[0]}' ({other[1]}) and in class '{class_name}' "
+                                  f"({name}): remove one of them", UserWarning, stacklevel=3)
+
+    def support(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(images ``(S, C, H, W)`` uint8, embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order."""
+        names = self.classes_
+        entries = [self._examples[n] for n in names]
+        labels = torch.cat([torch.full((len(e.images),), i, dtype=torch.long) for i, e in enumerate(entries)])
+        features = None if entries[0].features is None else torch.cat([e.features for e in entries])
+        return torch.cat([e.images for e in entries]), features, labels
+
+    # ------------------------------------------------------------------ predicting
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """Class probabilities ``(N, len(classes_))`` for one image or a sequence of them."""
+        return self._probabilities(as_batch(self._prepare_queries(images))).numpy()
+
+    def predict(self, images: ImageLike | Sequence[ImageLike]) -> list[str]:
+        """The most probable class name of each image."""
+        names = self.classes_
+        return [names[i] for i in self.predict_proba(images).argmax(axis=1)]
+
+    def _prepare_queries(self, images: Any) -> list[PreparedImage]:
+        self._check_fitted()
+        return prepare_images(images, self.image_size, self.channels)
+
+    def _probabilities(self, queries: torch.Tensor, support: tuple | None = None) -> torch.Tensor:
+        """``(Q, C, H, W)`` uint8 queries -> probabilities ``(Q, ways)`` against ``support`` (all examples)."""
+        images, features, labels = support or self.support()
+        ways = int(labels.max()) + 1
+        model = self.model_
+        with torch.inference_mode():
+            if model.head.adapts_backbone:
+                logits = model(images.to(self.device), labels.to(self.device), queries.to(self.device), ways)
+            else:
+                logits = model.classify(features.to(self.device), labels.to(self.device),
+                                        self._embed(queries).to(self.device), ways)
+            return model.head.probabilities(logits).float().cpu()
+
+    def explain(self, images: ImageLike | Sequence[ImageLike], out_dir: str | os.PathLike) -> list[dict]:
+        """Like :meth:`details`, with a Grad-CAM heatmap PNG per image written to ``out_dir``; the
+        probabilities come from the same pass as the heatmaps."""
+        from .explain import explain, save_explanations
+
+        if not self.model_.head.explainable:
+            raise FewshotError(f"head '{self.config_.model.head}' cannot be explained with Grad-CAM")
+        prepared = self._prepare_queries(images)
+        queries = as_batch(prepared)
+        support, _, labels = self.support()
+        heatmaps, probabilities = explain(self.model_, support.to(self.device), labels.to(self.device),
+                                          len(self.classes_), queries.to(self.device))
+        probabilities = probabilities.cpu()
+        save_explanations(queries, heatmaps.cpu(), probabilities, self.classes_, [Path(p.name) for p in prepared],
+                          out_dir)
+        return self._details(prepared, probabilities)
+
+    def details(self, images: ImageLike | Sequence[ImageLike]) -> list[dict]:
+        """For each image: ``{"query": name, "predicted": class, "probabilities": {class: p}}``."""
+        prepared = self._prepare_queries(images)
+        return self._details(prepared, self._probabilities(as_batch(prepared)))
+
+    def _details(self, prepared: list[PreparedImage], probabilities: torch.Tensor) -> list[dict]:
+        names = self.classes_
+        return [{"query": p.name, "predicted": names[int(probs.argmax())],
+                 "probabilities": {name: float(v) for name, v in zip(names, probs)}}
+                for p, probs in zip(prepared, probabilities)]
+
+    # ------------------------------------------------------------------ estimating
+    def estimate(self, repeats: int = 50, holdout: float = 0.2, seed: int = 0) -> Estimate:
+        """How accurate this classifier is likely to be on new images of its classes, from its own examples:
+        episodic cross-validation by repeated random sub-sampling. Each of ``repeats`` splits holds out
+        ``max(1, floor(holdout * n))`` of every class's ``n`` images as queries (walking through random
+        permutations of the class, so each image is held out about equally often) and classifies them with the
+        rest as the support set (so each split has one or a few shots fewer than the fitted classifier:
+        the estimate leans pessimistic). Every held-out image's rate of correct answers is averaged; the
+        95% interval is ``1.96 * std / sqrt(images)`` over those images: it reflects how many images there
+        are, not how many splits were drawn. Needs at least two images in every class; with fewer than five
+        in a class the estimate is noisy and a warning says so."""
+        from .evaluate import per_class_report
+
+        self._check_fitted()
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise FewshotError(f"repeats must be an integer >= 1, got {repeats!r}")
+        if not 0 < holdout < 1:
+            raise FewshotError(f"holdout must be a fraction between 0 and 1, got {holdout!r}")
+        names = self.classes_
+        sizes = {n: len(self._examples[n].images) for n in names}
+        too_few = [f"'{n}' ({sizes[n]})" for n in names if sizes[n] < 2]
+        if too_few:
+            raise SupportSetError(f"class {', '.join(too_few)} has a single image: it can be used to predict, but an "
+                                  "estimate needs at least 2 images per class (one to learn from, one to test); add "
+                                  "images to it")
+        notes = [f"class '{n}' has only {sizes[n]} images: its part of the estimate is noisy (5 or more help)"
+                 for n in names if sizes[n] < 5]
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        images, features, labels = self.support()
+        starts = np.concatenate([[0], np.cumsum([sizes[n] for n in names])[:-1]])
+        held = {n: max(1, int(holdout * sizes[n])) for n in names}
+        generator = np.random.default_rng(seed)
+        queues: dict[str, list[int]] = {n: [] for n in names}
+
+        def held_out(name: str) -> list[int]:
+            """The next images of a class to hold out: walk through random permutations of the class, so
+            every image is held out about equally often."""
+            queue, pick, deferred = queues[name], [], []
+            while len(pick) < held[name]:
+                if not queue:
+                    queue.extend(int(i) for i in generator.permutation(sizes[name]))
+                index = queue.pop(0)
+                (deferred if index in pick else pick).append(index)
+            queue[:0] = deferred
+            return pick
+
+        right = np.zeros(len(labels))
+        tried = np.zeros(len(labels))
+        truth, guessed = [], []
+        for _ in range(repeats):
+            query_rows = []
+            for i, n in enumerate(names):
+                query_rows += [starts[i] + j for j in held_out(n)]
+            is_query = np.zeros(len(labels), dtype=bool)
+            is_query[query_rows] = True
+            support_rows = torch.from_numpy(np.flatnonzero(~is_query))
+            query_rows = torch.from_numpy(np.flatnonzero(is_query))
+            subset = (images[support_rows], None if features is None else features[support_rows], labels[support_rows])
+            if features is None:
+                probabilities = self._probabilities(images[query_rows], subset)
+            else:
+                probabilities = self._classify_embedded(subset, features[query_rows])
+            predicted = probabilities.argmax(1).numpy()
+            correct = predicted == labels[query_rows].numpy()
+            right[query_rows.numpy()] += correct
+            tried[query_rows.numpy()] += 1
+            truth.append(labels[query_rows].numpy())
+            guessed.append(predicted)
+        rates = right[tried > 0] / tried[tried > 0]
+        ci95 = float(1.96 * rates.std(ddof=1) / np.sqrt(len(rates))) * 100 if len(rates) > 1 else None
+        report = per_class_report(names, np.concatenate(truth), np.concatenate(guessed))
+        return Estimate(float(rates.mean() * 100), ci95, repeats, int(len(rates)),
+                        {n: sizes[n] - held[n] for n in names}, report, notes)
+
+    def _classify_embedded(self, support: tuple, query_features: torch.Tensor) -> torch.Tensor:
+        _, features, labels = support
+        with torch.inference_mode():
+            logits = self.model_.classify(features.to(self.device), labels.to(self.device),
+                                          query_features.to(self.device), int(labels.max()) + 1)
+            return self.model_.head.probabilities(logits).float().cpu()
+
+    # ------------------------------------------------------------------ saving and exporting
+    def save(self, path: str | os.PathLike) -> Path:
+        """One file: config, weights, class names, support images and embeddings (read back with
+        :meth:`load`, which uses safe loading: tensors and plain values only)."""
+        from . import __version__
+        from .atomic import atomic_write
+
+        self._check_fitted()
+        model = self.model_
+        state = {"format": SAVED_FORMAT, "version": SAVED_VERSION, "fewshot": __version__,
+                 "config": self.config_.to_dict(), "source": self.source,
+                 "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "normalization": [list(model.mean), list(model.std)],
+                 "classes": {name: {"images": e.images, "features": e.features, "names": e.names, "digests": e.digests}
+                             for name, e in self._examples.items()}}
+        return atomic_write(path, lambda handle: torch.save(state, handle))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "FewShotClassifier":
+        """A classifier saved by :meth:`save`, ready to predict."""
+        from .checkpoint import load_model_state, safe_load
+        from .config import config_from_dict
+        from .model import build_model
+        from .runtime import resolve_device
+
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise SavedFileError(f"saved classifier {file} does not exist")
+        try:
+            state = safe_load(file, "saved classifier")
+        except FewshotError as exc:
+            raise SavedFileError(str(exc)) from None
+        if not isinstance(state, dict) or state.get("format") != SAVED_FORMAT:
+            hint = " (it looks like a training checkpoint: FewShotClassifier(path).fit(...) uses those)" \
+                if isinstance(state, dict) and "model" in state and "config" in state else ""
+            raise SavedFileError(f"{file} is not a saved FewShotClassifier{hint}")
+        version = state.get("version")
+        if not isinstance(version, int) or version > SAVED_VERSION:
+            raise SavedFileError(f"{file} was saved by fewshot {state.get('fewshot', '?')} in classifier format "
+                                 f"{version}, newer than this fewshot reads ({SAVED_VERSION}): upgrade fewshot")
+        try:
+            config = config_from_dict(state["config"])
+            config.model.weights = "none"  # the file holds the weights
+            model = build_model(config.model, config.data.channels, config.data.image_size)
+            load_model_state(model, state["weights"], str(file))
+            model.mean, model.std = (tuple(float(v) for v in values) for values in state["normalization"])
+            examples = {name: _ClassExamples(e["images"], e["features"], list(e["names"]), list(e["digests"]))
+                        for name, e in state["classes"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SavedFileError(f"{file} is damaged or incomplete ({type(exc).__name__}: {exc}); save it again")
+        except FewshotError as exc:
+            raise SavedFileError(f"{file}: {exc}") from None
+        self = cls.__new__(cls)
+        self.model_, self.config_, self.source = model, config, state.get("source", str(file))
+        self.device, self.batch_size = resolve_device(device), 32
+        self.model_.to(self.device).eval()
+        self._examples = examples
+        return self
+
+    def export(self, path: str | os.PathLike, format: str = "onnx") -> Path:  # noqa: A002 - the natural name
+        """Write a standalone model with the classes built in. ``onnx``: float32 ONNX that takes decoded RGB
+        uint8 images ``(B, H, W, 3)`` of any size (resize and normalization in the graph) and returns
+        probabilities ``(B, classes)``, class names in its metadata (``fewshot[onnx]``); ``onnx-int8``: the
+        same, quantized to 8 bits with the support images as calibration; ``torchscript``: takes ``(B, C, S, S)``
+        uint8 at the model's size ``S`` (see :mod:`fewshot.export`)."""
+        from .errors import ExportError
+
+        self._check_fitted()
+        if format not in EXPORT_FORMATS:
+            raise ExportError(f"unknown export format '{format}': choose one of {', '.join(EXPORT_FORMATS)}")
+        images, features, labels = self.support()
+        if features is None:
+            from .heads import head_names
+
+            raise ExportError(f"head '{self.config_.model.head}' adapts the network to each support set and cannot "
+                              f"be exported with fixed classes; use one of: {', '.join(head_names('exportable'))}")
+        model = self.model_.cpu()
+        try:
+            if format == "torchscript":
+                from .export import export_torchscript
+
+                return export_torchscript(model, images, labels, self.classes_, path, self.image_size, self.channels)
+            from .onnx_export import export_onnx
+
+            return export_onnx(model, features, labels, self.classes_, self.image_size, self.channels, path,
+                               quantize=format == "onnx-int8", calibration_images=images)
+        finally:
+            model.to(self.device)
+
+
+EXPORT_FORMATS = ("onnx", "onnx-int8", "torchscript")
+
+
+def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list]:
+    """``{class: [images]}`` from a folder, a mapping, or images with parallel labels."""
+    if isinstance(support, (str, os.PathLike)):
+        if labels is not None:
+            raise SupportSetError("labels are given by the folder's subfolders: drop labels=")
+        return _folder_classes(Path(support).expanduser())
+    if isinstance(support, Mapping):
+        if labels is not None:
+            raise SupportSetError("labels are the mapping's keys: drop labels=")
+        grouped = {}
+        for name, items in support.items():
+            if not isinstance(name, str) or not name.strip():
+                raise SupportSetError(f"class names must be non-empty strings, got {name!r}")
+            grouped[name] = list(items) if not isinstance(items, (str, os.PathLike)) else [items]
+            if not grouped[name]:
+                raise SupportSetError(f"class '{name}' has no images: add a few or leave the class out")
+        return grouped
+    if labels is None:
+        raise SupportSetError("give a folder of class subfolders, a {class: [images]} mapping, or images with labels=")
+    images, labels = list(support), list(labels)
+    if len(images) != len(labels):
+        raise SupportSetError(f"{len(images)} images but {len(labels)} labels: give one label per image")
+    grouped: dict[str, list] = {}
+    for image, label in zip(images, labels):
+        grouped.setdefault(str(label), []).append(image)
+    return grouped
+
+
+def _folder_classes(root: Path) -> dict[str, list[Path]]:
+    from episodes.discovery import is_image_file
+
+    if not root.is_dir():
+        raise SupportSetError(f"support folder {root} does not exist (it should hold one subfolder per class)")
+    grouped = {}
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p.name))
+        if not files:
+            raise SupportSetError(f"support class '{class_dir.name}' ({class_dir}) has no images: add a few or "
+                                  "remove it")
+        grouped[class_dir.name] = files
+    if len(grouped) < 2:
+        raise SupportSetError(f"support folder {root} must hold at least two class subfolders, found {len(grouped)}")
+    return grouped
