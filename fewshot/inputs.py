@@ -94,11 +94,27 @@ def _digest(array: np.ndarray) -> str:
 
 
 def prepare_images(items: Any, size: int, channels: int) -> list[PreparedImage]:
-    """One image or a sequence of them -> prepared images; an empty sequence is an error."""
+    """One image or a sequence of them -> prepared images; a folder stands for the image files directly in
+    it (sorted); an empty sequence, or a folder without images, is an error."""
     items = [items] if is_single_image(items) else list(items) if _iterable(items) else [items]
     if not items:
         raise InvalidImageError("no images given")
-    return [prepare_image(item, size, channels, i) for i, item in enumerate(items)]
+    expanded = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)) and Path(item).expanduser().is_dir():
+            expanded += _folder_images(Path(item).expanduser())
+        else:
+            expanded.append(item)
+    return [prepare_image(item, size, channels, i) for i, item in enumerate(expanded)]
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    from episodes.discovery import is_image_file
+
+    found = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
+    if not found:
+        raise InvalidImageError(f"folder {folder} holds no image files (class subfolders are not looked into)")
+    return found
 
 
 def _iterable(items: Any) -> bool:

@@ -217,3 +217,11 @@ def test_torchscript_export_matches_predict_proba(support, tmp_path):
     assert np.allclose(scripted(pixels).numpy(), clf.predict_proba(queries), atol=1e-5)
     with pytest.raises(FewshotError, match="unknown export format"):
         clf.export(tmp_path / "m.x", format="tflite")
+
+
+def test_a_query_folder_stands_for_its_images(support):
+    clf = FewShotClassifier(**TINY).fit(support)
+    folder = support / "class02"
+    assert clf.predict(folder) == clf.predict(sorted(folder.iterdir()))
+    with pytest.raises(InvalidImageError, match="holds no image files"):
+        clf.predict(support)
