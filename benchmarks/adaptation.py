@@ -78,9 +78,12 @@ def meta_train(args: argparse.Namespace, work: Path) -> None:
 def finetune(args: argparse.Namespace, work: Path) -> None:
     fixed = ["--head", "finetune", "--head-option", f"steps={args.steps}", "--head-option", "backbone_lr=1e-4"]
     searched = [*fixed, "--head-option", "lr_candidates=[0, 1e-4, 1e-3]"]
-    for shots in (1, 5):
+    for shots in args.shots:
         evaluate("frozen lite0 84px, protonet", [*FROZEN, "--head", "protonet"], args.data, shots, args.episodes,
                  work, "no training")
+        evaluate("frozen lite0 84px, protonet+power_cl2n", [*FROZEN, "--head", "protonet", "--transform",
+                                                            "power_cl2n"], args.data, shots, args.episodes, work,
+                 "no training")
         evaluate(f"finetune lite0 84px, backbone lr 1e-4, {args.steps} steps", [*FROZEN, *fixed], args.data, shots,
                  args.episodes, work, "last stage + classifier, flips")
         evaluate(f"finetune lite0 84px, lr chosen per task, {args.steps} steps", [*FROZEN, *searched], args.data,
@@ -96,6 +99,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=600, help="meta-train: test episodes per row")
     parser.add_argument("--lr", type=float, default=1e-4, help="meta-train: Adam learning rate")
     parser.add_argument("--steps", type=int, default=20, help="finetune: fine-tuning steps per episode")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1],
+                        help="finetune: shot counts (default 1; 5-shot costs about 5x per episode)")
     args = parser.parse_args()
     (HERE / "results").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
