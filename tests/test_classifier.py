@@ -225,3 +225,30 @@ def test_a_query_folder_stands_for_its_images(support):
     assert clf.predict(folder) == clf.predict(sorted(folder.iterdir()))
     with pytest.raises(InvalidImageError, match="holds no image files"):
         clf.predict(support)
+
+
+@pytest.mark.parametrize("format_", ["onnx", "onnx-int8"])
+def test_onnx_export_runs_with_onnxruntime_alone_and_matches_predict(support, tmp_path, format_):
+    import subprocess
+    import sys
+
+    clf = FewShotClassifier(**{**TINY, "backbone_options": {"width": 16}, "transform": "cl2n"}).fit(support)
+    path = clf.export(tmp_path / f"m-{format_}.onnx", format=format_)
+    queries = files_of(support)["class01"] + files_of(support)["class02"]
+    pixels = np.stack([np.array(Image.open(p).convert("RGB")) for p in queries])  # (B, 16, 16, 3): no resize
+    np.save(tmp_path / "pixels.npy", pixels)
+    code = ("import sys, json; sys.modules['torch'] = None\n"
+            "import numpy as np, onnxruntime as ort\n"
+            f"s = ort.InferenceSession({str(path)!r})\n"
+            "meta = s.get_modelmeta().custom_metadata_map\n"
+            f"p = s.run(None, {{'images': np.load({str(tmp_path / 'pixels.npy')!r})}})[0]\n"
+            "print(json.dumps({'names': json.loads(meta['class_names']), 'p': p.tolist()}))\n")
+    result = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                       check=True).stdout)
+    expected = clf.predict_proba(queries)
+    assert result["names"] == clf.classes_
+    got = np.asarray(result["p"])
+    if format_ == "onnx":
+        assert np.abs(got - expected).max() < 1e-4  # float32: the same numbers as predict_proba
+    else:
+        assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9  # 8-bit weights and activations

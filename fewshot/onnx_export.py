@@ -1,0 +1,448 @@
+"""Export a model with a support set's classes built in as ONNX (float32, or INT8 quantized), for applications
+that run it with onnxruntime alone: no torch, no PIL, no image preparation of their own.
+
+The graph has one input, ``images``: uint8 ``(B, H, W, 3)``, decoded RGB pixels as an application has them
+(numpy arrays from any decoder), of any batch size and any image size, B, H and W all dynamic. In the
+graph the pixels are converted to float; for a 1-channel model they become grey with PIL's ``L`` weights
+(0.299 R + 0.587 G + 0.114 B); the image is resized to ``image_size`` x ``image_size`` with bilinear
+filtering, antialiased when it is shrunk (ONNX ``Resize`` with ``antialias=1``, opset 18, as
+``F.interpolate(..., mode="bilinear", antialias=True)``, the triangle filter of PIL's ``Image.BILINEAR``;
+enlarging is plain bilinear in all three); normalized with the model's mean and std; then embedded (averaged with the
+mirrored image under ``tta: flip``), transformed and classified against the support embeddings stored in
+the file. The single output ``probabilities`` is float32 ``(B, classes)``. Unlike ``fewshot predict``, the
+resized pixels are not rounded to integers, a difference of less than half a grey level; images already at
+``image_size`` give the PyTorch model's probabilities (checked at export, to 1e-4).
+
+The file's ``metadata_props`` carry ``class_names`` (a JSON list, in output order), ``image_size``,
+``channels``, ``input``, ``output``, ``resize``, ``quantization`` (``none``, ``static`` or ``dynamic``) and
+``fewshot_version``. An application::
+
+    session = onnxruntime.InferenceSession("model.onnx")
+    names = json.loads(session.get_modelmeta().custom_metadata_map["class_names"])
+    probabilities = session.run(None, {"images": np.stack([np.asarray(Image.open(f).convert("RGB"))])})[0]
+
+(any decoder will do; images of one size per batch, as ``np.stack`` needs). ``onnx-int8`` files are the same graph
+quantized by onnxruntime: statically (QDQ, 8-bit per-channel weights, activation ranges calibrated on the
+support images; convolutions, linear layers, activations and pooling) or, when static quantization fails
+or no calibration images are given, dynamically (8-bit weights of convolutions and linear layers,
+activations quantized at run time), as ``quantization`` records. Distances, normalizations, matrix
+products and softmax (the feature transform and most heads) stay float32.
+
+The graph is made by torch's dynamo exporter (``torch.export`` with dynamic batch, height and width, then
+``torch.onnx.export``, opset 18): the path taken for Conv4 and EfficientNet-Lite backbones with torch 2.14.
+If it fails, the TorchScript-based exporter is tried, with a symbolic for the antialiased resize (ONNX
+``Resize`` with ``antialias=1``, ``exclude_outside=1``), and, if that fails too, with plain bilinear
+resizing; ``resize`` in the metadata says which. While exporting, the head's ``torch.cdist`` is replaced by
+its direct formula (torch switches to a matrix-product algorithm above 25 rows, which ``torch.export``
+would turn into a limit on the batch size), and for the TorchScript-based exporter ``index_add_`` and
+``bincount`` by one-hot products. Every export is checked in onnxruntime against the PyTorch module
+(:data:`VERIFY_ATOL`), at ``image_size`` and at another size and batch, before the file is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .atomic import atomic_write, writable_folder
+from .errors import ExportError, FewshotError
+from .export import PrototypeClassifier
+from .model import FewShotModel
+
+OPSET = 18  # the first opset whose Resize has ``antialias``
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's RGB -> L (ITU-R 601-2 luma)
+VERIFY_ATOL = 1e-4  # ONNX vs PyTorch probabilities at export, images at image_size
+INPUT_DESCRIPTION = "uint8 (B, H, W, 3) RGB, any size"
+OUTPUT_DESCRIPTION = "float32 (B, classes) probabilities, classes in the order of class_names"
+MISSING_PACKAGES = "ONNX export needs the onnx extra: pip install 'fewshot[onnx]'"
+# Static INT8 quantizes convolutions, linear layers, activations and pooling; matrix products, distances,
+# normalizations and softmax (the transform and most heads) keep float32 precision.
+QUANTIZED_OPS = ["Conv", "Gemm", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool"]
+DYNAMIC_OPS = ["Conv", "Gemm"]  # dynamic quantization: weights of the convolutions and linear layers
+
+
+class ImageClassifier(nn.Module):
+    """``forward(images)``: uint8 ``(B, H, W, 3)`` RGB of any size -> probabilities ``(B, classes)``.
+
+    Wraps :class:`fewshot.export.PrototypeClassifier` (normalization, backbone, TTA, transform, head on
+    the built-in support embeddings) with the channel conversion and resize an application would
+    otherwise do itself.
+    """
+
+    def __init__(self, classifier: PrototypeClassifier, image_size: int, channels: int, antialias: bool = True):
+        super().__init__()
+        self.classifier, self.image_size, self.channels, self.antialias = classifier, image_size, channels, antialias
+        self.register_buffer("grey", torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1))
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` -> float ``(B, channels, image_size, image_size)``, values 0-255."""
+        pixels = images.permute(0, 3, 1, 2).float()
+        if self.channels == 1:
+            pixels = (pixels * self.grey).sum(dim=1, keepdim=True)
+        return F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                             antialias=self.antialias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.resize(images))
+
+
+class PortableOps(TorchFunctionMode):
+    """While exporting: ``torch.cdist`` as its direct formula ``(..., P, R)``, one algorithm for every size."""
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.cdist:
+            x1, x2 = args[0], args[1]
+            p = args[2] if len(args) > 2 else kwargs.get("p", 2.0)
+            difference = (x1.unsqueeze(-2) - x2.unsqueeze(-3)).abs()  # (..., P, R, M)
+            if p == 2:
+                return difference.pow(2).sum(-1).sqrt()
+            if p == float("inf"):
+                return difference.amax(-1)
+            return difference.pow(p).sum(-1).pow(1.0 / p)
+        return func(*args, **kwargs)
+
+
+class TracedOps(PortableOps):
+    """:class:`PortableOps`, and for the TorchScript-based exporter (which has no ONNX form of either):
+    ``index_add_`` along dimension 0 as a one-hot matrix product, ``bincount`` of the constant labels as a
+    one-hot sum."""
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.Tensor.index_add_ and (args[1] if len(args) > 1 else kwargs.get("dim")) == 0 and \
+                "alpha" not in kwargs and len(args) <= 4:
+            target, _, index = args[:3]
+            source = args[3] if len(args) > 3 else kwargs["source"]
+            one_hot = F.one_hot(index, target.shape[0]).to(source.dtype)  # (S, rows)
+            added = (one_hot.T @ source.reshape(source.shape[0], -1)).reshape(target.shape)
+            return target.add_(added)
+        if func is torch.bincount and len(args) == 1 and set(kwargs) <= {"minlength"}:
+            labels = args[0]
+            count = max(int(kwargs.get("minlength", 0)), int(labels.max()) + 1 if labels.numel() else 0)
+            return F.one_hot(labels, count).sum(0)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+class PortableHead(nn.Module):
+    """A head whose ``forward`` runs under :class:`PortableOps` (only the head: the mode costs a Python call
+    per operation while tracing); ``probabilities`` as the head's."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head, self.ops = head, PortableOps
+
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                ways: int) -> torch.Tensor:
+        with self.ops():
+            return self.head(support, support_labels, query, ways)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.head.probabilities(logits)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' and the quantizer's warnings, progress lines and log messages."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir", "onnxruntime", "")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def import_onnx() -> tuple[Any, Any]:
+    """``(onnx, onnxruntime)``, or :class:`ExportError` saying which extra to install."""
+    try:
+        import onnx
+        import onnxruntime
+        import onnxruntime.quantization  # noqa: F401 - needed for INT8, part of the same package
+    except ImportError:
+        raise ExportError(MISSING_PACKAGES) from None
+    return onnx, onnxruntime
+
+
+def export_onnx(model: FewShotModel, support_features: torch.Tensor, support_labels: torch.Tensor,
+                class_names: list[str], image_size: int, channels: int, path: str | os.PathLike,
+                quantize: bool = False, calibration_images: torch.Tensor | None = None) -> Path:
+    """Write ``model`` with the support embeddings built in to ``path`` as ONNX (atomically); return the path.
+
+    ``support_features``: ``(S, E)`` float embeddings from ``model.embed`` (``(S, D, h, w)`` maps for a
+    feature-map head); ``support_labels``: ``(S,)`` long, indices into ``class_names``. The file takes uint8
+    ``(B, H, W, 3)`` RGB images of any size and returns probabilities ``(B, len(class_names))`` (see the
+    module docstring). ``quantize``: INT8, calibrated on ``calibration_images`` (uint8 ``(N, channels,
+    image_size, image_size)``, the support images; without them, dynamic quantization). Raises
+    :class:`ExportError` when the onnx packages are missing, the head cannot be exported, the path cannot be
+    written, or the exported graph does not reproduce the model. ``model`` is moved to the CPU (and left
+    there); its training mode is restored.
+    """
+    onnx, onnxruntime = import_onnx()
+    if not model.head.exportable:
+        from .heads import HEADS, head_names
+
+        name = next((key for key, cls in HEADS.items() if type(model.head) is cls), type(model.head).__name__)
+        raise ExportError(f"head '{name}' cannot be exported with fixed classes (it adapts to each support set or "
+                          f"batch of queries); export a model with one of: {', '.join(head_names('exportable'))}")
+    if channels not in (1, 3):
+        raise ExportError(f"channels must be 1 or 3 for ONNX export, got {channels}")
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ExportError(f"cannot write {target}: it is a folder (give a file name)")
+    _, problem = writable_folder(target.parent)
+    if problem:
+        raise ExportError(f"cannot write {target}: {problem}")
+    labels = support_labels.detach().cpu().long().clone()
+    if len(labels) == 0 or len(labels) != len(support_features) or int(labels.min()) < 0 or \
+            int(labels.max()) >= len(class_names):
+        raise ExportError(f"support_labels must index class_names (0..{len(class_names) - 1}), one per support "
+                          f"embedding; got {len(labels)} labels for {len(support_features)} embeddings")
+    was_training = model.training
+    model = model.cpu().eval()
+    try:
+        classifier = PrototypeClassifier(model, support_features.detach().cpu().float().clone(), labels,
+                                         len(class_names)).eval()
+        classifier.head = PortableHead(model.head)
+        proto, antialias = build_graph(classifier, image_size, channels)
+        module = ImageClassifier(classifier, image_size, channels, antialias).eval()
+        resize = f"to {image_size}x{image_size}, bilinear{', antialiased when shrinking' if antialias else ''}"
+        metadata = {"class_names": json.dumps(list(class_names)), "image_size": str(image_size),
+                    "channels": str(channels), "input": INPUT_DESCRIPTION, "output": OUTPUT_DESCRIPTION,
+                    "resize": resize, "quantization": "none", "fewshot_version": fewshot_version()}
+        set_metadata(proto, metadata)
+        data = proto.SerializeToString()
+        verify(onnxruntime, data, module, image_size, calibration_images)
+    finally:
+        model.train(was_training)
+    if quantize:
+        data = quantized(onnx, onnxruntime, data, target, metadata, calibration_images)
+    try:
+        return atomic_write(target, lambda handle: handle.write(data))
+    except FewshotError as exc:  # atomic_write's one-line message, as an ExportError
+        raise ExportError(str(exc)) from None
+
+
+def fewshot_version() -> str:
+    import fewshot
+
+    return str(getattr(fewshot, "__version__", "unknown"))
+
+
+def build_graph(classifier: PrototypeClassifier, image_size: int, channels: int) -> tuple[Any, bool]:
+    """The ONNX ``ModelProto`` of :class:`ImageClassifier` around ``classifier`` (whose head is a
+    :class:`PortableHead`), and whether its resize is antialiased. By the dynamo exporter; when that fails,
+    by the TorchScript-based one, antialiased through :func:`antialiased_resize`, else plain bilinear."""
+    example = torch.randint(0, 256, (2, image_size + 3, image_size + 5, 3), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(0))
+    failures = []
+    with quiet(), torch.no_grad():
+        try:
+            module = ImageClassifier(classifier, image_size, channels, antialias=True).eval()
+            dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("height"), 2: torch.export.Dim("width")}
+            program = torch.export.export(module, (example,), dynamic_shapes=(dims,), strict=False)
+            exported = torch.onnx.export(program, (example,), dynamo=True, input_names=["images"],
+                                         output_names=["probabilities"], opset_version=OPSET, verbose=False,
+                                         optimize=True, external_data=False)
+            return exported.model_proto, True
+        except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
+            failures.append(f"dynamo exporter: {first_line(exc)}")
+        for antialias in (True, False):
+            try:
+                return torchscript_graph(classifier, image_size, channels, antialias, example), antialias
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"TorchScript exporter{'' if antialias else ' (plain bilinear)'}: {first_line(exc)}")
+    raise ExportError(f"cannot export {type(classifier.backbone).__name__} + {type(classifier.head.head).__name__} "
+                      f"to ONNX: {'; '.join(failures)}")
+
+
+def torchscript_graph(classifier: PrototypeClassifier, image_size: int, channels: int, antialias: bool,
+                      example: torch.Tensor) -> Any:
+    """The ONNX ``ModelProto`` made by the TorchScript-based exporter (head ops as :class:`TracedOps`)."""
+    import onnx
+
+    module = ImageClassifier(classifier, image_size, channels, antialias).eval()
+    buffer = io.BytesIO()
+    classifier.head.ops = TracedOps
+    if antialias:
+        torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", antialiased_resize, OPSET)
+    try:
+        torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["images"],
+                          output_names=["probabilities"], opset_version=OPSET,
+                          dynamic_axes={"images": {0: "batch", 1: "height", 2: "width"}, "probabilities": {0: "batch"}})
+    finally:
+        classifier.head.ops = PortableOps
+        if antialias:
+            torch.onnx.unregister_custom_op_symbolic("aten::_upsample_bilinear2d_aa", OPSET)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def antialiased_resize(g: Any, images: Any, output_size: Any, align_corners: Any, *scales: Any) -> Any:
+    """TorchScript-exporter symbolic of ``F.interpolate(images (B, C, H, W), size, mode="bilinear",
+    antialias=True)`` (which that exporter lacks): ONNX ``Resize`` with ``antialias=1`` and, as torch, the
+    filter's weights renormalized at the borders (``exclude_outside=1``)."""
+    from torch.onnx import symbolic_helper
+
+    size = symbolic_helper._get_const(output_size, "is", "output_size")
+    corners = symbolic_helper._get_const(align_corners, "b", "align_corners")
+
+    def constant(values: list, dtype: torch.dtype) -> Any:
+        return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
+
+    leading = g.op("Slice", g.op("Shape", images), constant([0], torch.int64), constant([2], torch.int64))
+    sizes = g.op("Concat", leading, constant(list(size), torch.int64), axis_i=0)
+    return g.op("Resize", images, constant([], torch.float32), constant([], torch.float32), sizes, mode_s="linear",
+                coordinate_transformation_mode_s="align_corners" if corners else "pytorch_half_pixel",
+                antialias_i=1, exclude_outside_i=1)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def set_metadata(proto: Any, metadata: dict[str, str]) -> None:
+    """Replace the model's ``metadata_props`` with ``metadata``."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "fewshot"
+
+
+def session(onnxruntime: Any, model: bytes | str) -> Any:
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def check_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Calibration images as the graph's input: uint8 ``(N, C, S, S)`` -> ``(N, S, S, 3)``."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3) or \
+            tuple(images.shape[2:]) != (image_size, image_size):
+        raise ExportError(f"calibration images must be uint8 (N, C, {image_size}, {image_size}), got "
+                          f"{images.dtype} {list(images.shape)}")
+    images = images.detach().cpu()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.permute(0, 2, 3, 1).contiguous()
+
+
+def verify(onnxruntime: Any, data: bytes, module: ImageClassifier, image_size: int,
+           calibration_images: torch.Tensor | None) -> None:
+    """Raise :class:`ExportError` unless onnxruntime reproduces ``module``'s probabilities to
+    :data:`VERIFY_ATOL`: on 3 images at ``image_size`` (support images when given, else random) and on one
+    batch of another size (which checks the dynamic shapes)."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (3, image_size, image_size, 3), dtype=torch.uint8, generator=generator)
+    if calibration_images is not None and len(calibration_images):
+        images = check_images(calibration_images[:3], image_size)
+    other = torch.randint(0, 256, (2, image_size * 2 + 1, image_size + 3, 3), dtype=torch.uint8, generator=generator)
+    try:
+        with quiet():
+            runner = session(onnxruntime, data)
+            for batch in (images, other):
+                got = runner.run(None, {"images": batch.numpy()})[0]
+                with torch.no_grad():
+                    expected = module(batch).numpy()
+                if got.shape != expected.shape or not np.allclose(got, expected, atol=VERIFY_ATOL, rtol=0):
+                    difference = np.abs(got - expected).max() if got.shape == expected.shape else got.shape
+                    raise ExportError(f"the exported ONNX model does not reproduce the PyTorch model "
+                                      f"(largest difference {difference} on {list(batch.shape)} images)")
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the graph
+        raise ExportError(f"onnxruntime cannot run the exported model: {first_line(exc)}") from None
+
+
+def calibration_reader(images: np.ndarray, batch: int = 8) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` giving ``images`` uint8 ``(N, S, S, 3)`` in batches of ``batch``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class CalibrationImages(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            pixels = next(self.batches, None)
+            return None if pixels is None else {"images": pixels}
+
+    return CalibrationImages()
+
+
+def quantized(onnx: Any, onnxruntime: Any, data: bytes, target: Path, metadata: dict[str, str],
+              calibration_images: torch.Tensor | None) -> bytes:
+    """The INT8 version of the float model ``data`` with ``metadata`` (and ``quantization``) set.
+
+    The float and quantized models pass through temporary files beside ``target``, always removed."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    stem = target.parent / f".{target.name}.{os.getpid()}"
+    float_path, prepared_path, int8_path = (Path(f"{stem}.{part}.tmp") for part in ("float", "prepared", "int8"))
+    failures = []
+    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            float_path.write_bytes(data)
+        except OSError as exc:
+            raise ExportError(f"cannot write {target}: {exc.strerror or exc} (check free space and permissions)") \
+                from None
+        with quiet():
+            source = float_path
+            try:
+                quant_pre_process(str(float_path), str(prepared_path), skip_symbolic_shape=True)
+                source = prepared_path
+            except Exception:  # noqa: BLE001 - pre-processing only helps; quantize the exported graph
+                pass
+            method = None
+            if calibration_images is not None and len(calibration_images):
+                images = check_images(calibration_images, int(metadata["image_size"])).numpy()
+                try:
+                    quantize_static(str(source), str(int8_path), calibration_reader(images),
+                                    quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
+                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    method = "static"
+                except Exception as exc:  # noqa: BLE001 - fall back to dynamic quantization
+                    failures.append(f"static: {first_line(exc)}")
+            if method is None:
+                try:
+                    quantize_dynamic(str(source), str(int8_path), op_types_to_quantize=DYNAMIC_OPS, per_channel=True,
+                                     weight_type=QuantType.QInt8)
+                    method = "dynamic"
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(f"dynamic: {first_line(exc)}")
+                    raise ExportError(f"cannot quantize the model to INT8: {'; '.join(failures)}") from None
+        proto = onnx.load(str(int8_path))
+        set_metadata(proto, {**metadata, "quantization": method})
+        result = proto.SerializeToString()
+        try:
+            with quiet():
+                runner = session(onnxruntime, result)
+                probe = np.zeros((1, int(metadata["image_size"]), int(metadata["image_size"]), 3), np.uint8)
+                runner.run(None, {"images": probe})
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"onnxruntime cannot run the INT8 model: {first_line(exc)}") from None
+        return result
+    finally:
+        for temporary in (float_path, prepared_path, int8_path):
+            with contextlib.suppress(OSError):
+                temporary.unlink()
