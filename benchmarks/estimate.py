@@ -60,14 +60,14 @@ def main() -> None:
             warnings.simplefilter("ignore")
             estimate = clf.estimate(repeats=args.repeats)
         actual = 100 * float(np.mean(np.asarray(clf.predict(held)) == np.asarray(truth)))
-        hit = abs(actual - estimate.accuracy) <= estimate.ci95
+        hit = estimate.low <= actual <= estimate.high
         inside += hit
         names = ", ".join(sorted(support))
-        print(f"| {trial} | {names} | {estimate.accuracy:.1f} ± {estimate.ci95:.1f} | {actual:.1f} | "
+        print(f"| {trial} | {names} | {estimate.accuracy:.1f} ({estimate.low:.1f}-{estimate.high:.1f}) | {actual:.1f} | "
               f"{'yes' if hit else 'no'} |", flush=True)
         append_record(HERE / "results" / "estimate.jsonl", {
             "trial": trial, "classes": sorted(support), "recipe": args.recipe, "shots": args.shots,
-            "estimate": estimate.accuracy, "ci95": estimate.ci95, "held_out_accuracy": actual,
+            "estimate": estimate.accuracy, "low": estimate.low, "high": estimate.high, "held_out_accuracy": actual,
             "held_out_images": len(held), "inside": bool(hit), "seconds": time.perf_counter() - started,
             "command": " ".join(["python benchmarks/estimate.py", *sys.argv[1:]]),
             "machine": f"{os.cpu_count()} cores {platform.machine()}, CPU", "date": time.strftime("%Y-%m-%d")})

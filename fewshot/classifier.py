@@ -42,7 +42,8 @@ class Estimate:
     """What :meth:`FewShotClassifier.estimate` measured (accuracies in percent)."""
 
     accuracy: float  # mean over held-out images of how often each was classified right
-    ci95: float | None  # 1.96 * std over images / sqrt(images); None with one image
+    low: float  # the 95% interval (Wilson score interval over the held-out images)
+    high: float
     repeats: int
     images: int  # distinct images that were held out at least once
     shots: dict[str, int]  # support images per class in each split
@@ -50,12 +51,12 @@ class Estimate:
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        interval = f" ± {self.ci95:.2f}" if self.ci95 is not None else ""
-        return (f"estimated accuracy {self.accuracy:.2f}{interval} % (95% interval over {self.images} held-out "
-                f"images, {self.repeats} random splits)")
+        return (f"estimated accuracy {self.accuracy:.1f} % (95% interval {self.low:.1f}-{self.high:.1f} %, from "
+                f"{self.images} held-out images over {self.repeats} random splits)")
 
     def to_json(self) -> dict:
-        return {"accuracy": self.accuracy, "ci95": self.ci95, "repeats": self.repeats, "images": self.images,
+        return {"accuracy": self.accuracy, "low": self.low, "high": self.high, "repeats": self.repeats,
+                "images": self.images,
                 "shots": self.shots, "per_class": self.report["classes"], "confusion": self.report["confusion"],
                 "class_names": self.report["class_names"], "warnings": self.warnings}
 
@@ -238,8 +239,9 @@ class FewShotClassifier:
         permutations of the class, so each image is held out about equally often) and classifies them with the
         rest as the support set (so each split has one or a few shots fewer than the fitted classifier:
         the estimate leans pessimistic). Every held-out image's rate of correct answers is averaged; the
-        95% interval is ``1.96 * std / sqrt(images)`` over those images: it reflects how many images there
-        are, not how many splits were drawn. Needs at least two images in every class; with fewer than five
+        95% interval is Wilson's score interval for that mean over the number of distinct images: it
+        reflects how many images there are, not how many splits were drawn, and it stays honest at 100 %
+        (25 images all right still give 86.7-100 %). Needs at least two images in every class; with fewer than five
         in a class the estimate is noisy and a warning says so."""
         from .evaluate import per_class_report
 
@@ -300,9 +302,9 @@ class FewShotClassifier:
             truth.append(labels[query_rows].numpy())
             guessed.append(predicted)
         rates = right[tried > 0] / tried[tried > 0]
-        ci95 = float(1.96 * rates.std(ddof=1) / np.sqrt(len(rates))) * 100 if len(rates) > 1 else None
+        low, high = wilson_interval(float(rates.mean()), len(rates))
         report = per_class_report(names, np.concatenate(truth), np.concatenate(guessed))
-        return Estimate(float(rates.mean() * 100), ci95, repeats, int(len(rates)),
+        return Estimate(float(rates.mean() * 100), 100 * low, 100 * high, repeats, int(len(rates)),
                         {n: sizes[n] - held[n] for n in names}, report, notes)
 
     def _classify_embedded(self, support: tuple, query_features: torch.Tensor) -> torch.Tensor:
@@ -403,6 +405,13 @@ class FewShotClassifier:
 
 
 EXPORT_FORMATS = ("onnx", "onnx-int8", "torchscript")
+
+
+def wilson_interval(proportion: float, count: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's score interval for a proportion observed over ``count`` items (fractions, not percent)."""
+    centre = (proportion + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * np.sqrt(proportion * (1 - proportion) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list]:

@@ -149,12 +149,21 @@ def test_estimate_on_separable_classes_with_interval_and_report(support):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 6 images per class: no warning
         estimate = clf.estimate(repeats=20, seed=1)
-    assert estimate.accuracy > 80 and 0 <= estimate.ci95 < 30
+    assert estimate.accuracy > 80 and estimate.low < estimate.accuracy <= estimate.high <= 100
     assert estimate.images == 18 and estimate.shots == {"class00": 5, "class01": 5, "class02": 5}
     assert [row["class"] for row in estimate.report["classes"]] == clf.classes_
     assert np.asarray(estimate.report["confusion"]).sum() == 20 * 3
     assert clf.estimate(repeats=20, seed=1).accuracy == estimate.accuracy, "same seed, same splits"
     assert "estimated accuracy" in estimate.summary() and json.dumps(estimate.to_json())
+
+
+def test_wilson_interval_stays_honest_at_the_edges():
+    from fewshot.classifier import wilson_interval
+
+    low, high = wilson_interval(1.0, 25)
+    assert high == 1.0 and 0.86 < low < 0.87  # 25 of 25 right is not proof of 100 %
+    low, high = wilson_interval(0.5, 100)
+    assert abs((high - low) / 2 - 1.96 * 0.05) < 0.002  # the normal interval when it is fine
 
 
 def test_estimate_never_classifies_an_image_it_learned_from(support, monkeypatch):
@@ -193,7 +202,7 @@ def test_estimate_command(support, tmp_path, capsys):
     assert main(["estimate", *model, "--support", str(support), "--repeats", "10", "--confusion",
                  str(tmp_path / "c.png"), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "estimated accuracy" in printed and "±" in printed and "precision" in printed
+    assert "estimated accuracy" in printed and "95% interval" in printed and "precision" in printed
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads(out.read_text())["repeats"] == 10
     one = tmp_path / "one"
