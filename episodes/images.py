@@ -58,6 +58,10 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarra
 def pil_to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
     """A decoded PIL image, prepared as every model input is: converted to RGB (or L for one channel),
     resized to ``size`` x ``size`` with bilinear filtering -> ``(size, size, channels)`` uint8."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):  # 16-bit / 32-bit grey: scale to 8 bits
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" and values.max(initial=0) <= 1.0 else 255.0 if image.mode == "F" else 65535.0
+        image = Image.fromarray(np.clip(np.round(values * 255.0 / top), 0, 255).astype(np.uint8), "L")
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
-from .inputs import ImageLike, PreparedImage, as_batch, prepare_images
+from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel
 
 SAVED_FORMAT = "fewshot-classifier"
@@ -79,19 +79,31 @@ class FewShotClassifier:
                  transform: str | None = None, tta: str | None = None, device: str = "cpu", batch_size: int = 32):
         from .loading import load_model
         from .recipes import RECIPES
-        from .runtime import resolve_device
 
         is_recipe = isinstance(model, str) and model in RECIPES and not Path(model).exists()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise FewshotError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.model_, self.config_ = load_model(
+        built, config = load_model(
             None if is_recipe else model, recipe=model if is_recipe else None, backbone=backbone, head=head,
             weights=weights, image_size=image_size, channels=channels, head_options=head_options,
             backbone_options=backbone_options, transform=transform, tta=tta)
-        self.source = (f"recipe '{model}'" if is_recipe else str(model) if model is not None
-                       else f"{backbone} + {head}" if backbone or head else "recipe 'default'")
-        self.device = resolve_device(device)
-        self.batch_size = batch_size
+        source = (f"recipe '{model}'" if is_recipe else str(model) if model is not None
+                  else f"{backbone} + {head}" if backbone or head else "recipe 'default'")
+        self._setup(built, config, source, device, batch_size)
+
+    @classmethod
+    def from_model(cls, model: FewShotModel, config, source: str = "a model", device: str = "cpu",
+                   batch_size: int = 32) -> "FewShotClassifier":
+        """A classifier around an already built model and its config (what the CLI does after parsing flags)."""
+        self = cls.__new__(cls)
+        self._setup(model, config, source, device, batch_size)
+        return self
+
+    def _setup(self, model: FewShotModel, config, source: str, device: str, batch_size: int) -> None:
+        from .runtime import resolve_device
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FewshotError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model_, self.config_, self.source = model, config, source
+        self.device, self.batch_size = resolve_device(device), batch_size
         self.model_.to(self.device).eval()
         self._examples: dict[str, _ClassExamples] = {}
 
@@ -248,8 +260,10 @@ class FewShotClassifier:
         self._check_fitted()
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise FewshotError(f"repeats must be an integer >= 1, got {repeats!r}")
-        if not 0 < holdout < 1:
+        if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
             raise FewshotError(f"holdout must be a fraction between 0 and 1, got {holdout!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise FewshotError(f"seed must be an integer >= 0, got {seed!r}")
         names = self.classes_
         sizes = {n: len(self._examples[n].images) for n in names}
         too_few = [f"'{n}' ({sizes[n]})" for n in names if sizes[n] < 2]
@@ -337,7 +351,6 @@ class FewShotClassifier:
         from .checkpoint import load_model_state, safe_load
         from .config import config_from_dict
         from .model import build_model
-        from .runtime import resolve_device
 
         file = Path(path).expanduser()
         if not file.is_file():
@@ -351,9 +364,11 @@ class FewShotClassifier:
                 if isinstance(state, dict) and "model" in state and "config" in state else ""
             raise SavedFileError(f"{file} is not a saved FewShotClassifier{hint}")
         version = state.get("version")
-        if not isinstance(version, int) or version > SAVED_VERSION:
+        if not isinstance(version, int) or version != SAVED_VERSION:
             raise SavedFileError(f"{file} was saved by fewshot {state.get('fewshot', '?')} in classifier format "
-                                 f"{version}, newer than this fewshot reads ({SAVED_VERSION}): upgrade fewshot")
+                                 f"{version}; this fewshot reads format {SAVED_VERSION}: "
+                                 + ("upgrade fewshot" if isinstance(version, int) and version > SAVED_VERSION
+                                    else "fit and save it again"))
         try:
             config = config_from_dict(state["config"])
             config.model.weights = "none"  # the file holds the weights
@@ -362,14 +377,19 @@ class FewShotClassifier:
             model.mean, model.std = (tuple(float(v) for v in values) for values in state["normalization"])
             examples = {name: _ClassExamples(e["images"], e["features"], list(e["names"]), list(e["digests"]))
                         for name, e in state["classes"].items()}
-        except (KeyError, TypeError, ValueError) as exc:
+            size, channels = config.data.image_size, config.data.channels
+            for name, e in examples.items():
+                if (e.images.dtype != torch.uint8 or tuple(e.images.shape[1:]) != (channels, size, size)
+                        or (e.features is None) != model.head.adapts_backbone
+                        or (e.features is not None and len(e.features) != len(e.images))):
+                    raise ValueError(f"class '{name}' holds images or embeddings of the wrong kind")
+            if len(examples) < 2:
+                raise ValueError("fewer than two classes")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SavedFileError(f"{file} is damaged or incomplete ({type(exc).__name__}: {exc}); save it again")
         except FewshotError as exc:
             raise SavedFileError(f"{file}: {exc}") from None
-        self = cls.__new__(cls)
-        self.model_, self.config_, self.source = model, config, state.get("source", str(file))
-        self.device, self.batch_size = resolve_device(device), 32
-        self.model_.to(self.device).eval()
+        self = cls.from_model(model, config, state.get("source", str(file)), device)
         self._examples = examples
         return self
 
@@ -427,7 +447,7 @@ def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list
         for name, items in support.items():
             if not isinstance(name, str) or not name.strip():
                 raise SupportSetError(f"class names must be non-empty strings, got {name!r}")
-            grouped[name] = list(items) if not isinstance(items, (str, os.PathLike)) else [items]
+            grouped[name] = [items] if is_single_image(items) else list(items)
             if not grouped[name]:
                 raise SupportSetError(f"class '{name}' has no images: add a few or leave the class out")
         return grouped
@@ -438,7 +458,9 @@ def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list
         raise SupportSetError(f"{len(images)} images but {len(labels)} labels: give one label per image")
     grouped: dict[str, list] = {}
     for image, label in zip(images, labels):
-        grouped.setdefault(str(label), []).append(image)
+        if not isinstance(label, str) or not label.strip():
+            raise SupportSetError(f"labels must be non-empty strings (class names), got {label!r}")
+        grouped.setdefault(label, []).append(image)
     return grouped
 
 

@@ -385,27 +385,11 @@ def print_per_class(report: dict, png: str | None) -> None:
 
 
 def classifier_from_args(args: argparse.Namespace):
-    """A :class:`fewshot.FewShotClassifier` from the model flags (the same model :func:`model_from_args` builds)."""
+    """A :class:`fewshot.FewShotClassifier` around the model the flags name (:func:`model_from_args`)."""
     from .classifier import FewShotClassifier
 
-    if not args.checkpoint and not args.recipe and not (args.backbone or args.head):
-        args.recipe = "default"  # so the output names it
-    return FewShotClassifier(args.checkpoint or args.recipe, backbone=args.backbone, head=args.head,
-                             weights=args.weights, image_size=args.image_size, channels=args.channels,
-                             head_options=_options(args.head_option), backbone_options=_options(args.backbone_option),
-                             transform=args.transform, tta=args.tta, device=args.device or "auto")
-
-
-def _options(items: list[str]) -> dict:
-    import yaml
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise FewshotError(f"option '{item}' must look like KEY=VALUE")
-        options[key] = yaml.safe_load(value)
-    return options
+    model, config = model_from_args(args)
+    return FewShotClassifier.from_model(model, config, model_source(args, config), device=args.device or "auto")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -443,8 +427,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     print_per_class(estimate.report, None)
 
     def write_confusion():
-        plot_confusion(estimate.report, confusion, "estimated confusion (fraction of each true class)")
-        print(f"confusion matrix: {confusion}")
+        if plot_confusion(estimate.report, confusion, "estimated confusion (fraction of each true class)"):
+            print(f"confusion matrix: {confusion}")
+        else:
+            print("confusion matrix PNG skipped: too many classes to draw; the full matrix is in --json")
 
     outputs = [("--confusion", write_confusion)] if confusion else []
     if json_out:

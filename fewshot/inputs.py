@@ -53,19 +53,24 @@ def prepare_image(item: ImageLike, size: int, channels: int, index: int = 0) -> 
             raise InvalidImageError(str(exc)) from None
         return PreparedImage(pixels, str(path), hashlib.sha1(path.read_bytes()).hexdigest())
     if isinstance(item, Image.Image):
+        if min(item.size) < 1:
+            raise InvalidImageError(f"PIL image {index} is empty ({item.size[0]}x{item.size[1]} pixels)")
         try:
             pixels = pil_to_array(item, size, channels)
+            digest = hashlib.sha1(item.tobytes() + f"{item.mode}{item.size}".encode()).hexdigest()
         except (OSError, ValueError) as exc:
-            raise InvalidImageError(f"PIL image #{index} cannot be converted: {exc}") from None
-        return PreparedImage(pixels, f"<PIL image #{index}>", _digest(np.asarray(item.convert("RGB"))))
+            raise InvalidImageError(f"PIL image {index} cannot be converted: {exc}") from None
+        return PreparedImage(pixels, f"PIL image {index}", digest)
     if isinstance(item, torch.Tensor):
         array = item.detach().cpu()
+        if array.dtype not in (torch.uint8, torch.bool):
+            array = array.float()  # bfloat16, float16, float64, integers: numpy-convertible float32
         if array.ndim == 3 and array.shape[0] in (1, 3, 4):
             array = array.permute(1, 2, 0)  # (C, H, W) -> (H, W, C): torchvision's channels-first convention
-        return _from_array(array.numpy(), size, channels, f"<tensor #{index}>")
+        return _from_array(array.numpy(), size, channels, f"tensor {index}")
     if isinstance(item, np.ndarray):
-        return _from_array(item, size, channels, f"<array #{index}>")
-    raise InvalidImageError(f"input #{index} is a {type(item).__name__}, not an image: give a file path, a PIL image, "
+        return _from_array(item, size, channels, f"array {index}")
+    raise InvalidImageError(f"input {index} is a {type(item).__name__}, not an image: give a file path, a PIL image, "
                             "an (H, W[, C]) array or a (C, H, W) tensor")
 
 

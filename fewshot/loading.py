@@ -59,8 +59,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, recipe: str | Non
     overrides += [f"model.transform={transform}"] if transform else []
     overrides += [f"model.tta={tta}"] if tta else []
     config = config_from_dict({}, overrides)
-    torch.manual_seed(config.seed)  # randomly initialised parts are the same on every call
-    return build_model(config.model, config.data.channels, config.data.image_size), config
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(config.seed)  # randomly initialised parts are the same on every call
+        return build_model(config.model, config.data.channels, config.data.image_size), config
 
 
 def _option_overrides(prefix: str, options: list[str] | dict | None) -> list[str]:

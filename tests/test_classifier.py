@@ -104,7 +104,7 @@ def test_save_and_load_round_trip_with_safe_loading(support, tmp_path):
     with pytest.raises(SavedFileError, match="cut.fewshot"):
         FewShotClassifier.load(tmp_path / "cut.fewshot")
     torch.save({**state, "version": 99}, tmp_path / "future.fewshot")
-    with pytest.raises(SavedFileError, match="newer than this fewshot reads"):
+    with pytest.raises(SavedFileError, match="format 99; this fewshot reads format 1: upgrade fewshot"):
         FewShotClassifier.load(tmp_path / "future.fewshot")
     torch.save({"model": {}, "config": {}}, tmp_path / "ckpt.pt")
     with pytest.raises(SavedFileError, match="training checkpoint"):
@@ -261,3 +261,46 @@ def test_onnx_export_runs_with_onnxruntime_alone_and_matches_predict(support, tm
         assert np.abs(got - expected).max() < 1e-4  # float32: the same numbers as predict_proba
     else:
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9  # 8-bit weights and activations
+
+
+def test_review_fixes_for_unusual_inputs(support, tmp_path):
+    files = files_of(support)
+    clf = FewShotClassifier(**TINY)
+    image = Image.open(files["class00"][0]).convert("RGB")
+    pixels = np.array(image)
+    # a single image as a mapping value (PIL, array, tensor) is one image, not a list of rows or channels
+    clf.fit({"a": image, "b": pixels, "c": torch.from_numpy(pixels).permute(2, 0, 1)})
+    assert [len(clf._examples[k].images) for k in "abc"] == [1, 1, 1]
+    # 16-bit greyscale PNGs are scaled to 8 bits, not clipped to white
+    ramp = (np.linspace(0, 65535, 16 * 16).reshape(16, 16)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    from episodes import decode_image
+    assert 100 < decode_image(tmp_path / "deep.png", 16, 1).mean() < 155
+    # bfloat16 tensors, and empty PIL images / non-string labels / bad estimate arguments as clear errors
+    clf.fit(support)
+    bf16 = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.bfloat16) / 255
+    assert clf.predict(bf16) == clf.predict(image)
+    with pytest.raises(InvalidImageError, match="empty"):
+        clf.predict(Image.new("RGB", (0, 0)))
+    with pytest.raises(SupportSetError, match="non-empty strings"):
+        FewShotClassifier(**TINY).fit(files["class00"][:2], [0, 1])
+    with pytest.raises(FewshotError, match="holdout"):
+        clf.estimate(holdout="0.2")
+    with pytest.raises(FewshotError, match="seed"):
+        clf.estimate(seed=-1)
+    # building a classifier leaves the caller's random state alone
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    FewShotClassifier(**TINY)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_bd_cspn_classifies_a_lone_query_by_its_own_features():
+    head_support = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    from fewshot.heads import build_head
+
+    head = build_head("bd_cspn", 2, (2,))
+    assert head(head_support, labels, torch.tensor([[0.1, 0.9]]), 2).argmax().item() == 1
+    assert head(head_support, labels, torch.tensor([[0.9, 0.1]]), 2).argmax().item() == 0

@@ -5,7 +5,8 @@ difference between the support mean and the query mean. *Intra-class bias*: each
 label of its nearest prototype (cosine), and each prototype becomes the mean of its support embeddings and
 pseudo-labelled queries, every one weighted by ``exp(temperature * cosine)`` to the initial prototype.
 Logits are ``temperature * cosine`` to the rectified prototypes. Unlike PT-MAP it assumes nothing about
-how the queries spread over the classes, but a query's prediction still depends on the other queries.
+how the queries spread over the classes, but a query's prediction still depends on the other queries
+(with fewer queries than classes the shift is skipped: it would move a lone query onto the support mean).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class BDCSPN(Head):
     def forward_episodes(self, support, support_labels, query, ways):
         """Support ``(E, S, D)`` with shared labels ``(S,)``, queries ``(E, Q, D)`` -> logits ``(E, Q, ways)``."""
         support, query = F.normalize(support.float(), dim=-1), F.normalize(query.float(), dim=-1)
-        query = query + support.mean(dim=1, keepdim=True) - query.mean(dim=1, keepdim=True)
+        if query.shape[1] >= ways:  # fewer queries than classes say nothing about the query distribution
+            query = query + support.mean(dim=1, keepdim=True) - query.mean(dim=1, keepdim=True)
         one_hot = F.one_hot(support_labels, ways).to(support.dtype)  # (S, ways)
         prototypes = torch.einsum("sw,esd->ewd", one_hot / one_hot.sum(0).clamp_min(1), support)
         prototypes = F.normalize(prototypes, dim=-1)

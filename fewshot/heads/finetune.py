@@ -150,13 +150,10 @@ class FineTune(Head):
         augment = train_augmentation("standard" if support.dtype == torch.uint8 else "none", support.shape[-1],
                                      support.shape[1])
         views = [sources] if with_originals else []
-        state = torch.random.get_rng_state()
-        torch.manual_seed(int(support.float().sum().item()) % (2**31))
-        try:
+        with torch.random.fork_rng(devices=[support.device] if support.device.type == "cuda" else []):
+            torch.manual_seed(int(support.float().sum().item()) % (2**31))
             for _ in range(self.pseudo_views):
                 views.append(apply_per_image(augment, sources) if augment is not None else sources.flip(-1))
-        finally:
-            torch.random.set_rng_state(state)
         return pseudo_support, pseudo_labels, torch.cat(views), source_labels.repeat(len(views))
 
     def choose_backbone_lr(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor,
