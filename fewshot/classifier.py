@@ -202,8 +202,10 @@ class FewShotClassifier:
         self._check_fitted()
         return prepare_images(images, self.image_size, self.channels)
 
-    def _probabilities(self, queries: torch.Tensor, support: tuple | None = None) -> torch.Tensor:
-        """``(Q, C, H, W)`` uint8 queries -> probabilities ``(Q, ways)`` against ``support`` (all examples)."""
+    def _probabilities(self, queries: torch.Tensor | None, support: tuple | None = None,
+                       query_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Probabilities ``(Q, ways)`` of ``(Q, C, H, W)`` uint8 queries (or of their embeddings
+        ``query_features`` ``(Q, E)``) against ``support`` (default: all examples)."""
         images, features, labels = support or self.support()
         ways = int(labels.max()) + 1
         model = self.model_
@@ -211,8 +213,9 @@ class FewShotClassifier:
             if model.head.adapts_backbone:
                 logits = model(images.to(self.device), labels.to(self.device), queries.to(self.device), ways)
             else:
+                query_features = self._embed(queries) if query_features is None else query_features
                 logits = model.classify(features.to(self.device), labels.to(self.device),
-                                        self._embed(queries).to(self.device), ways)
+                                        query_features.to(self.device), ways)
             return model.head.probabilities(logits).float().cpu()
 
     def explain(self, images: ImageLike | Sequence[ImageLike], out_dir: str | os.PathLike) -> list[dict]:
@@ -305,10 +308,8 @@ class FewShotClassifier:
             support_rows = torch.from_numpy(np.flatnonzero(~is_query))
             query_rows = torch.from_numpy(np.flatnonzero(is_query))
             subset = (images[support_rows], None if features is None else features[support_rows], labels[support_rows])
-            if features is None:
-                probabilities = self._probabilities(images[query_rows], subset)
-            else:
-                probabilities = self._classify_embedded(subset, features[query_rows])
+            probabilities = self._probabilities(images[query_rows], subset,
+                                                None if features is None else features[query_rows])
             predicted = probabilities.argmax(1).numpy()
             correct = predicted == labels[query_rows].numpy()
             right[query_rows.numpy()] += correct
@@ -320,13 +321,6 @@ class FewShotClassifier:
         report = per_class_report(names, np.concatenate(truth), np.concatenate(guessed))
         return Estimate(float(rates.mean() * 100), 100 * low, 100 * high, repeats, int(len(rates)),
                         {n: sizes[n] - held[n] for n in names}, report, notes)
-
-    def _classify_embedded(self, support: tuple, query_features: torch.Tensor) -> torch.Tensor:
-        _, features, labels = support
-        with torch.inference_mode():
-            logits = self.model_.classify(features.to(self.device), labels.to(self.device),
-                                          query_features.to(self.device), int(labels.max()) + 1)
-            return self.model_.head.probabilities(logits).float().cpu()
 
     # ------------------------------------------------------------------ saving and exporting
     def save(self, path: str | os.PathLike) -> Path:

@@ -22,7 +22,6 @@ from episodes.synthetic import make_glyph_dataset
 from .config import config_from_dict
 from .data import open_phase, phase_spec
 from .evaluate import evaluate
-from .predict import predict
 from .train import train
 
 
@@ -73,7 +72,9 @@ def run_demo(run_dir: str | Path | None = None, overrides: list[str] | None = No
         shutil.copy(files[-1], query)
         truth[str(query)] = class_dir.name
     log(f"[4/4] predict: {len(classes)} new classes, 5 support images each ({support_dir})")
-    predictions = predict(model, support_dir, [str(query_dir)], config.data.image_size, config.data.channels)
+    from .classifier import FewShotClassifier
+
+    predictions = FewShotClassifier.from_model(model, config, "the demo run").fit(support_dir).details(query_dir)
     correct = 0
     for item in predictions:
         ok = item["predicted"] == truth[item["query"]]

@@ -20,22 +20,16 @@ def read_support_folder(folder: str | os.PathLike, image_size: int, channels: in
 
     Every subfolder is a class and must hold at least one image; at least two classes are needed.
     """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise FewshotError(f"support folder {root} does not exist (it should hold one subfolder per class)")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(class_dirs) < 2:
-        raise FewshotError(f"support folder {root} must hold at least two class subfolders, found {len(class_dirs)}")
+    from .classifier import _folder_classes
+
+    grouped = _folder_classes(Path(folder).expanduser())
     images, labels, files = [], [], []
-    for label, class_dir in enumerate(class_dirs):
-        class_files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p.name))
-        if not class_files:
-            raise FewshotError(f"support class '{class_dir.name}' ({class_dir}) has no images: add a few or remove it")
+    for label, class_files in enumerate(grouped.values()):
         for path in class_files:
             images.append(torch.from_numpy(decode_image(path, image_size, channels).transpose(2, 0, 1).copy()))
             labels.append(label)
             files.append(path)
-    return torch.stack(images), torch.tensor(labels), [d.name for d in class_dirs], files
+    return torch.stack(images), torch.tensor(labels), list(grouped), files
 
 
 def expand_queries(paths: list[str]) -> list[Path]:
@@ -94,13 +88,3 @@ def classify_images(model: FewShotModel, support: torch.Tensor, labels: torch.Te
     return [{"query": str(path), "predicted": names[int(probs.argmax())],
              "probabilities": {name: float(p) for name, p in zip(names, probs)}}
             for path, probs in zip(query_files, probabilities)]
-
-
-def predict(model: FewShotModel, support_folder: str | os.PathLike, queries: list[str], image_size: int,
-            channels: int, device: torch.device | str = "cpu", batch_size: int = 256,
-            explain_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Read the support folder and the queries, then :func:`classify_images`."""
-    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
-    query_files = expand_queries(queries)
-    query_images = read_images(query_files, image_size, channels)
-    return classify_images(model, support, labels, names, query_images, query_files, device, batch_size, explain_dir)
