@@ -30,7 +30,9 @@ SAVED_VERSION = 1
 
 
 @dataclass
-class _ClassExamples:
+class ClassExamples:
+    """One class's examples as the classifier holds them."""
+
     images: torch.Tensor  # (n, C, H, W) uint8
     features: torch.Tensor | None  # (n, E) float32; None when the head adapts the backbone (it needs images)
     names: list[str]
@@ -105,7 +107,7 @@ class FewShotClassifier:
         self.model_, self.config_, self.source = model, config, source
         self.device, self.batch_size = resolve_device(device), batch_size
         self.model_.to(self.device).eval()
-        self._examples: dict[str, _ClassExamples] = {}
+        self._examples: dict[str, ClassExamples] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -135,7 +137,7 @@ class FewShotClassifier:
         grouped = _group_support(support, labels)
         if len(grouped) < 2:
             raise SupportSetError(f"a classifier needs at least two classes, got {len(grouped)}")
-        examples: dict[str, _ClassExamples] = {}
+        examples: dict[str, ClassExamples] = {}
         for name, items in grouped.items():
             examples[name] = self._prepare_class(name, items)
         self._examples = examples
@@ -150,19 +152,34 @@ class FewShotClassifier:
         old = self._examples.get(class_name)
         if old is not None:
             features = None if old.features is None else torch.cat([old.features, new.features])
-            new = _ClassExamples(torch.cat([old.images, new.images]), features, old.names + new.names,
+            new = ClassExamples(torch.cat([old.images, new.images]), features, old.names + new.names,
                                  old.digests + new.digests)
         self._examples[class_name] = new
         self._warn_duplicates()
         return self
 
-    def _prepare_class(self, name: str, items: Any) -> _ClassExamples:
+    def _prepare_class(self, name: str, items: Any) -> ClassExamples:
         if isinstance(items, (list, tuple)) and not items:
             raise SupportSetError(f"class '{name}' has no images: add a few or leave the class out")
         prepared = prepare_images(items, self.image_size, self.channels)
         images = as_batch(prepared)
         features = None if self.model_.head.adapts_backbone else self._embed(images)
-        return _ClassExamples(images, features, [p.name for p in prepared], [p.digest for p in prepared])
+        return ClassExamples(images, features, [p.name for p in prepared], [p.digest for p in prepared])
+
+    def set_examples(self, examples: Mapping[str, ClassExamples]) -> "FewShotClassifier":
+        """Use examples prepared elsewhere (images already at the model's size, embeddings made by
+        :meth:`embed` with this model, e.g. cached by the server), checked for shape; replaces earlier ones."""
+        try:
+            _check_examples(examples, self.image_size, self.channels, self.model_.head.adapts_backbone)
+        except ValueError as exc:
+            raise SupportSetError(str(exc)) from None
+        self._examples = dict(examples)
+        self._warn_duplicates()
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` uint8 at the model's size -> embeddings ``(N, E)`` float32 on the CPU."""
+        return self._embed(images)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` uint8 -> embeddings ``(N, E)`` float32 on the CPU, ``batch_size`` at a time."""
@@ -181,12 +198,19 @@ class FewShotClassifier:
                                   f"({name}): remove one of them", UserWarning, stacklevel=3)
 
     def support(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(images ``(S, C, H, W)`` uint8, embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order."""
+        """(images ``(S, C, H, W)`` uint8, embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order;
+        concatenated once and reused until the examples change."""
         names = self.classes_
         entries = [self._examples[n] for n in names]
+        key = [(n, id(e), len(e.images)) for n, e in zip(names, entries)]
+        cached = getattr(self, "_support", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         labels = torch.cat([torch.full((len(e.images),), i, dtype=torch.long) for i, e in enumerate(entries)])
         features = None if entries[0].features is None else torch.cat([e.features for e in entries])
-        return torch.cat([e.images for e in entries]), features, labels
+        joined = (torch.cat([e.images for e in entries]), features, labels)
+        self._support = (key, joined)
+        return joined
 
     # ------------------------------------------------------------------ predicting
     def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
@@ -221,19 +245,30 @@ class FewShotClassifier:
     def explain(self, images: ImageLike | Sequence[ImageLike], out_dir: str | os.PathLike) -> list[dict]:
         """Like :meth:`details`, with a Grad-CAM heatmap PNG per image written to ``out_dir``; the
         probabilities come from the same pass as the heatmaps."""
-        from .explain import explain, save_explanations
+        from .explain import save_explanations
+
+        prepared = self._prepare_queries(images)
+        queries, heatmaps, probabilities = self._heatmaps(prepared)
+        save_explanations(queries, heatmaps, probabilities, self.classes_, [Path(p.name) for p in prepared], out_dir)
+        return self._details(prepared, probabilities)
+
+    def heatmaps(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+        """(:meth:`details` of each image, the model-size images ``(Q, C, S, S)`` uint8, their Grad-CAM heatmaps
+        ``(Q, S, S)`` in [0, 1]); the probabilities come from the same pass as the heatmaps."""
+        prepared = self._prepare_queries(images)
+        queries, heatmaps, probabilities = self._heatmaps(prepared)
+        return self._details(prepared, probabilities), queries, heatmaps
+
+    def _heatmaps(self, prepared: list[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from .explain import explain
 
         if not self.model_.head.explainable:
             raise FewshotError(f"head '{self.config_.model.head}' cannot be explained with Grad-CAM")
-        prepared = self._prepare_queries(images)
         queries = as_batch(prepared)
         support, _, labels = self.support()
         heatmaps, probabilities = explain(self.model_, support.to(self.device), labels.to(self.device),
                                           len(self.classes_), queries.to(self.device))
-        probabilities = probabilities.cpu()
-        save_explanations(queries, heatmaps.cpu(), probabilities, self.classes_, [Path(p.name) for p in prepared],
-                          out_dir)
-        return self._details(prepared, probabilities)
+        return queries, heatmaps.cpu(), probabilities.cpu()
 
     def details(self, images: ImageLike | Sequence[ImageLike]) -> list[dict]:
         """For each image: ``{"query": name, "predicted": class, "probabilities": {class: p}}``."""
@@ -369,16 +404,9 @@ class FewShotClassifier:
             model = build_model(config.model, config.data.channels, config.data.image_size)
             load_model_state(model, state["weights"], str(file))
             model.mean, model.std = (tuple(float(v) for v in values) for values in state["normalization"])
-            examples = {name: _ClassExamples(e["images"], e["features"], list(e["names"]), list(e["digests"]))
+            examples = {name: ClassExamples(e["images"], e["features"], list(e["names"]), list(e["digests"]))
                         for name, e in state["classes"].items()}
-            size, channels = config.data.image_size, config.data.channels
-            for name, e in examples.items():
-                if (e.images.dtype != torch.uint8 or tuple(e.images.shape[1:]) != (channels, size, size)
-                        or (e.features is None) != model.head.adapts_backbone
-                        or (e.features is not None and len(e.features) != len(e.images))):
-                    raise ValueError(f"class '{name}' holds images or embeddings of the wrong kind")
-            if len(examples) < 2:
-                raise ValueError("fewer than two classes")
+            _check_examples(examples, config.data.image_size, config.data.channels, model.head.adapts_backbone)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SavedFileError(f"{file} is damaged or incomplete ({type(exc).__name__}: {exc}); save it again")
         except FewshotError as exc:
@@ -419,6 +447,19 @@ class FewShotClassifier:
 
 
 EXPORT_FORMATS = ("onnx", "onnx-int8", "torchscript")
+
+
+def _check_examples(examples: Mapping[str, ClassExamples], size: int, channels: int, adapts_backbone: bool) -> None:
+    """Raise ValueError unless every class holds ``(n, channels, size, size)`` uint8 images and, unless the head
+    adapts the backbone, ``(n, E)`` embeddings; and there are at least two classes."""
+    for name, e in examples.items():
+        if (e.images.dtype != torch.uint8 or e.images.ndim != 4 or tuple(e.images.shape[1:]) != (channels, size, size)
+                or (e.features is None) != adapts_backbone
+                or (e.features is not None and len(e.features) != len(e.images))
+                or len(e.names) != len(e.images) or len(e.digests) != len(e.images)):
+            raise ValueError(f"class '{name}' holds images or embeddings of the wrong kind")
+    if len(examples) < 2:
+        raise ValueError("fewer than two classes")
 
 
 def wilson_interval(proportion: float, count: int, z: float = 1.96) -> tuple[float, float]:

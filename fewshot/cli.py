@@ -1,4 +1,5 @@
-"""The ``fewshot`` command line: ``episodes``, ``glyphs``, ``train``, ``eval``, ``predict``, ``export``, ``demo``.
+"""The ``fewshot`` command line: ``episodes``, ``glyphs``, ``train``, ``eval``, ``predict``, ``export``, ``serve``,
+``demo``.
 
 User errors (:class:`FewshotError`, :class:`episodes.EpisodesError`) print one line, ``error: ...``,
 and exit with status 2; warnings print one line each, ``warning: ...``.
@@ -438,6 +439,37 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return write_outputs(outputs)
 
 
+def default_data_dir() -> str:
+    """Where ``fewshot serve`` keeps projects by default: $FEWSHOT_DATA_DIR, else $XDG_DATA_HOME/fewshot/serve
+    (~/.local/share/fewshot/serve)."""
+    if os.environ.get("FEWSHOT_DATA_DIR"):
+        return os.environ["FEWSHOT_DATA_DIR"]
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "fewshot", "serve")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.server import serve
+    from .serve.uploads import Limits
+
+    limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                    max_files_per_request=args.max_files, max_images_per_project=args.max_images)
+    serve(lambda: classifier_from_args(args), args.data_dir or default_data_dir(), host=args.host, port=args.port,
+          token=args.token, limits=limits, log_level="info" if args.access_log else "warning")
+    return 0
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .atomic import check_output
 
@@ -624,6 +656,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torchscript (default), onnx or onnx-int8")
     export.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, or .pt for torchscript)")
     export.set_defaults(handler=cmd_export)
+
+    serve = commands.add_parser(
+        "serve", help="a web page and HTTP API: name classes, drop a few images in each, classify new ones",
+        description="Serve the web page at / (add classes, drag images in or use the webcam, see the estimated "
+                    "accuracy with its interval and confusion matrix, drop a new image to see its class, "
+                    "probabilities and heatmap, export), the JSON API at /api/v1 and its docs at /docs. Projects, "
+                    "images and their embeddings persist in --data-dir (SQLite + files). The model is named like "
+                    "for predict (default: the 'default' recipe). Needs pip install 'fewshot[serve]'.",
+    )
+    add_model_arguments(serve)
+    serve.add_argument("--data-dir", metavar="DIR",
+                       help="folder for projects (default $FEWSHOT_DATA_DIR, else ~/.local/share/fewshot/serve)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only); any other needs --token")
+    serve.add_argument("--port", type=int_at_least(1), default=8000, help="port (default 8000)")
+    serve.add_argument("--token", help="access token every API request must carry (Authorization: Bearer TOKEN; the "
+                                       "page asks for it); default $FEWSHOT_TOKEN; required unless the host is "
+                                       "loopback")
+    serve.add_argument("--max-file-mb", type=positive_number, default=20, help="largest upload file in MB (default 20)")
+    serve.add_argument("--max-pixels", type=POSITIVE, default=40_000_000,
+                       help="most pixels per image, checked before decoding (default 40000000)")
+    serve.add_argument("--max-files", type=POSITIVE, default=100, help="most files per request (default 100)")
+    serve.add_argument("--max-images", type=POSITIVE, default=5000, help="most images per project (default 5000)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=cmd_serve)
 
     recipes = commands.add_parser(
         "recipes", help="list the pretrained recipes (no training) with their measured accuracy",

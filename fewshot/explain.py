@@ -85,3 +85,22 @@ def save_explanations(queries: torch.Tensor, heatmaps: torch.Tensor, probabiliti
         title = f"predicted: {names[best]} (p={float(probs[best]):.2f})"
         written.append(save_explanation(image, heatmap, title, out / f"{stem}.gradcam.png"))
     return written
+
+
+def heatmap_overlay_png(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.45) -> bytes:
+    """PNG bytes of ``image`` ``(C, H, W)`` uint8 with its heatmap ``(H, W)`` in [0, 1] blended over it in
+    the 'jet' colour map (the server's ``explain`` answer; :func:`save_explanation` draws the two-panel figure)."""
+    import io
+
+    import matplotlib
+    import numpy as np
+    from PIL import Image
+
+    pixels = image.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    colours = matplotlib.colormaps["jet"](heatmap.clamp(0, 1).cpu().numpy())[:, :, :3] * 255.0
+    blended = np.clip((1 - alpha) * pixels + alpha * colours, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(blended, "RGB").save(out, format="PNG")
+    return out.getvalue()

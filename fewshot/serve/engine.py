@@ -1,0 +1,193 @@
+"""The model side of the server: one shared model, a :class:`~fewshot.FewShotClassifier` per project built
+from the store, embeddings cached in the store so a fit after an upload embeds only the new images.
+
+Every pass through the model holds :attr:`Engine.compute` (one at a time: the model is shared and read-only,
+and on a CPU one pass already uses every core), so under load requests queue instead of failing. A project's
+classifier is cached with the project's revision and rebuilt when an upload, deletion or rename changes it,
+reusing the decoded pixels and embeddings of the images it already had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from episodes import EpisodesError, decode_image
+
+from ..classifier import ClassExamples, Estimate, FewShotClassifier
+from ..errors import FewshotError, SupportSetError
+from .store import Store
+
+
+def model_key(classifier: FewShotClassifier) -> str:
+    """Names the embeddings a model makes: a hash of its config, test-time settings and weights."""
+    digest = hashlib.sha256(json.dumps(classifier.config_.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(classifier.model_.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _can_export(format: str) -> bool:  # noqa: A002
+    """ONNX formats need the fewshot[onnx] extra on the server."""
+    import importlib.util
+
+    if format == "torchscript":
+        return True
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+@dataclass
+class _Cached:
+    revision: int
+    classifier: FewShotClassifier
+    pixels: dict[int, torch.Tensor]  # image id -> (C, S, S) uint8
+    features: dict[int, torch.Tensor]  # image id -> (E,) float32 (empty when the head adapts the backbone)
+    estimates: dict[tuple, Estimate]
+
+
+class Engine:
+    """Classifiers for the projects of ``store`` around the one model of ``base`` (a classifier, not fitted)."""
+
+    def __init__(self, base: FewShotClassifier, store: Store):
+        self.base, self.store = base, store
+        self.compute = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._cache: dict[int, _Cached] = {}
+        self._building: dict[int, threading.Lock] = {}
+        self.key = model_key(base)
+        self.embedded_images = 0  # stored images embedded since start (the rest came from the cache)
+
+    @property
+    def head(self):
+        return self.base.model_.head
+
+    def info(self) -> dict:
+        from ..classifier import EXPORT_FORMATS
+
+        head = self.head
+        return {"model": self.base.source, "head": self.base.config_.model.head,
+                "backbone": self.base.config_.model.backbone, "image_size": self.base.image_size,
+                "channels": self.base.channels, "explainable": bool(head.explainable),
+                "exportable": bool(head.exportable and not head.adapts_backbone),
+                "export_formats": [f for f in EXPORT_FORMATS if _can_export(f)]
+                if head.exportable and not head.adapts_backbone else [],
+                "embedded_images": self.embedded_images}
+
+    # ------------------------------------------------------------------ building classifiers
+    def classifier(self, project_id: int) -> tuple[FewShotClassifier, _Cached]:
+        """The project's classifier over its classes that hold images (at least two). One thread rebuilds a
+        stale one while the others wait for it (no herd of identical rebuilds after an upload)."""
+        with self._cache_lock:
+            building = self._building.setdefault(project_id, threading.Lock())
+        with building:
+            project = self.store.project(project_id)
+            with self._cache_lock:
+                cached = self._cache.get(project_id)
+            if cached is not None and cached.revision == project["revision"]:
+                return cached.classifier, cached
+            return self._build(project, cached)
+
+    def _build(self, project: dict, cached: _Cached | None) -> tuple[FewShotClassifier, _Cached]:
+        project_id = project["id"]
+        filled = [c for c in project["classes"] if c["images"]]
+        if len(filled) < 2:
+            raise SupportSetError(f"add images to at least two classes first (this project has {len(filled)} class"
+                                  f"{'' if len(filled) == 1 else 'es'} with images)")
+        old_pixels = cached.pixels if cached else {}
+        old_features = cached.features if cached else {}
+        images = [image for c in filled for image in c["images"]]
+        pixels = {i["id"]: old_pixels[i["id"]] if i["id"] in old_pixels else self._decode(i) for i in images}
+        features: dict[int, torch.Tensor] = {}
+        if not self.head.adapts_backbone:
+            features = {i["id"]: old_features[i["id"]] for i in images if i["id"] in old_features}
+            stored = self.store.embeddings([i["id"] for i in images if i["id"] not in features], self.key)
+            features.update({k: torch.from_numpy(v) for k, v in stored.items()})
+            missing = [i["id"] for i in images if i["id"] not in features]
+            if missing:
+                features.update(self._embed_and_cache(missing, pixels))
+        examples = {}
+        for c in filled:
+            ids = [i["id"] for i in c["images"]]
+            examples[c["name"]] = ClassExamples(
+                torch.stack([pixels[i] for i in ids]),
+                None if self.head.adapts_backbone else torch.stack([features[i] for i in ids]),
+                [i["name"] for i in c["images"]], [i["sha256"] for i in c["images"]])
+        with self.compute:
+            classifier = FewShotClassifier.from_model(self.base.model_, self.base.config_, self.base.source,
+                                                      str(self.base.device), self.base.batch_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicates across classes cannot happen: the store refuses them
+            classifier.set_examples(examples)
+        fresh = _Cached(project["revision"], classifier, pixels, features, {})
+        with self._cache_lock:
+            self._cache[project_id] = fresh
+        return classifier, fresh
+
+    def embed_new(self, project_id: int, image_ids: list[int]) -> None:
+        """Embed freshly uploaded images now (so the next prediction does not wait for them)."""
+        if self.head.adapts_backbone or not image_ids:
+            return
+        project = self.store.project(project_id)
+        rows = {i["id"]: i for c in project["classes"] for i in c["images"]}
+        wanted = [i for i in image_ids if i in rows]
+        missing = [i for i in wanted if i not in self.store.embeddings(wanted, self.key)]
+        if missing:
+            self._embed_and_cache(missing, {i: self._decode(rows[i]) for i in missing})
+
+    def _embed_and_cache(self, ids: list[int], pixels: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        with self.compute:
+            vectors = self.base.embed(torch.stack([pixels[i] for i in ids]))
+            self.embedded_images += len(ids)
+        found = {i: vectors[n] for n, i in enumerate(ids)}
+        self.store.save_embeddings({i: v.numpy() for i, v in found.items()}, self.key)
+        return found
+
+    def _decode(self, image: dict) -> torch.Tensor:
+        path = self.store.image_path(image["sha256"])
+        try:
+            array = decode_image(path, self.base.image_size, self.base.channels)
+        except EpisodesError as exc:
+            raise FewshotError(f"stored image '{image['name']}' (id {image['id']}) cannot be read ({exc}); delete it "
+                               "and upload it again") from None
+        return torch.from_numpy(np.array(array)).permute(2, 0, 1).contiguous()  # a writable copy
+
+    def forget(self, project_id: int) -> None:
+        with self._cache_lock:
+            self._cache.pop(project_id, None)
+            self._building.pop(project_id, None)
+
+    # ------------------------------------------------------------------ using them
+    def predict(self, project_id: int, images: list, explain: bool) -> list[dict]:
+        """``[{name, predicted, probabilities}]`` (plus ``heatmap`` PNG bytes with ``explain``) for PIL images."""
+        from ..explain import heatmap_overlay_png
+
+        classifier, _ = self.classifier(project_id)
+        with self.compute:
+            if not explain:
+                return classifier.details(images)
+            details, queries, heatmaps = classifier.heatmaps(images)
+        for item, query, heatmap in zip(details, queries, heatmaps):
+            item["heatmap"] = heatmap_overlay_png(query, heatmap)
+        return details
+
+    def estimate(self, project_id: int, repeats: int, holdout: float, seed: int) -> Estimate:
+        classifier, cached = self.classifier(project_id)
+        key = (repeats, holdout, seed)
+        if key not in cached.estimates:
+            with self.compute, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the estimate carries its warnings
+                cached.estimates[key] = classifier.estimate(repeats=repeats, holdout=holdout, seed=seed)
+        return cached.estimates[key]
+
+    def export(self, project_id: int, path: Path, format: str) -> Path:  # noqa: A002
+        classifier, _ = self.classifier(project_id)
+        with self.compute:
+            return classifier.export(path, format)

@@ -1,0 +1,132 @@
+"""The web page in a real browser: Debian's Chromium driven by Playwright (no browser is downloaded).
+
+A person's first minutes: three classes named on the page, images uploaded through each class's file
+picker, the accuracy estimate, a test image dropped on the drop zone, the predicted label and the heatmap
+shown; a screenshot is saved (``FEWSHOT_SCREENSHOT=docs/serve-page.png`` keeps it for the README). Also:
+a class name full of HTML is shown as text, never run; the page works at 360 px without horizontal scroll.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="needs the fewshot[serve] extra")
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the fewshot[test-serve] extra (playwright)")
+from serving import Server, colour_png  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp("browser") / "data").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    opened = context.new_page()
+    problems = []
+    opened.on("pageerror", lambda exc: problems.append(str(exc)))
+    opened.on("dialog", lambda dialog: problems.append(f"unexpected dialog: {dialog.message}"))
+    yield opened, problems
+    context.close()
+
+
+def add_class(page, name: str):
+    page.fill("#new-class-name", name)
+    page.click("#add-class")
+    card = page.locator(".class-card", has=page.locator(".class-name", has_text=name))
+    card.wait_for()
+    return card
+
+
+def drop_file(page, selector: str, name: str, data: bytes) -> None:
+    """A real drop event carrying a File, as when a person drags an image onto the zone."""
+    page.evaluate(
+        """([selector, name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: 'image/png'}));
+            const zone = document.querySelector(selector);
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: transfer}));
+            }
+        }""", [selector, name, base64.b64encode(data).decode()])
+
+
+def test_three_classes_upload_estimate_drop_predict(server, page, tmp_path):
+    page, problems = page
+    page.goto(server.url + "/")
+    page.wait_for_selector("#add-class-form")
+    for colour in ("red", "green", "blue"):
+        card = add_class(page, colour)
+        paths = []
+        for i in range(4):
+            path = tmp_path / f"{colour}{i}.png"
+            path.write_bytes(colour_png(colour, 100 * len(colour) + i))
+            paths.append(str(path))
+        card.locator("input.class-files").set_input_files(paths)
+        card.locator(".thumbs img").nth(3).wait_for()
+        assert card.locator(".image-count").inner_text().startswith("4")
+    page.click("#estimate-button")
+    page.wait_for_selector("#confusion td")
+    assert "%" in page.locator("#estimate-result").inner_text()
+
+    drop_file(page, "#test-drop", "mystery.png", colour_png("green", 4242))
+    label = page.locator("#prediction-label")
+    label.wait_for()
+    page.wait_for_function("document.querySelector('#prediction-label').textContent.trim() !== ''")
+    assert label.inner_text().strip() == "green"
+    page.wait_for_selector("#heatmap[src^='data:image/png']")
+    assert page.locator("#probabilities").inner_text().count("%") >= 3
+    shot = tmp_path / "serve-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("FEWSHOT_SCREENSHOT"):
+        shutil.copy(shot, os.environ["FEWSHOT_SCREENSHOT"])
+    assert problems == []
+
+    # what the page did is in the API: three classes of four images
+    with server.client() as client:
+        projects = client.get("/api/v1/projects").json()["projects"]
+        project = client.get(f"/api/v1/projects/{projects[0]['id']}").json()
+        assert {c["name"]: len(c["images"]) for c in project["classes"]} == {"red": 4, "green": 4, "blue": 4}
+
+
+def test_names_are_text_and_narrow_screen_works(server, browser):
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    page = context.new_page()
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#add-class-form")
+        hostile = "<img src=x onerror=\"document.title='pwned'\"> 猫"
+        add_class(page, hostile)
+        assert page.locator(".class-name", has_text="onerror").first.inner_text() == hostile
+        assert page.title() != "pwned" and page.locator(".class-card img[src='x']").count() == 0
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        # keyboard: the class-name field and its button are reachable with Tab and work with Enter
+        page.focus("#new-class-name")
+        page.keyboard.type("typed")
+        page.keyboard.press("Enter")
+        page.locator(".class-name", has_text="typed").wait_for()
+    finally:
+        context.close()
