@@ -7,10 +7,11 @@ of IMAGES generated photos-like images), then:
 2. closed loop: CLIENTS clients, each sending its next request when the last one answered, 80 % predictions
    (one image) and 20 % uploads (one new image to a random class);
 3. overload: an open loop at 4 x C requests/s for SECONDS seconds (requests are sent on schedule whatever the
-   answers), the same mix; latency counted from the scheduled send, so queueing shows.
+   answers), the same mix; latency counted from the scheduled send, so queueing shows;
+4. crash: the same open loop with half uploads, the server SIGKILLed halfway and restarted on the same folder.
 
 Every phase reports requests/s, p50 / p99 latency and errors (any non-2xx answer or transport failure); at the
-end every acknowledged upload must be in the project (GET) and its file readable. Bounded: each phase stops
+end (after the restart) every acknowledged upload must be in the project (GET) and its file readable. Bounded: each phase stops
 at its request count or its time limit. Loopback only.
 
     python benchmarks/serve_load.py --recipe fast
@@ -184,20 +185,23 @@ def main() -> int:
     data = tempfile.mkdtemp(prefix="serve-load-")
     model_flags = ["--backbone", "conv4", "--head", "protonet", "--image-size", "32"] if args.tiny \
         else ["--recipe", args.recipe]
-    server = subprocess.Popen([sys.executable, "-m", "fewshot", "serve", *model_flags, "--device", "cpu",
-                               "--data-dir", data, "--port", str(port), "--max-images", "100000"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
+
+    def start() -> tuple[subprocess.Popen, dict]:
+        process = subprocess.Popen([sys.executable, "-m", "fewshot", "serve", *model_flags, "--device", "cpu",
+                                    "--data-dir", data, "--port", str(port), "--max-images", "100000"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for _ in range(1200):
             try:
-                info = httpx.get(f"{url}/api/v1/info", timeout=2).json()
-                break
+                return process, httpx.get(f"{url}/api/v1/info", timeout=2).json()
             except httpx.HTTPError:
-                if server.poll() is not None:
-                    print(server.stdout.read(), file=sys.stderr)
-                    return 1
-                time.sleep(0.5)
+                if process.poll() is not None:
+                    raise SystemExit("the server exited while starting")
+                time.sleep(0.25)
+        raise SystemExit("the server did not start")
+
+    server, info = start()
+    try:
         client = httpx.Client(base_url=url, timeout=600)
         project = client.post("/api/v1/projects", json={"name": "load"}).json()["id"]
         classes = []
@@ -224,7 +228,18 @@ def main() -> int:
         results[f"open_loop_{args.overload:g}x"] = over
         print(f"open loop at {args.overload:g}x the closed-loop throughput ({rate:.1f}/s offered):", over, flush=True)
 
-        acknowledged = rec_mixed.uploaded + rec_over.uploaded
+        # a crash under load: SIGKILL the server in the middle of an overload, restart it on the same folder
+        stopper = threading.Timer(args.seconds / 2, server.kill)
+        stopper.start()
+        crash, rec_crash = open_loop(load, rate, args.seconds, 0.5)
+        stopper.join()
+        server.wait(30)
+        server, _ = start()
+        client = httpx.Client(base_url=url, timeout=600)  # the old connections died with the server
+        results["crash_under_load"] = {"uploads_acknowledged_before_kill": len(rec_crash.uploaded),
+                                       "requests_failed_by_the_kill": len(rec_crash.errors)}
+
+        acknowledged = rec_mixed.uploaded + rec_over.uploaded + rec_crash.uploaded
         stored = {i["id"] for c in client.get(f"/api/v1/projects/{project}").json()["classes"] for i in c["images"]}
         lost = [i for i in acknowledged if i not in stored]
         unreadable = [i for i in acknowledged[:50]
@@ -236,6 +251,9 @@ def main() -> int:
             print("  error:", message)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"crash under load: {len(rec_crash.uploaded)} uploads acknowledged before the SIGKILL, "
+              f"{len(rec_crash.errors)} requests cut off by it; after the restart lost "
+              f"{len([i for i in rec_crash.uploaded if i not in stored])}", flush=True)
         ok = not (rec_mixed.errors or rec_over.errors or lost or unreadable)
         return 0 if ok else 1
     finally:

@@ -81,8 +81,22 @@ def split_spec_from_args(args: argparse.Namespace) -> SplitSpec:
 def cmd_episodes(args: argparse.Namespace) -> int:
     """Print episodes as JSON lines: image paths only, nothing is decoded."""
     spec = split_spec_from_args(args)
-    classes = drop_small_classes(resolve_split(spec), args.shots + args.queries, args.ways, spec.describe())
-    sampler = EpisodeSampler([len(c) for c in classes], args.ways, args.shots, args.queries, args.seed)
+    if args.protocol == "metadataset":
+        from episodes.metadataset import MetaDatasetConfig, MetaDatasetSampler, parents_of
+
+        given = [flag for flag, value in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries))
+                 if value is not None]
+        if given:
+            raise FewshotError(f"--protocol metadataset draws ways, shots and queries per episode: drop {', '.join(given)}")
+        classes = drop_small_classes(resolve_split(spec), 2, None, spec.describe())
+        sampler = MetaDatasetSampler([len(c) for c in classes], args.seed, MetaDatasetConfig(),
+                                     parents_of([c.name for c in classes]), spec.describe())
+    else:
+        if args.ways is None or args.shots is None:
+            raise FewshotError("give --ways N and --shots K (or --protocol metadataset for variable episodes)")
+        queries = 15 if args.queries is None else args.queries
+        classes = drop_small_classes(resolve_split(spec), args.shots + queries, args.ways, spec.describe())
+        sampler = EpisodeSampler([len(c) for c in classes], args.ways, args.shots, queries, args.seed)
     out = sys.stdout
     for index in range(args.start, args.start + args.episodes):
         drawn = sampler.sample(index)
@@ -521,13 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
     episodes = commands.add_parser(
         "episodes", help="print N-way K-shot episodes as JSON lines (freeze and share evaluation episodes)",
         description="Print one JSON object per episode: {index, classes, support, query}, where support and "
-                    "query hold one list of image paths per class, in label order. Episode i of a seed is "
-                    "always the same, so the output can be frozen and shared, or fed to other frameworks.",
+                    "query hold one list of image paths per class, in label order (with --protocol metadataset "
+                    "the support lists differ in length). Episode i of a seed is always the same, so the output "
+                    "can be frozen and shared, or fed to other frameworks.",
     )
     add_data_arguments(episodes)
-    episodes.add_argument("--ways", type=int_at_least(2), required=True, metavar="N", help="classes per episode")
-    episodes.add_argument("--shots", type=POSITIVE, required=True, metavar="K", help="support images per class")
-    episodes.add_argument("--queries", type=NON_NEGATIVE, default=15, metavar="Q", help="query images per class (default 15)")
+    episodes.add_argument("--protocol", choices=("fixed", "metadataset"), default="fixed",
+                          help="fixed (default): N-way K-shot episodes; metadataset: Meta-Dataset's variable ways "
+                               "(5-50), unbalanced shots and queries per episode, all classes of an episode from one "
+                               "parent folder where classes have one (e.g. Omniglot's alphabets)")
+    episodes.add_argument("--ways", type=int_at_least(2), metavar="N", help="classes per episode (fixed protocol)")
+    episodes.add_argument("--shots", type=POSITIVE, metavar="K", help="support images per class (fixed protocol)")
+    episodes.add_argument("--queries", type=NON_NEGATIVE, metavar="Q",
+                          help="query images per class (fixed protocol; default 15)")
     episodes.add_argument("--episodes", type=POSITIVE, default=600, metavar="E", help="number of episodes (default 600)")
     episodes.add_argument("--seed", type=NON_NEGATIVE, default=0, metavar="S", help="episode seed (default 0)")
     episodes.add_argument("--start", type=NON_NEGATIVE, default=0, metavar="I", help="index of the first episode (default 0)")
