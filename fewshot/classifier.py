@@ -202,14 +202,14 @@ class FewShotClassifier:
         concatenated once and reused until the examples change."""
         names = self.classes_
         entries = [self._examples[n] for n in names]
-        key = [(n, id(e), len(e.images)) for n, e in zip(names, entries)]
-        cached = getattr(self, "_support", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        cached = getattr(self, "_support", None)  # (names, entries, joined): holding the entries keeps them alive
+        if (cached is not None and cached[0] == names and all(a is b for a, b in zip(cached[1], entries))
+                and all(len(e.images) == n for e, n in zip(entries, cached[3]))):
+            return cached[2]
         labels = torch.cat([torch.full((len(e.images),), i, dtype=torch.long) for i, e in enumerate(entries)])
         features = None if entries[0].features is None else torch.cat([e.features for e in entries])
         joined = (torch.cat([e.images for e in entries]), features, labels)
-        self._support = (key, joined)
+        self._support = (names, entries, joined, [len(e.images) for e in entries])
         return joined
 
     # ------------------------------------------------------------------ predicting
