@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ExportError, FewshotError, InvalidImageError, NotFittedError, SupportSetError
 from .engine import Engine
-from .store import Conflict, LimitExceeded, NewImage, NotFound, Store
+from .store import Conflict, LimitExceeded, NewImage, NotFound
 from .uploads import BadImage, BadName, Limits, NotAnImage, TooLarge, check_image, check_name, display_name
 
 log = logging.getLogger("fewshot.serve")
