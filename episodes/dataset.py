@@ -23,18 +23,20 @@ from .cache import load_decoded
 from .discovery import ImageClass
 from .errors import EpisodesError, EpisodesWarning, preview
 from .images import apply_per_image, rotate
+from .metadataset import VariableEpisodeIndices
 from .sampler import EpisodeIndices, EpisodeSampler
 from .splits import SplitSpec, resolve_split
 
 
 @dataclass
 class Episode:
-    """One N-way K-shot task.
+    """One few-shot task.
 
-    ``support``: ``(ways*shots, C, H, W)`` uint8, grouped by label (all of label 0 first);
-    ``support_labels``: ``(ways*shots,)`` int64 in ``0..ways-1``;
-    ``query``: ``(ways*queries, C, H, W)`` uint8; ``query_labels``: ``(ways*queries,)``;
-    ``class_names[j]`` is the class of label ``j``.
+    ``support``: ``(S, C, H, W)`` uint8, grouped by label (all of label 0 first); ``support_labels``: ``(S,)``
+    int64 in ``0..ways-1``; ``query``: ``(ways*queries, C, H, W)`` uint8; ``query_labels``: ``(ways*queries,)``;
+    ``class_names[j]`` is the class of label ``j``; ``source``: the data source it came from ('' with one).
+    N-way K-shot episodes have ``S = ways*shots``; Meta-Dataset episodes have a count per class
+    (:attr:`shots`).
     """
 
     index: int
@@ -43,10 +45,16 @@ class Episode:
     query: torch.Tensor
     query_labels: torch.Tensor
     class_names: list[str]
+    source: str = ""
 
     @property
     def ways(self) -> int:
         return len(self.class_names)
+
+    @property
+    def shots(self) -> torch.Tensor:
+        """``(ways,)`` support images per class."""
+        return torch.bincount(self.support_labels, minlength=self.ways)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
         """A copy with every tensor on ``device``."""
@@ -116,26 +124,28 @@ class FewShotSplit:
         rows = self.class_rows[class_id]
         return [self.files[rows[p]] for p in positions]
 
-    def episode(self, indices: EpisodeIndices) -> Episode:
-        """Gather the tensors of an episode: one indexed copy of its rows, no decoding."""
-        ways, shots = indices.support.shape
-        queries = indices.query.shape[1]
+    def episode(self, indices: EpisodeIndices | VariableEpisodeIndices) -> Episode:
+        """Gather the tensors of an episode (fixed, or with a support count per class): one indexed copy of
+        its rows, no decoding."""
+        ways, queries = len(indices.classes), indices.query.shape[1]
+        shots = [len(positions) for positions in indices.support]
         class_rows = [self.class_rows[c] for c in indices.classes]
         support_rows = np.concatenate([rows[pos] for rows, pos in zip(class_rows, indices.support)])
         query_rows = np.concatenate([rows[pos] for rows, pos in zip(class_rows, indices.query)])
         pixels = np.take(self.pixels, np.concatenate([support_rows, query_rows]), axis=0)
+        starts = np.concatenate([[0], np.cumsum(shots)[:-1]])
         for label, class_id in enumerate(indices.classes):
             if self.rotations[class_id]:
-                for start, count in ((label * shots, shots), (ways * shots + label * queries, queries)):
+                for start, count in ((starts[label], shots[label]), (len(support_rows) + label * queries, queries)):
                     block = pixels[start:start + count]
                     block[:] = rotate(block.copy(), self.rotations[class_id])
         images = torch.from_numpy(pixels)
         labels = torch.arange(ways)
         return Episode(
             index=indices.index,
-            support=images[: ways * shots],
-            support_labels=labels.repeat_interleave(shots),
-            query=images[ways * shots:],
+            support=images[: len(support_rows)],
+            support_labels=labels.repeat_interleave(torch.as_tensor(shots)),
+            query=images[len(support_rows):],
             query_labels=labels.repeat_interleave(queries),
             class_names=[self.classes[c].name for c in indices.classes],
         )

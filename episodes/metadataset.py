@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
@@ -31,17 +31,23 @@ from .errors import EpisodesError
 _ROTATION = re.compile(r"/rot\d{3}$")
 
 
+def _ranged(default, low: float, high: float | None = None):
+    """A field with its allowed range declared as ``metadata["range"] = (low, high, above, below)``, the form
+    config layers read to check values and write help."""
+    return field(default=default, metadata={"range": (low, high, None, None)})
+
+
 @dataclass(frozen=True)
 class MetaDatasetConfig:
     """Meta-Dataset's sampling limits (its defaults)."""
 
-    min_ways: int = 5
-    max_ways: int = 50
-    max_queries: int = 10
-    max_support_per_class: int = 100
-    max_support_size: int = 500
-    min_log_weight: float = math.log(0.5)
-    max_log_weight: float = math.log(2.0)
+    min_ways: int = _ranged(5, 2)
+    max_ways: int = _ranged(50, 2)
+    max_queries: int = _ranged(10, 1)
+    max_support_per_class: int = _ranged(100, 1)
+    max_support_size: int = _ranged(500, 1)
+    min_log_weight: float = _ranged(math.log(0.5), -10.0, 10.0)
+    max_log_weight: float = _ranged(math.log(2.0), -10.0, 10.0)
     hierarchy: bool = True  # draw each episode's classes from one parent where the classes have parents
 
     def __post_init__(self):
@@ -123,6 +129,12 @@ class MetaDatasetSampler:
                 raise EpisodesError(f"{source}: no parent folder holds min_ways={config.min_ways} classes (the "
                                     f"largest holds {max(len(g) for g in groups)}): set metadataset.hierarchy: false "
                                     "or lower metadataset.min_ways")
+
+    @property
+    def most_ways(self) -> int:
+        """The largest number of ways an episode can have."""
+        pool = max(len(g) for g in self.groups) if self.groups else len(self.class_sizes)
+        return min(self.config.max_ways, pool)
 
     def generator(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(index)])

@@ -50,6 +50,11 @@ class EpisodeSampler:
                 f"or add classes"
             )
 
+    @property
+    def most_ways(self) -> int:
+        """The number of ways of every episode."""
+        return self.ways
+
     def generator(self, index: int) -> np.random.Generator:
         """The random generator owned by episode ``index``."""
         return np.random.default_rng([self.seed, int(index)])

@@ -322,10 +322,24 @@ def write_outputs(outputs: list[tuple[str, Callable[[], object]]]) -> int:
     return status
 
 
+def eval_sources(args: argparse.Namespace, config) -> list:
+    """The sources to evaluate: with ``data.sources`` in the config and no data flag, each source's test split
+    (or ``--split train|val|test``); else the one split of :func:`eval_split_spec`."""
+    from .data import Source, phase_sources
+
+    if config.data.sources and not (args.data or args.csv or args.classes):
+        phase = args.split or "test"
+        if phase not in ("train", "val", "test"):
+            raise FewshotError(f"--split {phase}: with data.sources give train, val or test (or --data DIR)")
+        return phase_sources(config.data, phase)
+    return [Source("", eval_split_spec(args, config))]
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .atomic import atomic_write_text, check_output
-    from .data import open_phase
-    from .evaluate import evaluate
+    from .data import open_source
+    from .episode_sets import draw_episodes
+    from .evaluate import evaluate_sources
     from .runtime import resolve_device
 
     if args.confusion:
@@ -338,26 +352,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.cache_dir:
         config.data.cache_dir = args.cache_dir
     config.data.skip_corrupt = args.skip_corrupt
-    ways = args.ways or config.eval.ways
-    shots = args.shots or config.eval.shots
-    queries = args.queries or config.eval.queries
+    config.data.protocol = args.protocol or config.data.protocol
+    if config.data.protocol == "metadataset":
+        given = [flag for flag, value in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries))
+                 if value]
+        if given:
+            raise FewshotError(f"Meta-Dataset episodes draw ways, shots and queries per episode: drop {given[0]} "
+                               "(or use --protocol fixed)")
+    shape = (args.ways or config.eval.ways, args.shots or config.eval.shots, args.queries or config.eval.queries)
     episodes_count = args.episodes or config.eval.episodes
-    spec = eval_split_spec(args, config)
-    split = open_phase(config, spec, ways, shots, queries, progress=not args.no_progress)
-    result = evaluate(model, split, ways, shots, queries, episodes_count, seed=args.seed, device=device,
-                      batch_size=args.batch_size, progress=not args.no_progress, fast=False if args.plain else None,
-                      precision=args.precision, refine=args.refine, refine_steps=args.refine_steps,
-                      threshold=args.threshold, per_class=args.per_class)
+    sources = eval_sources(args, config)
+    if args.per_class and len(sources) > 1:
+        raise FewshotError("--per-class reports one split: add --data DIR (or evaluate one source at a time)")
+    opened = [(source, open_source(config, source, shape, progress=not args.no_progress)) for source in sources]
+    sets = draw_episodes(config, opened, shape, episodes_count, args.seed, model.head)
+    result = evaluate_sources(model, sets, seed=args.seed, device=device, batch_size=args.batch_size,
+                              progress=not args.no_progress, fast=False if args.plain else None,
+                              precision=args.precision, refine=args.refine, refine_steps=args.refine_steps,
+                              threshold=args.threshold, per_class=args.per_class)
     source = model_source(args, config)
-    result.extra.update({"backbone": config.model.backbone, "head": config.model.head, "data": spec.describe(),
-                         "checkpoint": config_checkpoint(args)})
-    print(f"{source} on {spec.describe()}: " + result.summary()
+    where = sources[0].spec.describe() if len(sources) == 1 else f"{len(sources)} test sources"
+    described = {"backbone": config.model.backbone, "head": config.model.head, "protocol": config.data.protocol,
+                 "data": [s.spec.describe() for s in sources] if len(sources) > 1 else where,
+                 "checkpoint": config_checkpoint(args)}
+    print(f"{source} on {where}: " + result.summary().replace(f"mean over {len(sources)} sources: ", "mean ")
           + (f" [refined: {args.refine}]" if args.refine != "none" else ""))
     outputs = []
     if args.per_class:
         outputs.append(("--confusion", lambda: print_per_class(result.extra["per_class"], str(confusion_path))))
     if json_path:
-        outputs.append(("--json", lambda: atomic_write_text(json_path, json.dumps(result.to_json(), indent=1))))
+        outputs.append(("--json", lambda: atomic_write_text(json_path, json.dumps(result.to_json() | described,
+                                                                                  indent=1))))
     return write_outputs(outputs)
 
 
@@ -603,7 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries", type=POSITIVE, metavar="Q",
                           help="query images per class (default: the checkpoint config's eval.queries, else 15)")
     evaluate.add_argument("--episodes", type=POSITIVE, metavar="E",
-                          help="episodes (default: the checkpoint config's eval.episodes, else 600)")
+                          help="episodes, per source with data.sources (default: the checkpoint config's "
+                               "eval.episodes, else 600)")
+    evaluate.add_argument("--protocol", choices=("fixed", "metadataset"),
+                          help="fixed: N-way K-shot episodes (--ways/--shots/--queries); metadataset: Meta-Dataset's "
+                               "variable ways and unbalanced shots (limits from the config's metadataset section). "
+                               "Default: the config's data.protocol, else fixed")
     evaluate.add_argument("--seed", type=NON_NEGATIVE, default=0,
                           help="episode seed (default 0); same seed, same episodes")
     evaluate.add_argument("--json", metavar="OUT", help="write accuracy, ci95, per-episode accuracies... as JSON")

@@ -18,6 +18,8 @@ from typing import Any, Union
 
 import yaml
 
+from episodes import EpisodesError, MetaDatasetConfig
+
 from .errors import FewshotError
 
 PHASES = ("train", "val", "test")
@@ -52,6 +54,20 @@ DEFAULT_IMAGE_SIZE = 84  # for backbones without a native input size
 
 
 @dataclass
+class SourceConfig:
+    """One dataset of ``data.sources``: the data keys of a single dataset, a name and a weight (episodes are
+    drawn from source ``s`` with probability ``weight_s / sum of weights``)."""
+
+    name: str | None = None  # default: the last folder of the first root (or the CSV's name)
+    root: list[str] = field(default_factory=list)
+    split: PerPhase = field(default_factory=PerPhase)
+    classes: PerPhase = field(default_factory=PerPhase)
+    csv: PerPhase = field(default_factory=PerPhase)
+    images: str | None = None
+    weight: float = ranged(1.0, 0)
+
+
+@dataclass
 class DataConfig:
     root: list[str] = field(default_factory=list)  # one or several roots, merged
     split: PerPhase = field(default_factory=PerPhase)  # subfolder of each root per phase
@@ -64,6 +80,8 @@ class DataConfig:
     cache_dir: str | None = None  # decoded-image cache; default $FEWSHOT_CACHE_DIR or ~/.cache/fewshot
     skip_corrupt: bool = False
     workers: int = ranged(0, 0, 64)  # DataLoader workers for training episodes
+    protocol: str = choice("fixed", "metadataset")  # fixed N-way K-shot episodes, or Meta-Dataset's variable ones
+    sources: list[SourceConfig] = field(default_factory=list)  # several datasets, one per episode (instead of root)
 
 
 @dataclass
@@ -137,6 +155,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    metadataset: MetaDatasetConfig = field(default_factory=MetaDatasetConfig)  # limits of data.protocol: metadataset
     seed: int = ranged(0, 0, SEED_LIMIT)
 
     def to_dict(self) -> dict:
@@ -171,6 +190,9 @@ def check_declared(obj: Any, prefix: str = "") -> None:
         value, key = getattr(obj, item.name), f"{prefix}{item.name}"
         if dataclasses.is_dataclass(value):
             check_declared(value, key + ".")
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for number, entry in enumerate(value):
+                check_declared(entry, f"{key}[{number}].")
         elif "range" in item.metadata and value is not None and not in_range(value, *item.metadata["range"]):
             raise FewshotError(f"{key} must be {range_text(*item.metadata['range'])}, got {value}")
         elif "choices" in item.metadata and value not in item.metadata["choices"]:
@@ -291,7 +313,10 @@ def _normalize_numbers(raw: Any) -> Any:
 def config_from_dict(raw: dict | None, overrides: list[str] | None = None) -> Config:
     """Validate a plain dict (plus overrides) into a :class:`Config`."""
     raw = apply_overrides(dict(raw or {}), list(overrides or []))
-    config = _build(Config, _normalize_numbers(raw))
+    try:
+        config = _build(Config, _normalize_numbers(raw))
+    except EpisodesError as exc:  # a section built by the episodes layer (metadataset) checks its own values
+        raise FewshotError(str(exc)) from None
     check_config(config)
     if config.data.image_size is None:
         from .backbones import native_size
@@ -334,6 +359,7 @@ def check_config(config: Config) -> None:
                                 ("model.tta", config.model.tta, TTA)):
         if value not in allowed:
             raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+    check_sources(config.data)
     if config.data.channels not in (1, 3):
         raise FewshotError(f"data.channels must be 1 or 3, got {config.data.channels}")
     from episodes.images import AUGMENTATION_OPS, PRESETS
@@ -344,6 +370,39 @@ def check_config(config: Config) -> None:
     if unknown or (not isinstance(augment, str) and any(n in PRESETS and n not in AUGMENTATION_OPS for n in names)):
         raise FewshotError(f"data.augment: '{(unknown or names)[0]}' is not a preset ({', '.join(PRESETS)}) or a list "
                            f"of operations ({', '.join(AUGMENTATION_OPS)})")
+
+
+def source_name(source: SourceConfig) -> str:
+    """A source's name: its ``name``, else the last folder of its first root, else its first CSV's stem."""
+    if source.name:
+        return source.name
+    if source.root:
+        return Path(source.root[0].rstrip("/\\")).name or source.root[0]
+    csv = next((v for v in (source.csv.train, source.csv.val, source.csv.test) if v), None)
+    return Path(csv).stem if csv else "source"
+
+
+def check_sources(data: DataConfig) -> None:
+    """``data.sources`` replaces the single-dataset keys; every source names data; names are distinct; the
+    weights sum to a positive number (the ranges already refused negative ones)."""
+    if not data.sources:
+        return
+    single = [key for key in ("root", "images") if getattr(data, key)] + [
+        f"{key}.{phase}" for key in ("split", "classes", "csv") for phase in PHASES
+        if getattr(getattr(data, key), phase)]
+    if single:
+        raise FewshotError(f"data.{single[0]} and data.sources are alternatives: move each dataset's keys into its "
+                           "entry of data.sources")
+    names = []
+    for number, source in enumerate(data.sources):
+        if not source.root and not any(getattr(source.csv, phase) for phase in PHASES):
+            raise FewshotError(f"data.sources[{number}] names no data: set its root (or csv and images)")
+        names.append(source_name(source))
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FewshotError(f"two data.sources are named '{repeated[0]}': give them distinct 'name' keys")
+    if sum(source.weight for source in data.sources) <= 0:
+        raise FewshotError("data.sources weights sum to 0: give at least one source a positive weight")
 
 
 def dump_config(config: Config) -> str:

@@ -35,12 +35,13 @@ def confidence_interval(accuracies: np.ndarray) -> float:
 
 @dataclass
 class EvalResult:
-    """Per-episode accuracies (fractions) and the episode shape; ``accuracy``/``ci95`` in percent."""
+    """Per-episode accuracies (fractions) and the episode shape; ``accuracy``/``ci95`` in percent. Variable
+    (Meta-Dataset) episodes have ``ways``/``shots``/``queries`` None and their ranges in ``extra["shapes"]``."""
 
     accuracies: np.ndarray
-    ways: int
-    shots: int
-    queries: int
+    ways: int | None
+    shots: int | None
+    queries: int | None
     seconds: float
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -56,6 +57,12 @@ class EvalResult:
     def summary(self) -> str:
         interval = f"± {self.ci95:.2f} % (95% CI, " if math.isfinite(self.ci95) else \
             "% (no interval: it needs 2 or more episodes; "
+        if self.ways is None:
+            shapes = self.extra.get("shapes", {})
+            ways, shots = shapes.get("ways", {}), shapes.get("shots", {})
+            return (f"variable episodes (ways {ways.get('min')}-{ways.get('max')}, mean {ways.get('mean', 0):.1f}; "
+                    f"shots {shots.get('min')}-{shots.get('max')}, mean {shots.get('mean', 0):.1f}): "
+                    f"{self.accuracy:.2f} {interval}{len(self.accuracies)} episodes)")
         return (f"{self.ways}-way {self.shots}-shot: {self.accuracy:.2f} {interval}{len(self.accuracies)} episodes, "
                 f"{self.queries} queries per class)")
 
@@ -65,6 +72,51 @@ class EvalResult:
                 "episodes": len(self.accuracies), "ways": self.ways, "shots": self.shots, "queries": self.queries,
                 "seed": self.seed, "seconds": self.seconds, **self.extra,
                 "per_episode": [100.0 * float(a) for a in self.accuracies]}
+
+
+@dataclass
+class SourcesResult:
+    """Results of several sources (``data.sources``): each source's :class:`EvalResult` and their mean.
+
+    ``ci95`` is the interval of the mean over sources, the sources' episodes being independent:
+    ``1.96 * sqrt(sum of std_s^2 / episodes_s) / sources`` (percent)."""
+
+    results: dict[str, EvalResult]
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean([r.accuracy for r in self.results.values()]))
+
+    @property
+    def ci95(self) -> float:
+        variances = [np.var(r.accuracies, ddof=1) / len(r.accuracies) if len(r.accuracies) > 1 else float("nan")
+                     for r in self.results.values()]
+        return float(100.0 * 1.96 * math.sqrt(sum(variances)) / len(variances))
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(r.seconds for r in self.results.values()))
+
+    def summary(self) -> str:
+        width = max(len(name) for name in self.results)
+        lines = [f"  {name:<{width}}  {result.summary()}" for name, result in self.results.items()]
+        interval = f" ± {self.ci95:.2f} %" if math.isfinite(self.ci95) else " %"
+        return (f"mean over {len(self.results)} sources: {self.accuracy:.2f}{interval} (95% CI)\n"
+                + "\n".join(lines))
+
+    def to_json(self) -> dict:
+        return {"accuracy": self.accuracy, "ci95": self.ci95 if math.isfinite(self.ci95) else None,
+                "seconds": self.seconds, "sources": {name: r.to_json() for name, r in self.results.items()}}
+
+
+def shape_stats(drawn: list) -> dict:
+    """Ranges of ways, shots per class, queries per class and support size over drawn episodes."""
+    ways = np.array([len(d.classes) for d in drawn])
+    shots = np.concatenate([[len(s) for s in d.support] for d in drawn])
+    queries = np.array([d.query.shape[1] for d in drawn])
+    support = np.array([sum(len(s) for s in d.support) for d in drawn])
+    stat = lambda a: {"min": int(a.min()), "mean": float(a.mean()), "max": int(a.max())}  # noqa: E731
+    return {"ways": stat(ways), "shots": stat(shots), "queries": stat(queries), "support_size": stat(support)}
 
 
 def episode_slots(drawn: list[EpisodeIndices], offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +172,7 @@ def embed_split(model: FewShotModel, split: FewShotSplit, device: torch.device |
     """Embeddings of every image of ``split``, class-major (class 0's images first): ``(images, *F)``. Pass
     them to :func:`evaluate` as ``features`` to evaluate several heads or transforms on one embedding."""
     total = int(sum(split.class_sizes))
-    offsets = np.concatenate([[0], np.cumsum(split.class_sizes)[:-1]]).astype(np.int64)
+    offsets = class_offsets(split)
     model.eval()
     with torch.inference_mode():
         return embed_slots(model, split, np.arange(total), offsets, torch.device(device), batch_size, progress,
@@ -131,7 +183,7 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
              seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256, fast: bool | None = None,
              progress: bool = True, precision: str = "auto", refine: str = "none", refine_steps: int = 1,
              threshold: float = 0.9, per_class: bool = False, features: torch.Tensor | None = None) -> EvalResult:
-    """Accuracy of ``model`` on ``episodes`` episodes of ``split`` (episode ``i`` of ``seed``).
+    """Accuracy of ``model`` on ``episodes`` N-way K-shot episodes of ``split`` (episode ``i`` of ``seed``).
 
     ``precision``: ``auto`` (bfloat16 autocast on CUDA, float32 on the CPU), ``fp32`` or ``bf16``
     (bfloat16 autocast on any device, see :func:`fewshot.runtime.autocast`).
@@ -140,24 +192,51 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
     ``features``: the split's embeddings from :func:`embed_split` (by this model's backbone), reused instead
     of embedding again.
     """
-    device = torch.device(device)
     sampler = EpisodeSampler(split.class_sizes, ways, shots, queries, seed)
+    return evaluate_drawn(model, split, [sampler.sample(i) for i in range(episodes)], seed, device, batch_size,
+                          fast, progress, precision, refine, refine_steps, threshold, per_class, features)
+
+
+def evaluate_sampler(model: FewShotModel, split: FewShotSplit, sampler, episodes: int, **options) -> EvalResult:
+    """Accuracy over episodes ``0..episodes-1`` of any sampler (fixed or :class:`episodes.MetaDatasetSampler`);
+    ``options`` as for :func:`evaluate_drawn`."""
+    return evaluate_drawn(model, split, [sampler.sample(i) for i in range(episodes)], sampler.seed, **options)
+
+
+def evaluate_drawn(model: FewShotModel, split: FewShotSplit, drawn: list, seed: int = 0,
+                   device: torch.device | str = "cpu", batch_size: int = 256, fast: bool | None = None,
+                   progress: bool = True, precision: str = "auto", refine: str = "none", refine_steps: int = 1,
+                   threshold: float = 0.9, per_class: bool = False, features: torch.Tensor | None = None
+                   ) -> EvalResult:
+    """Accuracy over episodes already drawn from ``split``: :class:`episodes.EpisodeIndices` of one shape
+    (classified a chunk at a time) or :class:`episodes.VariableEpisodeIndices` of varying ways and shots
+    (one at a time). Options as for :func:`evaluate`."""
+    if not drawn:
+        raise FewshotError("no episodes to evaluate")
+    device = torch.device(device)
     adapts = model.head.adapts_backbone
     if adapts and refine != "none":
         raise FewshotError(f"refinement '{refine}' works on embeddings; head '{type(model.head).__name__}' "
                            "adapts the backbone per episode: use --refine none")
     fast = not adapts if fast is None else fast and not adapts
+    fixed = all(isinstance(d, EpisodeIndices) and d.support.shape == drawn[0].support.shape
+                and d.query.shape == drawn[0].query.shape for d in drawn)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            run = _evaluate_embedded if fast else _evaluate_per_episode
-            accuracies, truth, predicted = run(model, split, sampler, episodes, device, batch_size, progress,
-                                               precision, refine, refine_steps, threshold, features)
+            run = (_evaluate_embedded if fixed else _evaluate_embedded_variable) if fast else _evaluate_per_episode
+            accuracies, truth, predicted = run(model, split, drawn, device, batch_size, progress, precision, refine,
+                                               refine_steps, threshold, features)
     finally:
         model.train(was_training)
-    result = EvalResult(accuracies, ways, shots, queries, time.perf_counter() - start, seed)
+    if fixed:
+        (ways, shots), queries = drawn[0].support.shape, drawn[0].query.shape[1]
+        result = EvalResult(accuracies, ways, shots, queries, time.perf_counter() - start, seed)
+    else:
+        result = EvalResult(accuracies, None, None, None, time.perf_counter() - start, seed,
+                            {"protocol": "metadataset", "shapes": shape_stats(drawn)})
     if refine != "none":
         result.extra["refine"] = refine
     if per_class:
@@ -165,22 +244,18 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
     return result
 
 
-def _evaluate_embedded(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
-                       refine_steps, threshold, embedded=None, chunk: int = 10):
+def _evaluate_embedded(model, split, drawn, device, batch_size, progress, precision, refine, refine_steps,
+                       threshold, embedded=None, chunk: int = 10):
     """Fast path: embed every image the episodes use once, then classify ``chunk`` episodes at a time
     (one batched head call when there is no refinement)."""
     from tqdm.auto import tqdm
 
-    ways, shots, queries = sampler.ways, sampler.shots, sampler.queries
-    sizes = np.asarray(split.class_sizes)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    drawn = [sampler.sample(i) for i in range(episodes)]
+    episodes = len(drawn)
+    (ways, shots), queries = drawn[0].support.shape, drawn[0].query.shape[1]
+    offsets = class_offsets(split)
     support_slots, query_slots = episode_slots(drawn, offsets)
-    if embedded is None:
-        slots = np.unique(np.concatenate([support_slots.ravel(), query_slots.ravel()]))
-        features = embed_slots(model, split, slots, offsets, device, batch_size, progress, precision)
-    else:
-        slots, features = np.arange(len(embedded)), embedded.to(device)
+    slots, features = embedded_slots(model, split, np.concatenate([support_slots.ravel(), query_slots.ravel()]),
+                                     offsets, device, batch_size, progress, precision, embedded)
     support_rows = torch.from_numpy(np.searchsorted(slots, support_slots)).to(device)
     query_rows = torch.from_numpy(np.searchsorted(slots, query_slots)).to(device)
     support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
@@ -206,6 +281,49 @@ def _evaluate_embedded(model, split, sampler, episodes, device, batch_size, prog
     return accuracies, truth, predicted
 
 
+def class_offsets(split: FewShotSplit) -> np.ndarray:
+    """``(classes,)`` slot of each class's first image: image ``p`` of class ``c`` is slot ``offsets[c] + p``."""
+    return np.concatenate([[0], np.cumsum(split.class_sizes)[:-1]]).astype(np.int64)
+
+
+def embedded_slots(model, split, wanted: np.ndarray, offsets: np.ndarray, device, batch_size, progress, precision,
+                   embedded: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """``(slots, features)``: the sorted distinct slots among ``wanted`` embedded once each (or every slot of
+    the split's precomputed ``embedded``), rows in slot order."""
+    if embedded is not None:
+        return np.arange(len(embedded)), embedded.to(device)
+    slots = np.unique(wanted)
+    return slots, embed_slots(model, split, slots, offsets, device, batch_size, progress, precision)
+
+
+def _evaluate_embedded_variable(model, split, drawn, device, batch_size, progress, precision, refine, refine_steps,
+                                threshold, embedded=None):
+    """Fast path for episodes of varying shapes: every image the episodes use is embedded once (the costly
+    part); each episode is then classified on its own rows of those features."""
+    from tqdm.auto import tqdm
+
+    offsets = class_offsets(split)
+    support_slots = [np.concatenate([offsets[c] + s for c, s in zip(d.classes, d.support)]) for d in drawn]
+    query_slots = [(offsets[d.classes][:, None] + d.query).ravel() for d in drawn]
+    slots, features = embedded_slots(model, split, np.concatenate(support_slots + query_slots), offsets, device,
+                                     batch_size, progress, precision, embedded)
+    accuracies = np.zeros(len(drawn))
+    truth, predicted = [], []
+    for i, d in enumerate(tqdm(drawn, desc="evaluating", unit="episode", disable=None if progress else True,
+                               leave=False)):
+        ways, queries = len(d.classes), d.query.shape[1]
+        support = features[torch.from_numpy(np.searchsorted(slots, support_slots[i])).to(device)]
+        query = features[torch.from_numpy(np.searchsorted(slots, query_slots[i])).to(device)]
+        labels = torch.arange(ways, device=device).repeat_interleave(torch.as_tensor([len(s) for s in d.support],
+                                                                                     device=device))
+        guesses = classify_refined(model, support, labels, query, ways, refine, refine_steps, threshold).argmax(1)
+        guesses = guesses.cpu().numpy()
+        accuracies[i] = (guesses == np.repeat(np.arange(ways), queries)).mean()
+        truth.append(np.repeat(d.classes, queries))
+        predicted.append(d.classes[guesses])
+    return accuracies, np.concatenate(truth), np.concatenate(predicted)
+
+
 def classify_episode(model: FewShotModel, episode: Episode, precision: str = "auto", refine: str = "none",
                      refine_steps: int = 1, threshold: float = 0.9) -> torch.Tensor:
     """Query logits ``(ways*queries, ways)`` of one episode, embedded from its images (heads that adapt
@@ -219,22 +337,21 @@ def classify_episode(model: FewShotModel, episode: Episode, precision: str = "au
                             refine_steps, threshold)
 
 
-def _evaluate_per_episode(model, split, sampler, episodes, device, batch_size, progress, precision, refine,
-                          refine_steps, threshold, embedded=None):
+def _evaluate_per_episode(model, split, drawn, device, batch_size, progress, precision, refine, refine_steps,
+                          threshold, embedded=None):
     """Plain path: gather and embed each episode's images, then classify it."""
     from tqdm.auto import tqdm
 
-    accuracies = np.zeros(episodes)
+    accuracies = np.zeros(len(drawn))
     truth: list[np.ndarray] = []
     predicted: list[np.ndarray] = []
-    for i in tqdm(range(episodes), desc="evaluating", unit="episode", disable=None if progress else True,
-                  leave=False):
-        drawn = sampler.sample(i)
-        episode = split.episode(drawn).to(device)
+    for i, indices in enumerate(tqdm(drawn, desc="evaluating", unit="episode", disable=None if progress else True,
+                                     leave=False)):
+        episode = split.episode(indices).to(device)
         guesses = classify_episode(model, episode, precision, refine, refine_steps, threshold).argmax(dim=1)
         accuracies[i] = (guesses == episode.query_labels).cpu().numpy().mean()
-        truth.append(np.repeat(drawn.classes, sampler.queries))
-        predicted.append(drawn.classes[guesses.cpu().numpy()])
+        truth.append(np.repeat(indices.classes, indices.query.shape[1]))
+        predicted.append(indices.classes[guesses.cpu().numpy()])
     return accuracies, np.concatenate(truth), np.concatenate(predicted)
 
 
@@ -281,3 +398,14 @@ def per_class_report(class_names: list[str], truth: np.ndarray, predicted: np.nd
     classes = [{"class": name, "precision": 100 * float(p), "recall": 100 * float(r), "f1": 100 * float(f),
                 "queries": int(n)} for name, p, r, f, n in zip(class_names, precision, recall, f1, confusion.sum(1))]
     return {"classes": classes, "confusion": confusion.tolist(), "class_names": list(class_names)}
+
+
+def evaluate_sources(model: FewShotModel, sets: list[tuple[str, FewShotSplit, list]], **options
+                     ) -> EvalResult | SourcesResult:
+    """Each source's accuracy over its drawn episodes (:func:`fewshot.episode_sets.draw_episodes`): an
+    :class:`EvalResult` for a config with a single dataset, else a :class:`SourcesResult` with the mean over
+    sources. ``options`` as for :func:`evaluate_drawn`."""
+    results = {name: evaluate_drawn(model, split, drawn, **options) for name, split, drawn in sets}
+    if len(results) == 1 and "" in results:
+        return results[""]
+    return SourcesResult(results)

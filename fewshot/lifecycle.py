@@ -312,8 +312,10 @@ def _validate(job: Job, run: RunDirectory, state: TrainingState, context: DistCo
     stop = False
     if run.is_main:
         result = job.validate()
+        per_source = {name: r.accuracy for name, r in getattr(result, "results", {}).items()}
         run.write_metrics({"kind": "val", "episode": state.step, **job.record(state.step),
-                           "accuracy": result.accuracy, "ci95": result.ci95})
+                           "accuracy": result.accuracy, "ci95": result.ci95,
+                           **({"sources": per_source} if per_source else {})})
         bar.write(f"{job.label(state.step)}: validation {result.summary()}")
         if result.accuracy > state.best["accuracy"]:
             state.best = {"accuracy": result.accuracy, "ci95": result.ci95, "episode": state.step,
@@ -397,17 +399,31 @@ VAL_SEED_OFFSET = 1_000_003  # validation episodes are a fixed set, distinct fro
 
 
 def validation(model: torch.nn.Module, config: Config, episodes: int, context: DistContext, device: torch.device,
-               progress: bool) -> Callable[[], Any] | None:
-    """A function that validates ``model`` on the config's val split (the same ``episodes`` episodes every
-    time), or None when there is no val split. Only rank 0 opens the split."""
-    from .data import open_phase, phase_spec
-    from .evaluate import evaluate
+               progress: bool, run: RunDirectory | None = None) -> Callable[[], Any] | None:
+    """A function that validates ``model`` on the config's val split(s), or None when there is none. The
+    episodes (``episodes`` per source, by ``data.protocol``) are the same at every validation: drawn at the
+    first one and saved in the run directory as ``val_episodes.jsonl`` (read back on resume). Only rank 0
+    opens the splits."""
+    from .data import check_head_ways, episode_sampler, open_source, phase_sources
+    from .episode_sets import validation_episodes
+    from .evaluate import evaluate_sources
 
-    spec = phase_spec(config.data, "val", required=False)
-    if spec is None:
+    sources = phase_sources(config.data, "val", required=False)
+    if not sources:
         return None
     ecfg = config.eval
-    split = open_phase(config, spec, ecfg.ways, ecfg.shots, ecfg.queries, progress) if context.is_main else None
-    return lambda: evaluate(model, split, ecfg.ways, ecfg.shots, ecfg.queries, episodes,
-                            seed=config.seed + VAL_SEED_OFFSET, device=device, batch_size=ecfg.batch_size,
-                            progress=False, precision="auto" if config.train.amp else "fp32")
+    shape = (ecfg.ways, ecfg.shots, ecfg.queries)
+    opened = [(s, open_source(config, s, shape, progress)) for s in sources] if context.is_main else []
+    for source, split in opened:  # before training starts, not at the first validation
+        check_head_ways(model.head, episode_sampler(config, split, shape, 0), source.name or source.spec.describe())
+    sets: list = []
+
+    def validate():
+        if not sets:
+            path = run.path / "val_episodes.jsonl" if run is not None and run.is_main else None
+            sets.extend(validation_episodes(config, opened, shape, episodes, config.seed + VAL_SEED_OFFSET, path))
+        return evaluate_sources(model, sets, seed=config.seed + VAL_SEED_OFFSET, device=device,
+                                batch_size=ecfg.batch_size, progress=False,
+                                precision="auto" if config.train.amp else "fp32")
+
+    return validate

@@ -142,7 +142,7 @@ def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[
                            f"images make no full batch{' per process' if context.enabled else ''}; lower it")
     total = pcfg.epochs * per_step
     saved = run.resume_point(config, MUST_MATCH, "pretrain.epochs", total, log, "batche") if run.resume else None
-    validate = validation(model, config, pcfg.val_episodes, context, device, progress)
+    validate = validation(model, config, pcfg.val_episodes, context, device, progress, run)
     classes = len(base)
     dim = model.head.embedding_dim
     classifier = (CosineClassifier(dim, classes, pcfg.cosine_scale) if pcfg.classifier == "cosine"

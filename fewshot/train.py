@@ -24,10 +24,10 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from episodes import Episode, EpisodeDataset, EpisodeSampler, train_augmentation
+from episodes import Episode, EpisodeDataset, train_augmentation
 
 from .config import Config
-from .data import open_phase, phase_spec
+from .data import check_head_ways, episode_stream, open_source, phase_sources
 from .distributed import DistContext, data_parallel, gather_objects, parameter_spread
 from .errors import FewshotError
 from .heads import head_names
@@ -64,13 +64,16 @@ def train(config: Config, run_dir: str | os.PathLike, resume: bool = False, prog
     return launch(_train, config, run_dir, resume, progress, log)
 
 
-def episode_loader(config: Config, split, start: int, context: DistContext, device: torch.device) -> DataLoader:
-    """Training episodes from number ``start`` on; rank ``r`` of ``N`` takes episodes ``s*N + r``.
+def episode_loader(config: Config, opened: list, start: int, context: DistContext, device: torch.device
+                   ) -> DataLoader:
+    """Training episodes from number ``start`` on; rank ``r`` of ``N`` takes episodes ``s*N + r``. ``opened``:
+    ``[(Source, split)]``; with several, each episode comes from one source drawn by weight. Episodes follow
+    ``data.protocol`` (N-way K-shot of ``train.*``, or Meta-Dataset's variable ones).
 
     The loader has its own generator, so creating it draws nothing from torch's global random state
     (which an exact resume restores)."""
     tcfg = config.train
-    sampler = EpisodeSampler(split.class_sizes, tcfg.ways, tcfg.shots, tcfg.queries, config.seed)
+    split, sampler = episode_stream(config, opened, (tcfg.ways, tcfg.shots, tcfg.queries), config.seed)
     augment = train_augmentation(config.data.augment, config.data.image_size, config.data.channels)
     world, rank = context.world_size, context.rank
     indices = range(start * world + rank, tcfg.episodes * world, world)
@@ -86,8 +89,11 @@ def _train(config: Config, run: RunDirectory, progress: bool, log: Callable[[str
     check_meta_trainable(model, config.model.head)
     run.check(model)
     saved = run.resume_point(config, MUST_MATCH, "train.episodes", tcfg.episodes, log) if run.resume else None
-    train_split = open_phase(config, phase_spec(config.data, "train"), tcfg.ways, tcfg.shots, tcfg.queries, progress)
-    validate = validation(model, config, tcfg.val_episodes, context, device, progress)
+    shape = (tcfg.ways, tcfg.shots, tcfg.queries)
+    train_splits = [(source, open_source(config, source, shape, progress))
+                    for source in phase_sources(config.data, "train")]
+    check_head_ways(model.head, episode_stream(config, train_splits, shape, config.seed)[1], "training episodes")
+    validate = validation(model, config, tcfg.val_episodes, context, device, progress, run)
     net = data_parallel(model, context, device)
 
     def forward(episode: Episode) -> tuple[torch.Tensor, int, int]:
@@ -104,7 +110,7 @@ def _train(config: Config, run: RunDirectory, progress: bool, log: Callable[[str
               patience=tcfg.patience, checkpoint_every=tcfg.checkpoint_every,
               checkpoint_minutes=tcfg.checkpoint_minutes)
     state = begin(job, run, saved, context, device, log)
-    outcome = run_steps(job, episode_loader(config, train_split, state.step, context, device), run, state, context,
+    outcome = run_steps(job, episode_loader(config, train_splits, state.step, context, device), run, state, context,
                         device, progress)
     summary = {"episodes": state.step, "minutes": state.seconds() / 60,
                "best_validation": state.best if state.best["accuracy"] >= 0 else None,

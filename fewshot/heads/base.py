@@ -53,6 +53,7 @@ class Head(nn.Module):
     * ``explainable``: ``predict --explain`` can draw Grad-CAM heatmaps of its predictions.
     * ``transductive``: a query's prediction uses the other queries of its episode (or of its ``predict``
       batch), so it needs several queries per class.
+    * ``max_ways``: the most classes an episode may have (None: any number; MAML's fixed output layer sets it).
     """
 
     feature_map: bool = False
@@ -61,6 +62,7 @@ class Head(nn.Module):
     exportable: bool = True
     explainable: bool = True
     transductive: bool = False
+    max_ways: int | None = None
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...]):
         super().__init__()
