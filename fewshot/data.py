@@ -59,13 +59,16 @@ class Source:
 
 
 def phase_sources(data: DataConfig, phase: str, required: bool = True) -> list[Source]:
-    """The sources of ``phase``: ``data.sources`` entries that define it (train: every source), else the
-    single dataset of :func:`phase_spec`. Empty when nothing defines it and ``required`` is False."""
+    """The sources of ``phase``: ``data.sources`` entries that define it (train: every source of positive
+    weight), else the single dataset of :func:`phase_spec`. Empty when nothing defines it and ``required`` is
+    False."""
     if not data.sources:
         spec = phase_spec(data, phase, required)
         return [] if spec is None else [Source("", spec)]
     found = []
     for source in data.sources:
+        if phase == "train" and source.weight == 0:  # a test-only source: never drawn, never decoded
+            continue
         view = DataConfig(root=source.root, split=source.split, classes=source.classes, csv=source.csv,
                           images=source.images)
         spec = phase_spec(view, phase, required=False)

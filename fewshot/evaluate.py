@@ -3,8 +3,10 @@
 When the head leaves the backbone unchanged at test time (every head but fine-tuning ones), all
 episodes are drawn first, each image they use is embedded once, in large batches, and the embeddings
 are reused across episodes; the head then classifies a chunk of episodes in one batched call
-(:meth:`fewshot.heads.Head.forward_episodes`). The plain path (``fast=False``) embeds every episode
-from its images, and gives the same accuracies.
+(:meth:`fewshot.heads.Head.forward_episodes`). Variable (Meta-Dataset) episodes are embedded the same way
+and classified one at a time (padding them into batches does not pay: benchmarks/variable_eval_cost.py).
+The plain path (``fast=False``) embeds every episode from its images, and gives the same accuracies.
+With several sources (:func:`evaluate_sources`), each source gets its result and the mean over sources.
 """
 
 from __future__ import annotations
@@ -195,12 +197,6 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
     sampler = EpisodeSampler(split.class_sizes, ways, shots, queries, seed)
     return evaluate_drawn(model, split, [sampler.sample(i) for i in range(episodes)], seed, device, batch_size,
                           fast, progress, precision, refine, refine_steps, threshold, per_class, features)
-
-
-def evaluate_sampler(model: FewShotModel, split: FewShotSplit, sampler, episodes: int, **options) -> EvalResult:
-    """Accuracy over episodes ``0..episodes-1`` of any sampler (fixed or :class:`episodes.MetaDatasetSampler`);
-    ``options`` as for :func:`evaluate_drawn`."""
-    return evaluate_drawn(model, split, [sampler.sample(i) for i in range(episodes)], sampler.seed, **options)
 
 
 def evaluate_drawn(model: FewShotModel, split: FewShotSplit, drawn: list, seed: int = 0,

@@ -204,3 +204,17 @@ def test_bad_multi_source_specs_are_one_line_errors(sources, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1] and err[-1].startswith("error:") and "Traceback" not in "\n".join(err)
         assert not (tmp_path / f"run{number}" / "checkpoints").exists()
+
+
+def test_zero_weight_sources_are_test_only_and_the_shipped_config_loads(sources):
+    config = config_from_dict(two_source_config(sources, data={"sources": [
+        {"root": str(sources / "wide"), "split": {"train": "train", "test": "test"}},
+        {"root": str(sources / "small"), "split": {"test": "test"}, "weight": 0}]}))
+    assert [s.name for s in phase_sources(config.data, "train")] == ["wide"]
+    assert [s.name for s in phase_sources(config.data, "test")] == ["wide", "small"]
+    assert phase_sources(config.data, "val", required=False) == []
+    from fewshot.config import load_config
+
+    shipped = load_config(Path(__file__).parent.parent / "configs" / "metadataset-two-sources.yaml")
+    assert shipped.data.protocol == "metadataset" and [s.name for s in shipped.data.sources] == ["omniglot",
+                                                                                                  "tinyimagenet"]
