@@ -7,6 +7,7 @@ half-written file; a failed write removes its temporary file.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Callable, IO
 
@@ -14,12 +15,14 @@ from .errors import FewshotError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(handle)`` on a temporary binary file, then move it to ``path``."""
+    """Call ``write(handle)`` on a temporary binary file, then move it to ``path``. Concurrent writers of
+    one target (threads or processes) each get their own temporary file; the last rename wins, whole."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
+        tmp, handle = _temporary_beside(target)
+        with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -28,9 +31,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise FewshotError(f"cannot write {target}: {exc.strerror or exc} (check free space and permissions); "
                            "the previous file, if any, is intact") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
     return target
+
+
+def _temporary_beside(target: Path) -> tuple[Path, IO[bytes]]:
+    """A new file ``.NAME.RANDOM.tmp`` in ``target``'s folder, open for writing. Created exclusively under a
+    random name as :func:`tempfile.mkstemp` does (never another writer's file), but with the mode ``open``
+    gives (0o666 less the umask): the rename keeps it, and mkstemp's 0o600 would make every file private."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    return tmp, os.fdopen(descriptor, "wb")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -492,7 +492,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.uploads import Limits
 
     limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                    max_files_per_request=args.max_files, max_images_per_project=args.max_images)
+                    max_files_per_request=args.max_files, max_images_per_project=args.max_images,
+                    max_request_bytes=int(args.max_request_mb * 1024 * 1024))
     serve(lambda: classifier_from_args(args), args.data_dir or default_data_dir(), host=args.host, port=args.port,
           token=args.token, limits=limits, log_level="info" if args.access_log else "warning")
     return 0
@@ -729,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most pixels per image, checked before decoding (default 40000000)")
     serve.add_argument("--max-files", type=POSITIVE, default=100, help="most files per request (default 100)")
     serve.add_argument("--max-images", type=POSITIVE, default=5000, help="most images per project (default 5000)")
+    serve.add_argument("--max-request-mb", type=positive_number, default=200,
+                       help="largest request body in MB, all its files together (default 200); bounds the memory one "
+                            "request can take")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(handler=cmd_serve)
 

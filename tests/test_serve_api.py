@@ -203,6 +203,44 @@ def test_uploads_verified_by_content(client):
     assert len(client.get(f"/api/v1/projects/{pid}/classes/{ids['red']}").json()["images"]) == 1
 
 
+def corrupt_images() -> dict[str, bytes]:
+    """Damaged files of the accepted formats; PIL fails on each with a different exception (the TIFF one with a
+    TypeError, not an OSError)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def saved(image: Image.Image, fmt: str) -> bytearray:
+        out = io.BytesIO()
+        image.save(out, format=fmt)
+        return bytearray(out.getvalue())
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+           + chunk(b"zZzZ", b"\xff" * 40) + chunk(b"IDAT", b"\x00garbage") + chunk(b"IEND", b""))
+    bmp = saved(Image.new("RGB", (8, 8)), "BMP")
+    struct.pack_into("<H", bmp, 28, 7)  # 7 bits per pixel
+    gif = saved(Image.new("P", (16, 16), 3), "GIF")
+    start = gif.index(b",") + 10  # the LZW code size, after the image descriptor
+    gif[start:-1] = bytes([11]) + b"\xff" * (len(gif) - start - 2)
+    tiff = saved(Image.new("RGB", (8, 8), (200, 10, 10)), "TIFF")
+    ifd = struct.unpack("<I", tiff[4:8])[0]
+    for entry in range(struct.unpack("<H", tiff[ifd:ifd + 2])[0]):
+        at = ifd + 2 + 12 * entry
+        if struct.unpack("<H", tiff[at:at + 2])[0] == 273:  # StripOffsets, typed UNDEFINED: bytes, not numbers
+            struct.pack_into("<H", tiff, at + 2, 7)
+    return {"garbage-chunks.png": png, "bogus-header.bmp": bytes(bmp), "broken-lzw.gif": bytes(gif),
+            "bad-tags.tif": bytes(tiff), "header-only.webp": b"RIFF\x10\x00\x00\x00WEBPVP8 \xff\xff\xff\xff"}
+
+
+def test_corrupt_images_are_400_never_500(client):
+    pid, ids = make_project(client, "corrupt", classes=("red", "green"), per_class=1)
+    for name, data in corrupt_images().items():
+        for url in (f"/api/v1/projects/{pid}/classes/{ids['red']}/images", f"/api/v1/projects/{pid}/predict"):
+            answer = client.post(url, files=files((name, data)))
+            assert answer.status_code in (400, 415), (name, url, answer.text)
+            assert_error(answer, answer.status_code, name)
+    assert len(client.get(f"/api/v1/projects/{pid}/classes/{ids['red']}").json()["images"]) == 1
+
+
 def test_duplicates(client):
     pid, ids = make_project(client, "dups", classes=("red", "green"), per_class=0)
     image = colour_png("red", 11)
@@ -261,6 +299,57 @@ def test_cross_site_and_rebinding_refused(client):
     assert client.get("/api/v1/projects", headers={"Host": "localhost"}).status_code == 200
 
 
+def test_null_origin_refused(client):
+    """Sandboxed frames and file:// pages send 'Origin: null': foreign like any other site."""
+    assert_error(client.post("/api/v1/projects", json={"name": "x"}, headers={"Origin": "null"}), 403, "cross-site")
+    assert_error(client.get("/api/v1/projects", headers={"Origin": "null"}), 403, "cross-site")
+    assert "x" not in [p["name"] for p in client.get("/api/v1/projects").json()["projects"]]
+    own = client.post("/api/v1/projects", json={"name": "same-site"}, headers={"Origin": str(client.base_url)})
+    assert own.status_code == 201  # what the page's fetch sends
+
+
+def test_ids_out_of_range_are_404(client):
+    pid, ids = make_project(client, "ids", classes=("red",), per_class=1)
+    image = client.get(f"/api/v1/projects/{pid}").json()["classes"][0]["images"][0]
+    huge = "99999999999999999999"  # past SQLite's integers
+    for method, url, word in [("GET", f"/api/v1/projects/{huge}", f"project {huge}"),
+                              ("DELETE", f"/api/v1/projects/{huge}", "project"),
+                              ("GET", "/api/v1/projects/0", "project 0"),
+                              ("GET", "/api/v1/projects/-3", "project -3"),
+                              ("GET", f"/api/v1/projects/{pid}/classes/{huge}", f"class {huge}"),
+                              ("GET", f"/api/v1/projects/{pid}/images/{huge}/file", f"image {huge}"),
+                              ("GET", f"/api/v1/projects/{pid}/images/{huge}/thumbnail", "image"),
+                              ("DELETE", f"/api/v1/projects/{pid}/images/{huge}", "image"),
+                              ("GET", f"/api/v1/projects/{huge}/images/{image['id']}/file", "project"),
+                              ("POST", f"/api/v1/projects/{huge}/estimate", "project")]:
+        assert_error(client.request(method, url), 404, word, "does not exist")
+    one = files(("a.png", colour_png("red", 4)))
+    assert_error(client.post(f"/api/v1/projects/{pid}/classes/{huge}/images", files=one), 404, "class")
+    assert_error(client.post(f"/api/v1/projects/{huge}/predict", files=one), 404, "project")
+    assert client.get(image["url"]).status_code == 200
+
+
+def test_chunked_body_over_the_cap_is_413(client):
+    """A body sent without Content-Length is counted as it arrives and refused with 413 at the cap (not the
+    400 the body parser would answer when the stream is cut off)."""
+    pid, ids = make_project(client, "chunked", classes=("red",), per_class=0)
+    cap = int(0.05 * 1024 * 1024) * 6 + 1024 * 1024  # --max-file-mb 0.05 --max-files 6 come to less than 200 MB
+    head = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n")
+
+    def body():  # a generator: httpx sends it chunked, with no Content-Length
+        yield head
+        for _ in range(cap // 65536 + 4):
+            yield b"x" * 65536
+
+    answer = client.post(f"/api/v1/projects/{pid}/classes/{ids['red']}/images", content=body(),
+                         headers={"content-type": "multipart/form-data; boundary=b"})
+    assert "content-length" not in answer.request.headers
+    assert_error(answer, 413, "larger than")
+    assert client.get(f"/api/v1/projects/{pid}/classes/{ids['red']}").json()["images"] == []
+    assert client.get("/api/v1/info").json()["limits"]["max_request_bytes"] == cap  # and the server goes on
+
+
 def test_page_docs_and_schema_offline(client):
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
@@ -301,6 +390,76 @@ def test_concurrent_uploads_and_predictions(client):
     assert predicted == ["blue"] * 9
     counts = {c["name"]: len(c["images"]) for c in client.get(f"/api/v1/projects/{pid}").json()["classes"]}
     assert counts == {"red": 2 + 6, "green": 2 + 3, "blue": 2 + 3}
+
+
+def upload(client, pid: int, class_id: int, *images: bytes) -> list[int]:
+    answer = client.post(f"/api/v1/projects/{pid}/classes/{class_id}/images",
+                         files=files(*[(f"{n}.png", data) for n, data in enumerate(images)]))
+    assert answer.status_code == 201, answer.text
+    return [image["id"] for image in answer.json()["added"]]
+
+
+def test_deleted_image_id_is_never_reused_nor_its_cached_embedding(client):
+    """The classifier's cache holds pixels and embeddings by image id: after the highest image is deleted, the
+    next upload gets a new id, and predictions use its content (a red image replaced by a blue one)."""
+    pid, ids = make_project(client, "reuse", classes=("red", "green", "odd"), per_class=0)
+    upload(client, pid, ids["red"], colour_png("red", 1), colour_png("red", 2))
+    upload(client, pid, ids["green"], colour_png("green", 1), colour_png("green", 2))
+    [old] = upload(client, pid, ids["odd"], colour_png("red", 3))
+    query = files(("q.png", colour_png("blue", 4)))
+    assert client.post(f"/api/v1/projects/{pid}/predict", files=query).status_code == 200  # caches every image
+    assert client.delete(f"/api/v1/projects/{pid}/images/{old}").status_code == 204
+    [new] = upload(client, pid, ids["odd"], colour_png("blue", 5))
+    assert new > old
+    answer = client.post(f"/api/v1/projects/{pid}/predict", files=query).json()["predictions"][0]
+    assert answer["predicted"] == "odd", answer
+
+
+def test_limits_and_request_cap_flag():
+    from fewshot.cli import build_parser
+    from fewshot.serve.uploads import Limits
+
+    assert Limits().request_cap == 200 * 1024 * 1024  # not 20 MB x 100 files
+    assert Limits(max_request_bytes=5_000_000).request_cap == 5_000_000
+    assert Limits(max_file_bytes=1000, max_files_per_request=2).request_cap == 2000 + 1024 * 1024
+    assert Limits().to_json()["max_request_bytes"] == 200 * 1024 * 1024
+    assert build_parser().parse_args(["serve", "--max-request-mb", "1.5"]).max_request_mb == 1.5
+    assert build_parser().parse_args(["serve"]).max_request_mb == 200
+    shown = run_cli("--help")
+    assert shown.returncode == 0 and "--max-request-mb" in shown.stdout
+
+
+def test_check_image_keeps_only_what_is_asked():
+    from fewshot.serve.uploads import Limits, check_image
+
+    data = colour_png("red", 1, size=300)
+    thumb = check_image(data, "a.png", Limits())
+    assert not hasattr(thumb, "image") and Image.open(io.BytesIO(thumb.kept)).size == (160, 160)
+    small = check_image(data, "a.png", Limits(), keep=lambda image: image.resize((8, 8)))
+    assert small.kept.size == (8, 8) and (small.width, small.height) == (300, 300)
+
+
+def test_failed_embedding_after_upload_still_answers_201(tmp_path, caplog):
+    """The images are committed before they are embedded: a failure there is logged, not the client's error."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from fewshot.serve.app import create_app
+    from fewshot.serve.store import Store
+
+    def embed_new(project_id, image_ids):
+        raise RuntimeError("out of GPU memory")
+
+    engine = SimpleNamespace(store=Store(tmp_path / "data"), embed_new=embed_new)
+    with TestClient(create_app(engine, loopback_only=False), raise_server_exceptions=False) as test:
+        pid = test.post("/api/v1/projects", json={"name": "p"}).json()["id"]
+        cid = test.post(f"/api/v1/projects/{pid}/classes", json={"name": "c"}).json()["id"]
+        answer = test.post(f"/api/v1/projects/{pid}/classes/{cid}/images", files=files(("a.png", colour_png("red", 1))))
+        assert answer.status_code == 201, answer.text
+        assert [i["name"] for i in answer.json()["added"]] == ["a.png"]
+        assert len(test.get(f"/api/v1/projects/{pid}/classes/{cid}").json()["images"]) == 1
+    assert "out of GPU memory" in caplog.text and "the next prediction embeds them" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------- restarts, tokens, CLI

@@ -3,7 +3,8 @@
 A person's first minutes: three classes named on the page, images uploaded through each class's file
 picker, the accuracy estimate, a test image dropped on the drop zone, the predicted label and the heatmap
 shown; a screenshot is saved (``FEWSHOT_SCREENSHOT=docs/serve-page.png`` keeps it for the README). Also:
-a class name full of HTML is shown as text, never run; the page works at 360 px without horizontal scroll.
+a class name full of HTML is shown as text, never run; the page works at 360 px without horizontal scroll;
+with an access token, thumbnails are fetched with the Authorization header (never ?token= in an address).
 """
 
 from __future__ import annotations
@@ -129,3 +130,41 @@ def test_names_are_text_and_narrow_screen_works(server, browser):
         page.locator(".class-name", has_text="typed").wait_for()
     finally:
         context.close()
+
+
+def test_with_a_token_thumbnails_come_by_header_not_address(browser, tmp_path):
+    """With an access token the page fetches thumbnails with the Authorization header and shows them as blob:
+    URLs: no ?token= in an image address, so none in the access log."""
+    token = "browser-token-1234"
+    running = Server(tmp_path / "data", "--access-log", token=token).start()
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    problems = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    shown = """() => {
+        const images = [...document.querySelectorAll('.thumbs img')];
+        const loaded = (i) => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0;
+        return images.length === COUNT && images.every(loaded);
+    }"""
+    try:
+        page.goto(f"{running.url}/#token={token}")
+        page.wait_for_selector("#add-class-form")
+        card = add_class(page, "red")
+        paths = []
+        for i in range(3):
+            path = tmp_path / f"red{i}.png"
+            path.write_bytes(colour_png("red", i))
+            paths.append(str(path))
+        card.locator("input.class-files").set_input_files(paths)
+        page.wait_for_function(shown.replace("COUNT", "3"))
+        add_class(page, "green")  # drawn again: the same blob: URLs, still loaded
+        page.wait_for_function(shown.replace("COUNT", "3"))
+        card.locator(".delete-image").first.click()
+        page.wait_for_function(shown.replace("COUNT", "2"))
+        log = running.output()
+        assert "/thumbnail" in log  # the access log is on
+        assert "token=" not in log and token not in log
+        assert problems == []
+    finally:
+        context.close()
+        running.stop()

@@ -1,8 +1,9 @@
 """The HTTP API (``/api/v1``), the web page (``/``) and the API docs (``/docs``, offline).
 
 Every error is JSON ``{"error": "one line"}`` with a 4xx status: validation errors, unknown routes, our
-:class:`~fewshot.errors.FewshotError` family (mapped by :data:`STATUS`), oversized bodies (413 before they
-are read), missing tokens (401), cross-site requests (403). Anything unexpected is logged with its
+:class:`~fewshot.errors.FewshotError` family (mapped by :data:`STATUS`), ids no row can have (404, as any
+unknown id), oversized bodies (413 before they are read, or once a body sent without a length passes the
+cap), missing tokens (401), cross-site requests (403). Anything unexpected is logged with its
 traceback on the server and answered with a 500 whose body says only that (never the traceback).
 """
 
@@ -16,10 +17,11 @@ import re
 import tempfile
 import unicodedata
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, File, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -31,13 +33,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ExportError, FewshotError, InvalidImageError, NotFittedError, SupportSetError
 from .engine import Engine
 from .store import Conflict, LimitExceeded, NewImage, NotFound
-from .uploads import BadImage, BadName, Limits, NotAnImage, TooLarge, check_image, check_name, display_name
+from .uploads import (BadImage, BadName, CheckedImage, Limits, NotAnImage, TooLarge, check_image, check_name,
+                      display_name, thumbnail_png)
 
 log = logging.getLogger("fewshot.serve")
 STATIC = Path(__file__).parent / "static"
 STATUS: dict[type, int] = {NotFound: 404, Conflict: 409, SupportSetError: 409, NotFittedError: 409,
                            LimitExceeded: 413, TooLarge: 413, NotAnImage: 415, BadImage: 400, BadName: 400,
                            InvalidImageError: 400, ExportError: 400, FewshotError: 400}
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+Id = Annotated[int, PathParam(ge=1, le=MAX_ID, description="an id from this API")]  # out of range: 404, as unknown
 EXPORT_SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
 PAGE_SECURITY = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: "
                                             "mediastream:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'",
@@ -58,8 +63,9 @@ def is_loopback(host: str) -> bool:
 
 
 class Guard:
-    """ASGI middleware in front of everything: request-body cap, token check and cross-site refusal, all
-    decided from the headers before a byte of the body is read."""
+    """ASGI middleware in front of everything: request-body cap, token check and cross-site refusal, decided
+    from the headers before a byte of the body is read; a body sent without a length (chunked) is counted as
+    it arrives and cut off at the cap."""
 
     def __init__(self, app, limits: Limits, token: str | None, loopback_only: bool):
         self.app, self.limits, self.token, self.loopback_only = app, limits, token, loopback_only
@@ -71,37 +77,47 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             return await refusal(scope, receive, send)
-        cap, seen = self.limits.max_request_bytes, 0
-        started = False
+        cap, seen = self.limits.request_cap, 0
+        started = too_large = False
 
         async def counted_receive():
-            nonlocal seen
+            """The body as it comes; past the cap, the client "disconnects" (a raised exception would reach the
+            app's body parsing, which answers any failure with a 400)."""
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > cap:
-                    raise _BodyTooLarge()
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked_send(message):
+            """The app's answer, except when the body was cut off before it started: the 413 replaces it."""
             nonlocal started
+            if too_large and not started:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._too_large()(scope, receive, send)
+        except Exception:
+            if not too_large:  # the app failing on the body we cut off is not an error of its own
+                raise
+        if too_large and not started:
+            await self._too_large()(scope, receive, send)
 
     def _too_large(self) -> JSONResponse:
-        return error(413, f"the request is larger than {self.limits.max_request_bytes / 1e6:.0f} MB: send fewer or "
+        return error(413, f"the request is larger than {self.limits.request_cap / 1e6:.0f} MB: send fewer or "
                           "smaller files per request")
 
     def _refusal(self, scope, headers: dict) -> Response | None:
         path = scope["path"]
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.limits.max_request_bytes:
+        if length.isdigit() and int(length) > self.limits.request_cap:
             return self._too_large()
         host = headers.get("host", "")
         if self.loopback_only:
@@ -110,7 +126,9 @@ class Guard:
             if not is_loopback(name):
                 return error(403, f"host '{host}' refused: this server answers only to 127.0.0.1 / localhost")
         origin = headers.get("origin")
-        if origin and origin != "null" and origin.split("://", 1)[-1] != host:
+        # "null" is a foreign origin too: sandboxed frames, file:// pages and some redirects send it; the page
+        # this server serves sends its own origin (fetch from the same origin never sends "null")
+        if origin and origin.split("://", 1)[-1] != host:
             return error(403, f"cross-site request from {origin} refused: use the page this server serves")
         if self.token and path.startswith("/api/"):
             given = headers.get("authorization", "")
@@ -121,10 +139,6 @@ class Guard:
                 return error(401, "missing or wrong access token: send 'Authorization: Bearer TOKEN' (the token the "
                                   "server was started with)", {"WWW-Authenticate": "Bearer"})
         return None
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class NameBody(BaseModel):
@@ -158,7 +172,11 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
+        loc = tuple(first.get("loc", ()))
+        if loc[:1] == ("path",) and first.get("type") in ("greater_than_equal", "less_than_equal"):
+            # an id no row can have (0, negative, past SQLite's integers) is as unknown as any other
+            return error(404, f"{str(loc[-1]).removesuffix('_id')} {first.get('input')} does not exist")
+        where = ".".join(str(part) for part in loc if part not in ("body", "query", "path"))
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message = "the body is not valid JSON"
@@ -199,8 +217,9 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
         entry = store.class_info(project_id, class_id)
         return {"id": entry["id"], "name": entry["name"], "images": [image_view(project_id, i) for i in entry["images"]]}
 
-    async def read_uploads(files: Optional[list[UploadFile]]) -> list:
-        """Checked images from a multipart upload (every file, or an error naming the first bad one)."""
+    async def read_uploads(files: Optional[list[UploadFile]], keep=thumbnail_png) -> list[CheckedImage]:
+        """Checked images from a multipart upload (every file, or an error naming the first bad one), each
+        keeping ``keep(decoded image)`` rather than the decoded image (see :func:`check_image`)."""
         if not files:
             raise BadImage("no files in the request: send the images as multipart/form-data field 'files'")
         if len(files) > limits.max_files_per_request:
@@ -210,7 +229,16 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
         for n, upload in enumerate(files):
             data = await upload.read(limits.max_file_bytes + 1)
             raw.append((data, display_name(upload.filename, f"image {n + 1}")))
-        return await run_in_threadpool(lambda: [check_image(data, name, limits) for data, name in raw])
+        return await run_in_threadpool(lambda: [check_image(data, name, limits, keep) for data, name in raw])
+
+    def embed_soon(project_id: int, image_ids: list[int]) -> None:
+        """Embed just-stored images now if possible; they are committed already, so a failure here must not
+        fail the upload: it is logged, and the next fit embeds them."""
+        try:
+            engine.embed_new(project_id, image_ids)
+        except Exception:
+            log.exception("embedding %d new image(s) of project %s failed; the next prediction embeds them",
+                          len(image_ids), project_id)
 
     # ------------------------------------------------------------------ info and projects
     @api.get("/info", summary="The model, its capabilities and the upload limits")
@@ -228,50 +256,50 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
         return project_view(store.create_project(check_name(body.name, "project")))
 
     @api.get("/projects/{project_id}", summary="A project with its classes and images")
-    def get_project(project_id: int) -> dict:
+    def get_project(project_id: Id) -> dict:
         return project_view(project_id)
 
     @api.patch("/projects/{project_id}", summary="Rename a project")
-    def rename_project(project_id: int, body: NameBody) -> dict:
+    def rename_project(project_id: Id, body: NameBody) -> dict:
         store.rename_project(project_id, check_name(body.name, "project"))
         return project_view(project_id)
 
     @api.delete("/projects/{project_id}", status_code=204, summary="Delete a project, its classes and images")
-    def delete_project(project_id: int) -> Response:
+    def delete_project(project_id: Id) -> Response:
         store.delete_project(project_id)
         engine.forget(project_id)
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ classes
     @api.post("/projects/{project_id}/classes", status_code=201, summary="Create a class")
-    def create_class(project_id: int, body: NameBody) -> dict:
+    def create_class(project_id: Id, body: NameBody) -> dict:
         return class_view(project_id, store.create_class(project_id, check_name(body.name, "class")))
 
     @api.get("/projects/{project_id}/classes/{class_id}", summary="A class with its images")
-    def get_class(project_id: int, class_id: int) -> dict:
+    def get_class(project_id: Id, class_id: Id) -> dict:
         return class_view(project_id, class_id)
 
     @api.patch("/projects/{project_id}/classes/{class_id}", summary="Rename a class")
-    def rename_class(project_id: int, class_id: int, body: NameBody) -> dict:
+    def rename_class(project_id: Id, class_id: Id, body: NameBody) -> dict:
         store.rename_class(project_id, class_id, check_name(body.name, "class"))
         return class_view(project_id, class_id)
 
     @api.delete("/projects/{project_id}/classes/{class_id}", status_code=204, summary="Delete a class and its images")
-    def delete_class(project_id: int, class_id: int) -> Response:
+    def delete_class(project_id: Id, class_id: Id) -> Response:
         store.delete_class(project_id, class_id)
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ images
     @api.post("/projects/{project_id}/classes/{class_id}/images", status_code=201,
               summary="Upload one or many images to a class (multipart field 'files')")
-    async def upload_images(project_id: int, class_id: int,
+    async def upload_images(project_id: Id, class_id: Id,
                             files: Optional[list[UploadFile]] = File(None, description="image files")) -> dict:
         checked = await read_uploads(files)
 
         def store_them():
-            new = [NewImage(c.data, c.sha256, c.name, c.format, c.width, c.height, c.thumbnail_png()) for c in checked]
+            new = [NewImage(c.data, c.sha256, c.name, c.format, c.width, c.height, c.kept) for c in checked]
             added, skipped = store.add_images(project_id, class_id, new, limits.max_images_per_project)
-            engine.embed_new(project_id, added)
+            embed_soon(project_id, added)
             entry = store.class_info(project_id, class_id)
             return {"added": [image_view(project_id, i) for i in entry["images"] if i["id"] in set(added)],
                     "skipped": skipped}
@@ -279,16 +307,16 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
         return await run_in_threadpool(store_them)
 
     @api.get("/projects/{project_id}/classes/{class_id}/images", summary="The images of a class")
-    def list_images(project_id: int, class_id: int) -> dict:
+    def list_images(project_id: Id, class_id: Id) -> dict:
         return {"images": class_view(project_id, class_id)["images"]}
 
     @api.delete("/projects/{project_id}/images/{image_id}", status_code=204, summary="Delete an image")
-    def delete_image(project_id: int, image_id: int) -> Response:
+    def delete_image(project_id: Id, image_id: Id) -> Response:
         store.delete_image(project_id, image_id)
         return Response(status_code=204)
 
     @api.get("/projects/{project_id}/images/{image_id}/file", summary="The uploaded file")
-    def image_file(project_id: int, image_id: int) -> Response:
+    def image_file(project_id: Id, image_id: Id) -> Response:
         from .uploads import ALLOWED_FORMATS
 
         image = store.image(project_id, image_id)
@@ -296,7 +324,7 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
                             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
 
     @api.get("/projects/{project_id}/images/{image_id}/thumbnail", summary="A PNG thumbnail (160 px)")
-    def image_thumbnail(project_id: int, image_id: int) -> Response:
+    def image_thumbnail(project_id: Id, image_id: Id) -> Response:
         image = store.image(project_id, image_id)
         return FileResponse(store.thumbnail_path(image["sha256"]), media_type="image/png",
                             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
@@ -304,12 +332,12 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
     # ------------------------------------------------------------------ using the classifier
     @api.post("/projects/{project_id}/predict",
               summary="Classify images (multipart field 'files'); explain=true adds a Grad-CAM heatmap PNG")
-    async def predict(project_id: int, explain: bool = Query(False, description="add a Grad-CAM heatmap"),
+    async def predict(project_id: Id, explain: bool = Query(False, description="add a Grad-CAM heatmap"),
                       files: Optional[list[UploadFile]] = File(None, description="image files")) -> dict:
-        checked = await read_uploads(files)
         if explain and not engine.head.explainable:
             raise FewshotError(f"head '{engine.base.config_.model.head}' cannot draw heatmaps: ask without explain")
-        results = await run_in_threadpool(engine.predict, project_id, [c.image for c in checked], explain)
+        checked = await read_uploads(files, keep=engine.model_input)
+        results = await run_in_threadpool(engine.predict, project_id, [c.kept for c in checked], explain)
         predictions = []
         for item, upload in zip(results, checked):
             entry = {"name": upload.name, "predicted": item["predicted"], "probabilities": item["probabilities"]}
@@ -320,13 +348,13 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
 
     @api.post("/projects/{project_id}/estimate",
               summary="Estimated accuracy on new images: interval, per-class scores, confusion matrix")
-    def estimate(project_id: int, body: Optional[EstimateBody] = None) -> dict:
+    def estimate(project_id: Id, body: Optional[EstimateBody] = None) -> dict:
         body = body or EstimateBody()
         result = engine.estimate(project_id, body.repeats, body.holdout, body.seed)
         return result.to_json() | {"summary": result.summary()}
 
     @api.get("/projects/{project_id}/export", summary="Download the classifier (TorchScript, ONNX or INT8 ONNX)")
-    def export(project_id: int, format: Literal["torchscript", "onnx", "onnx-int8"] = Query(  # noqa: A002
+    def export(project_id: Id, format: Literal["torchscript", "onnx", "onnx-int8"] = Query(  # noqa: A002
             "onnx", description="torchscript, onnx or onnx-int8")) -> Response:
         if format not in engine.info()["export_formats"]:
             raise ExportError(f"this server cannot export {format} with head '{engine.base.config_.model.head}'")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from episodes import EpisodesError, decode_image
+from episodes.images import pil_to_array
 
 from ..classifier import ClassExamples, Estimate, FewShotClassifier
 from ..errors import FewshotError, SupportSetError
@@ -44,12 +45,19 @@ def _can_export(format: str) -> bool:  # noqa: A002
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
+def _key(image: dict) -> tuple[int, str]:
+    """What the engine's caches are keyed by: the image's id and the digest of its bytes."""
+    return image["id"], image["sha256"]
+
+
 @dataclass
 class _Cached:
     revision: int
     classifier: FewShotClassifier
-    pixels: dict[int, torch.Tensor]  # image id -> (C, S, S) uint8
-    features: dict[int, torch.Tensor]  # image id -> (E,) float32 (empty when the head adapts the backbone)
+    # keyed by (image id, sha256): an id names one image for good (the store never reuses ids), the digest
+    # guards against it anyway
+    pixels: dict[tuple[int, str], torch.Tensor]  # -> (C, S, S) uint8
+    features: dict[tuple[int, str], torch.Tensor]  # -> (E,) float32 (empty when the head adapts the backbone)
     estimates: dict[tuple, Estimate]
 
 
@@ -104,21 +112,23 @@ class Engine:
         old_pixels = cached.pixels if cached else {}
         old_features = cached.features if cached else {}
         images = [image for c in filled for image in c["images"]]
-        pixels = {i["id"]: old_pixels[i["id"]] if i["id"] in old_pixels else self._decode(i) for i in images}
-        features: dict[int, torch.Tensor] = {}
+        pixels = {_key(i): old_pixels[_key(i)] if _key(i) in old_pixels else self._decode(i) for i in images}
+        features: dict[tuple[int, str], torch.Tensor] = {}
         if not self.head.adapts_backbone:
-            features = {i["id"]: old_features[i["id"]] for i in images if i["id"] in old_features}
-            stored = self.store.embeddings([i["id"] for i in images if i["id"] not in features], self.key)
-            features.update({k: torch.from_numpy(v) for k, v in stored.items()})
-            missing = [i["id"] for i in images if i["id"] not in features]
+            features = {_key(i): old_features[_key(i)] for i in images if _key(i) in old_features}
+            rest = {i["id"]: i for i in images if _key(i) not in features}
+            stored = self.store.embeddings(list(rest), self.key)
+            features.update({_key(rest[k]): torch.from_numpy(v) for k, v in stored.items()})
+            missing = [i["id"] for i in images if _key(i) not in features]
             if missing:
-                features.update(self._embed_and_cache(missing, pixels))
+                found = self._embed_and_cache(missing, {i["id"]: pixels[_key(i)] for i in images})
+                features.update({_key(rest[k]): v for k, v in found.items()})
         examples = {}
         for c in filled:
-            ids = [i["id"] for i in c["images"]]
+            keys = [_key(i) for i in c["images"]]
             examples[c["name"]] = ClassExamples(
-                torch.stack([pixels[i] for i in ids]),
-                None if self.head.adapts_backbone else torch.stack([features[i] for i in ids]),
+                torch.stack([pixels[k] for k in keys]),
+                None if self.head.adapts_backbone else torch.stack([features[k] for k in keys]),
                 [i["name"] for i in c["images"]], [i["sha256"] for i in c["images"]])
         with self.compute:
             classifier = FewShotClassifier.from_model(self.base.model_, self.base.config_, self.base.source,
@@ -165,8 +175,14 @@ class Engine:
             self._building.pop(project_id, None)
 
     # ------------------------------------------------------------------ using them
+    def model_input(self, image) -> np.ndarray:
+        """A decoded PIL image as the model takes it, ``(S, S, C)`` uint8: what a prediction keeps of an
+        upload instead of the full-size image (the classifier prepares it exactly as it would the image)."""
+        return pil_to_array(image, self.base.image_size, self.base.channels)
+
     def predict(self, project_id: int, images: list, explain: bool) -> list[dict]:
-        """``[{name, predicted, probabilities}]`` (plus ``heatmap`` PNG bytes with ``explain``) for PIL images."""
+        """``[{name, predicted, probabilities}]`` (plus ``heatmap`` PNG bytes with ``explain``) for images (PIL
+        images, or arrays from :meth:`model_input`)."""
         from ..explain import heatmap_overlay_png
 
         classifier, _ = self.classifier(project_id)

@@ -10,8 +10,12 @@ Layout of ``DATA_DIR``::
 Discipline: WAL journal, a connection per operation, every write in ``BEGIN IMMEDIATE`` (writers queue on
 SQLite's lock, readers never block). An image file (and its thumbnail) is written atomically and fsynced
 before the row that names it is committed, so a killed server never has a row without its file; a file
-without a row (a crash between the two) is swept at the next start. The schema is versioned with
-``PRAGMA user_version``; :data:`MIGRATIONS` upgrades older folders in place.
+without a row (a crash between the two) is swept at the next start. Files are shared by content, so the
+check that an upload's file is there and the check that a deleted image's file is unused each run inside a
+write transaction (SQLite's write lock orders them): a concurrent upload of the same bytes never commits a
+row whose file a deletion then unlinks. Ids are never reused (``AUTOINCREMENT``): caches keyed by id stay
+right. The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades older folders in
+place.
 """
 
 from __future__ import annotations
@@ -67,6 +71,49 @@ MIGRATIONS: list[str] = [
         vector BLOB NOT NULL,
         PRIMARY KEY (image_id, model_key)
     );
+    """,
+    # 2: ids are never reused (AUTOINCREMENT): the engine caches pixels and embeddings by image id, and
+    # SQLite would otherwise hand a deleted highest id to the next image. Rebuilt the SQLite way (new table,
+    # copy, drop, rename), keeping every row and id; _migrate turns foreign keys off around it, so dropping
+    # the old tables cascades nowhere and embeddings keep pointing at the same ids.
+    """
+    CREATE TABLE projects_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        created REAL NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO projects_new (id, name, created, revision) SELECT id, name, created, revision FROM projects;
+    CREATE TABLE classes_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created REAL NOT NULL,
+        UNIQUE (project_id, name)
+    );
+    INSERT INTO classes_new (id, project_id, name, created) SELECT id, project_id, name, created FROM classes;
+    CREATE TABLE images_new (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        class_id INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
+        sha256 TEXT NOT NULL,
+        name TEXT NOT NULL,
+        format TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        created REAL NOT NULL,
+        UNIQUE (project_id, sha256)
+    );
+    INSERT INTO images_new (id, project_id, class_id, sha256, name, format, width, height, bytes, created)
+        SELECT id, project_id, class_id, sha256, name, format, width, height, bytes, created FROM images;
+    DROP TABLE images;
+    DROP TABLE classes;
+    DROP TABLE projects;
+    ALTER TABLE projects_new RENAME TO projects;
+    ALTER TABLE classes_new RENAME TO classes;
+    ALTER TABLE images_new RENAME TO images;
+    CREATE INDEX images_by_class ON images (class_id);
     """,
 ]
 
@@ -149,9 +196,14 @@ class Store:
             connection.close()
 
     def _migrate(self) -> None:
+        """Bring the schema up to date, one transaction per migration. Foreign keys are off meanwhile (a
+        rebuilt table is dropped and replaced; with them on, the drop would cascade into its children) and
+        checked before each commit; ``PRAGMA foreign_keys`` cannot change inside a transaction, so it is set
+        on the connection first."""
         connection = self._connect()
         try:
             connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA foreign_keys = OFF")
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise FewshotError(f"{self.db_path} was written by a newer fewshot (schema {version}; this one knows "
@@ -162,6 +214,11 @@ class Store:
                     for statement in MIGRATIONS[number].split(";"):
                         if statement.strip():
                             connection.execute(statement)
+                    broken = connection.execute("PRAGMA foreign_key_check").fetchone()
+                    if broken is not None:
+                        raise FewshotError(f"{self.db_path}: upgrading to schema {number + 1} found a row of "
+                                           f"'{broken[0]}' that points at a missing '{broken[2]}' row; nothing was "
+                                           "changed: restore a backup or give another --data-dir")
                     connection.execute(f"PRAGMA user_version = {number + 1}")
                 except BaseException:
                     connection.execute("ROLLBACK")
@@ -183,29 +240,41 @@ class Store:
 
     def sweep_orphans(self) -> int:
         """Delete image files no row names (left by a crash between file and commit, or by deletions);
-        returns how many were removed."""
-        with self._read() as db:
-            wanted = {row[0] for row in db.execute("SELECT DISTINCT sha256 FROM images")}
+        returns how many were removed. Runs in a write transaction, as :meth:`_remove_unused_files` does."""
         removed = 0
-        for folder, suffix in (("images", ""), ("thumbs", ".png")):
-            for path in (self.root / folder).glob("*/*"):
-                digest = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.name
-                if path.name.startswith(".") or digest not in wanted:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                        removed += 1
+        with self._write() as db:
+            wanted = {row[0] for row in db.execute("SELECT DISTINCT sha256 FROM images")}
+            for folder, suffix in (("images", ""), ("thumbs", ".png")):
+                for path in (self.root / folder).glob("*/*"):
+                    digest = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.name
+                    if path.name.startswith(".") or digest not in wanted:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                            removed += 1
         return removed
 
+    def _write_files(self, image: NewImage) -> None:
+        """The image file and its thumbnail, each written (atomically, fsynced) unless already there."""
+        if not self.image_path(image.sha256).exists():
+            atomic_write(self.image_path(image.sha256), lambda handle, data=image.data: handle.write(data))
+        if not self.thumbnail_path(image.sha256).exists():
+            atomic_write(self.thumbnail_path(image.sha256), lambda handle, data=image.thumbnail: handle.write(data))
+
     def _remove_unused_files(self, digests: set[str]) -> None:
+        """Delete the files of those ``digests`` that no row names any more; called after the deletion that
+        freed them has committed. The "still used?" check and the unlinking happen inside one write
+        transaction: an upload writes (or rewrites) its files and commits its rows inside its own write
+        transaction, so it cannot slip in between and commit a row whose file is then unlinked. A crash
+        between the deletion's commit and this leaves orphan files only, swept at the next start."""
         if not digests:
             return
-        with self._read() as db:
+        with self._write() as db:
             used = {row[0] for row in db.execute(
                 f"SELECT sha256 FROM images WHERE sha256 IN ({','.join('?' * len(digests))})", tuple(digests))}
-        for digest in digests - used:
-            for path in (self.image_path(digest), self.thumbnail_path(digest)):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            for digest in digests - used:
+                for path in (self.image_path(digest), self.thumbnail_path(digest)):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
     # ------------------------------------------------------------------ projects
     def list_projects(self) -> list[dict]:
@@ -307,12 +376,8 @@ class Store:
         """Store verified uploads in a class: (ids of the added images, ``[{name, reason}]`` skipped because the
         class already holds the same bytes). An image already in another class of the project is a
         :class:`Conflict` and nothing is stored; so is going over ``max_per_project``."""
-        for image in images:  # files first (idempotent, content-addressed), then one transaction for the rows
-            if not self.image_path(image.sha256).exists():
-                atomic_write(self.image_path(image.sha256), lambda handle, data=image.data: handle.write(data))
-            if not self.thumbnail_path(image.sha256).exists():
-                atomic_write(self.thumbnail_path(image.sha256),
-                             lambda handle, data=image.thumbnail: handle.write(data))
+        for image in images:  # files first (idempotent, content-addressed), outside the write lock
+            self._write_files(image)
         added, skipped = [], []
         with self._write() as db:
             self._check_class(db, project_id, class_id)
@@ -335,6 +400,9 @@ class Store:
                                     f"upload adds {len(fresh)}: delete some or start another project")
             now = time.time()
             for image in fresh:
+                # a deletion may have removed a file written above since: rewrite it under the write lock,
+                # so every committed row has its file (see _remove_unused_files)
+                self._write_files(image)
                 added.append(db.execute(
                     "INSERT INTO images (project_id, class_id, sha256, name, format, width, height, bytes, created) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

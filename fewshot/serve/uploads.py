@@ -1,9 +1,11 @@
 """Checks on what clients send: size limits, image content (not the extension), and names.
 
 An upload is read into memory up to ``max_file_bytes`` (the request body itself is capped by
-:class:`fewshot.serve.app.BodyLimit`), identified by its content with PIL, its pixel count checked against
-``max_pixels`` from the header *before* any pixel is decoded (a decompression bomb costs a few bytes of
-reading), then decoded fully once to prove it is not truncated.
+:class:`fewshot.serve.app.Guard` at :attr:`Limits.request_cap`), identified by its content with PIL, its pixel
+count checked against ``max_pixels`` from the header *before* any pixel is decoded (a decompression bomb
+costs a few bytes of reading), then decoded fully once to prove it is not truncated. Only what the caller
+needs of the decoded pixels is kept (a thumbnail, a model-size copy), never every full-size image of a
+request at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import unicodedata
 import warnings
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -48,16 +51,18 @@ class Limits:
     max_pixels: int = 40_000_000
     max_files_per_request: int = 100
     max_images_per_project: int = 5000
+    max_request_bytes: int = 200 * 1024 * 1024
 
     @property
-    def max_request_bytes(self) -> int:
-        """Every file at its limit plus room for the multipart framing."""
-        return self.max_file_bytes * self.max_files_per_request + 1024 * 1024
+    def request_cap(self) -> int:
+        """The largest request body accepted: ``max_request_bytes``, or less when every file allowed in a
+        request at its limit (plus room for the multipart framing) comes to less."""
+        return min(self.max_request_bytes, self.max_file_bytes * self.max_files_per_request + 1024 * 1024)
 
     def to_json(self) -> dict:
         return {"max_file_bytes": self.max_file_bytes, "max_pixels": self.max_pixels,
                 "max_files_per_request": self.max_files_per_request,
-                "max_images_per_project": self.max_images_per_project}
+                "max_images_per_project": self.max_images_per_project, "max_request_bytes": self.request_cap}
 
 
 @dataclass
@@ -69,15 +74,17 @@ class CheckedImage:
     format: str
     width: int
     height: int
-    image: Image.Image  # decoded, first frame
     sha256: str
+    kept: Any  # what check_image's ``keep`` made of the decoded first frame (the frame itself is not kept)
 
-    def thumbnail_png(self) -> bytes:
-        thumb = self.image.convert("RGBA" if "A" in self.image.getbands() else "RGB")
-        thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
-        out = io.BytesIO()
-        thumb.save(out, format="PNG")
-        return out.getvalue()
+
+def thumbnail_png(image: Image.Image) -> bytes:
+    """A PNG at most :data:`THUMBNAIL_SIDE` pixels on a side, for the page."""
+    thumb = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    thumb.save(out, format="PNG")
+    return out.getvalue()
 
 
 BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
@@ -114,42 +121,73 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
-def check_image(data: bytes, name: str, limits: Limits) -> CheckedImage:
+def check_image(data: bytes, name: str, limits: Limits, keep: Callable[[Image.Image], Any] = thumbnail_png
+                ) -> CheckedImage:
     """Verify one upload by its content; raises :class:`TooLarge`, :class:`NotAnImage` or :class:`BadImage`
-    with a one-line message naming the file."""
+    with a one-line message naming the file. ``keep(image)`` makes what the caller needs of the decoded first
+    frame (by default the thumbnail PNG); the frame itself is released before returning."""
     if len(data) > limits.max_file_bytes:
         raise TooLarge(f"'{name}' is {len(data) / 1e6:.1f} MB; the limit is {limits.max_file_bytes / 1e6:.1f} MB "
                        "per file: upload a smaller image")
     if not data:
         raise BadImage(f"'{name}' is empty (0 bytes)")
+    image = _open(data, name, limits)
+    try:
+        if image.format not in ALLOWED_FORMATS:
+            raise NotAnImage(f"'{name}' is a {image.format} file; accepted: {', '.join(ALLOWED_FORMATS)}")
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise BadImage(f"'{name}' has no pixels ({width}x{height})")
+        if width * height > limits.max_pixels:
+            raise TooLarge(f"'{name}' is {width}x{height} = {width * height:,} pixels; the limit is "
+                           f"{limits.max_pixels:,} (decompression-bomb protection): resize it first")
+        _decode(image, name)
+        try:
+            kept = keep(image)
+        except MemoryError:
+            raise
+        except Exception as exc:  # an unusual pixel mode PIL decodes but cannot convert
+            raise BadImage(f"'{name}' is a {image.format} image in mode {image.mode} that cannot be converted "
+                           f"({_reason(exc)}): save it as an ordinary RGB image") from None
+    finally:
+        image.close()
+    return CheckedImage(data, name, image.format, width, height, hashlib.sha256(data).hexdigest(), kept)
+
+
+def _open(data: bytes, name: str, limits: Limits) -> Image.Image:
+    """PIL's image for ``data``, header read, nothing decoded yet. PIL's plugins raise all sorts of exceptions
+    on corrupt headers (struct.error, IndexError, KeyError, TypeError, ZeroDivisionError, ...): any of them is
+    a :class:`BadImage`, never a server error; only running out of memory is not caught."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        if isinstance(exc, UnidentifiedImageError):
-            raise NotAnImage(f"'{name}' is not an image (its content is not PNG, JPEG, GIF, BMP, WebP or TIFF)") \
-                from None
-        raise TooLarge(f"'{name}' has too many pixels to decode safely: the limit is {limits.max_pixels:,}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadImage(f"'{name}' cannot be read as an image ({str(exc).splitlines()[0] if str(exc) else exc})") \
+            return Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError:
+        raise NotAnImage(f"'{name}' is not an image (its content is not PNG, JPEG, GIF, BMP, WebP or TIFF)") \
             from None
-    if image.format not in ALLOWED_FORMATS:
-        raise NotAnImage(f"'{name}' is a {image.format} file; accepted: {', '.join(ALLOWED_FORMATS)}")
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise BadImage(f"'{name}' has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
-        raise TooLarge(f"'{name}' is {width}x{height} = {width * height:,} pixels; the limit is "
-                       f"{limits.max_pixels:,} (decompression-bomb protection): resize it first")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TooLarge(f"'{name}' has too many pixels to decode safely: the limit is {limits.max_pixels:,}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise BadImage(f"'{name}' cannot be read as an image ({_reason(exc)})") from None
+
+
+def _decode(image: Image.Image, name: str) -> None:
+    """Decode the first frame fully (proves the file is not truncated); a failure of any kind but running out
+    of memory is a :class:`BadImage`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.seek(0)
             image.load()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadImage(f"'{name}' is a damaged {image.format} image ({reason}): upload it again or export it anew") \
-            from None
-    return CheckedImage(data, name, image.format, width, height, image, hashlib.sha256(data).hexdigest())
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise BadImage(f"'{name}' is a damaged {image.format} image ({_reason(exc)}): upload it again or export it "
+                       "anew") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

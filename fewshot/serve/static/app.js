@@ -116,10 +116,60 @@
     }
   }
 
-  function withToken(url) {
-    const token = getToken();
-    if (!token) return url;
-    return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+  // ------------------------------------------------------------------ thumbnails
+  /* With a token, thumbnails are fetched with the Authorization header and shown as blob: URLs (a ?token= in
+     an <img> address would land in access logs and proxies); without one, the browser loads them itself.
+     A blob: URL is kept while its image is shown (an image id never changes its content) and revoked when a
+     drawing of the classes no longer shows it. */
+  const thumbnails = { blobs: new Map(), observer: null }; // thumbnail address -> blob: URL
+
+  async function fetchThumbnail(img) {
+    const address = img.dataset.thumb;
+    let blob;
+    try {
+      const headers = { Authorization: "Bearer " + getToken() };
+      const response = await fetch(address, { headers, credentials: "same-origin" });
+      if (!response.ok) return; // the next action reports what is wrong (a 401 asks for the token)
+      blob = await response.blob();
+    } catch (e) {
+      return;
+    }
+    if (!img.isConnected) return; // drawn again meanwhile
+    if (!thumbnails.blobs.has(address)) thumbnails.blobs.set(address, URL.createObjectURL(blob));
+    img.src = thumbnails.blobs.get(address);
+  }
+
+  /* Loads the thumbnails under root (directly without a token, else as each comes near the screen) and
+     revokes the blob: URLs of thumbnails no longer shown. */
+  function showThumbnails(root) {
+    const images = $$("img[data-thumb]", root);
+    const shown = new Set(images.map((img) => img.dataset.thumb));
+    for (const [address, url] of thumbnails.blobs) {
+      if (!shown.has(address)) {
+        URL.revokeObjectURL(url);
+        thumbnails.blobs.delete(address);
+      }
+    }
+    if (thumbnails.observer) thumbnails.observer.disconnect();
+    if (!getToken()) {
+      images.forEach((img) => { img.src = img.dataset.thumb; });
+      return;
+    }
+    if (!thumbnails.observer && "IntersectionObserver" in window) {
+      thumbnails.observer = new IntersectionObserver((entries) => {
+        for (const entry of entries) {
+          if (!entry.isIntersecting) continue;
+          thumbnails.observer.unobserve(entry.target);
+          fetchThumbnail(entry.target);
+        }
+      }, { rootMargin: "300px" });
+    }
+    for (const img of images) {
+      const known = thumbnails.blobs.get(img.dataset.thumb);
+      if (known) img.src = known;
+      else if (thumbnails.observer) thumbnails.observer.observe(img);
+      else fetchThumbnail(img);
+    }
   }
 
   let tokenWaiters = null;
@@ -430,6 +480,7 @@
       }));
     }
     for (const cls of classes) container.append(classCard(cls));
+    showThumbnails(container);
     restoreFocus(key);
     updateHints();
   }
@@ -495,7 +546,7 @@
     const thumbs = el("ul", { className: "thumbs", "aria-label": `Images of ${cls.name}` });
     for (const image of cls.images) {
       const img = el("img", {
-        src: withToken(image.thumbnail_url), alt: image.name, loading: "lazy", decoding: "async",
+        alt: image.name, loading: "lazy", decoding: "async", dataset: { thumb: image.thumbnail_url },
         title: image.width && image.height ? `${image.name} (${image.width} × ${image.height})` : image.name,
       });
       const del = el("button", { type: "button", className: "delete-image", "aria-label": `Delete image ${image.name}`, text: "×" });
