@@ -11,6 +11,7 @@ when they are added; ``predict_proba`` embeds only the new images. ``fewshot pre
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Mapping
@@ -21,9 +22,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .calibration import calibrated
+from .capabilities import require, single_image_note
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
-from .model import FewShotModel
+from .model import FewShotModel, FittedClassifier
 
 SAVED_FORMAT = "fewshot-classifier"
 SAVED_VERSION = 1
@@ -108,6 +111,10 @@ class FewShotClassifier:
         self.device, self.batch_size = resolve_device(device), batch_size
         self.model_.to(self.device).eval()
         self._examples: dict[str, ClassExamples] = {}
+        self._fitted: FittedClassifier | None = None  # fitted on the current examples; None: fit when needed
+        note = single_image_note(model)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -141,6 +148,7 @@ class FewShotClassifier:
         for name, items in grouped.items():
             examples[name] = self._prepare_class(name, items)
         self._examples = examples
+        self._fitted = None
         self._warn_duplicates()
         return self
 
@@ -155,6 +163,7 @@ class FewShotClassifier:
             new = ClassExamples(torch.cat([old.images, new.images]), features, old.names + new.names,
                                  old.digests + new.digests)
         self._examples[class_name] = new
+        self._fitted = None
         self._warn_duplicates()
         return self
 
@@ -174,6 +183,7 @@ class FewShotClassifier:
         except ValueError as exc:
             raise SupportSetError(str(exc)) from None
         self._examples = dict(examples)
+        self._fitted = None
         self._warn_duplicates()
         return self
 
@@ -226,21 +236,42 @@ class FewShotClassifier:
         self._check_fitted()
         return prepare_images(images, self.image_size, self.channels)
 
+    @property
+    def fitted_(self) -> FittedClassifier | None:
+        """The classifier fitted on all examples (transform statistics, head state, calibrated temperature),
+        fitted on first use after the examples change and reused for every prediction; None when the head
+        adapts the backbone (it adapts the network to the support set for every batch instead)."""
+        self._check_fitted()
+        if self.model_.head.adapts_backbone:
+            return None
+        if self._fitted is None:
+            _, features, labels = self.support()
+            self._fitted = self._fit_state(features, labels)
+        return self._fitted
+
+    def _fit_state(self, features: torch.Tensor, labels: torch.Tensor) -> FittedClassifier:
+        """Fit the model's transform and head on embeddings ``(S, E)`` with labels ``(S,)``, and calibrate."""
+        ways = int(labels.max()) + 1
+        with torch.inference_mode():
+            fitted = self.model_.fit(features.to(self.device), labels.to(self.device), ways)
+        return calibrated(fitted, labels, self.config_.model.temperature)
+
     def _probabilities(self, queries: torch.Tensor | None, support: tuple | None = None,
                        query_features: torch.Tensor | None = None) -> torch.Tensor:
         """Probabilities ``(Q, ways)`` of ``(Q, C, H, W)`` uint8 queries (or of their embeddings
-        ``query_features`` ``(Q, E)``) against ``support`` (default: all examples)."""
-        images, features, labels = support or self.support()
-        ways = int(labels.max()) + 1
+        ``query_features`` ``(Q, E)``) against ``support`` (default: all examples, through :attr:`fitted_`),
+        each query classified on its own (a transductive head's inductive form)."""
         model = self.model_
+        if model.head.adapts_backbone:
+            images, _, labels = support or self.support()
+            with torch.inference_mode():
+                logits = model(images.to(self.device), labels.to(self.device), queries.to(self.device),
+                               int(labels.max()) + 1)
+                return model.head.probabilities(logits).float().cpu()
+        fitted = self.fitted_ if support is None else self._fit_state(support[1], support[2])
+        query_features = self._embed(queries) if query_features is None else query_features
         with torch.inference_mode():
-            if model.head.adapts_backbone:
-                logits = model(images.to(self.device), labels.to(self.device), queries.to(self.device), ways)
-            else:
-                query_features = self._embed(queries) if query_features is None else query_features
-                logits = model.classify(features.to(self.device), labels.to(self.device),
-                                        query_features.to(self.device), ways)
-            return model.head.probabilities(logits).float().cpu()
+            return model.fitted_probabilities(fitted, query_features.to(self.device)).float().cpu()
 
     def explain(self, images: ImageLike | Sequence[ImageLike], out_dir: str | os.PathLike) -> list[dict]:
         """Like :meth:`details`, with a Grad-CAM heatmap PNG per image written to ``out_dir``; the
@@ -252,8 +283,13 @@ class FewShotClassifier:
         save_explanations(queries, heatmaps, probabilities, self.classes_, [Path(p.name) for p in prepared], out_dir)
         return self._details(prepared, probabilities)
 
-    def heatmaps(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
-        """(:meth:`details` of each image, the model-size images ``(Q, C, S, S)`` uint8, their Grad-CAM heatmaps
+    def heatmaps(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """Grad-CAM heatmaps ``(N, S, S)`` float32 in [0, 1] of one image or a sequence of them, at the model's
+        image size ``S``: where the model looked for its prediction (see :mod:`fewshot.explain`)."""
+        return self._heatmaps(self._prepare_queries(images))[1].numpy()
+
+    def explained(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+        """(:meth:`details` of each image, the model-size images ``(Q, C, S, S)`` uint8, their heatmaps
         ``(Q, S, S)`` in [0, 1]); the probabilities come from the same pass as the heatmaps."""
         prepared = self._prepare_queries(images)
         queries, heatmaps, probabilities = self._heatmaps(prepared)
@@ -262,12 +298,11 @@ class FewShotClassifier:
     def _heatmaps(self, prepared: list[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from .explain import explain
 
-        if not self.model_.head.explainable:
-            raise FewshotError(f"head '{self.config_.model.head}' cannot be explained with Grad-CAM")
+        require(self.model_, "explain", self.image_size)
         queries = as_batch(prepared)
         support, _, labels = self.support()
         heatmaps, probabilities = explain(self.model_, support.to(self.device), labels.to(self.device),
-                                          len(self.classes_), queries.to(self.device))
+                                          len(self.classes_), queries.to(self.device), fitted=self.fitted_)
         return queries, heatmaps.cpu(), probabilities.cpu()
 
     def details(self, images: ImageLike | Sequence[ImageLike]) -> list[dict]:
@@ -303,17 +338,20 @@ class FewShotClassifier:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise FewshotError(f"seed must be an integer >= 0, got {seed!r}")
         names = self.classes_
-        sizes = {n: len(self._examples[n].images) for n in names}
+        rows, notes = self._distinct_rows()
+        images, features, labels = self.support()
+        images, labels = images[rows], labels[rows]
+        features = None if features is None else features[rows]
+        sizes = {n: int((labels == i).sum()) for i, n in enumerate(names)}
         too_few = [f"'{n}' ({sizes[n]})" for n in names if sizes[n] < 2]
         if too_few:
-            raise SupportSetError(f"class {', '.join(too_few)} has a single image: it can be used to predict, but an "
-                                  "estimate needs at least 2 images per class (one to learn from, one to test); add "
-                                  "images to it")
-        notes = [f"class '{n}' has only {sizes[n]} images: its part of the estimate is noisy (5 or more help)"
-                 for n in names if sizes[n] < 5]
+            raise SupportSetError(f"class {', '.join(too_few)} has a single image{' once duplicates are left out' if notes else ''}: "
+                                  "it can be used to predict, but an estimate needs at least 2 images per class (one "
+                                  "to learn from, one to test); add images to it")
+        notes += [f"class '{n}' has only {sizes[n]} images: its part of the estimate is noisy (5 or more help)"
+                  for n in names if sizes[n] < 5]
         for note in notes:
             warnings.warn(note, UserWarning, stacklevel=2)
-        images, features, labels = self.support()
         starts = np.concatenate([[0], np.cumsum([sizes[n] for n in names])[:-1]])
         held = {n: max(1, int(holdout * sizes[n])) for n in names}
         generator = np.random.default_rng(seed)
@@ -356,6 +394,31 @@ class FewShotClassifier:
         report = per_class_report(names, np.concatenate(truth), np.concatenate(guessed))
         return Estimate(float(rates.mean() * 100), 100 * low, 100 * high, repeats, int(len(rates)),
                         {n: sizes[n] - held[n] for n in names}, report, notes)
+
+    def _distinct_rows(self) -> tuple[torch.Tensor, list[str]]:
+        """Rows of :meth:`support` to estimate with: within each class, the first of images that are exact
+        duplicates (same bytes, or same pixels at the model's size) is kept, the others dropped, since a held-out
+        image whose copy stayed in the support set would inflate the estimate; with one note per class naming
+        the files dropped."""
+        kept, notes, start = [], [], 0
+        for name in self.classes_:
+            entry = self._examples[name]
+            seen: dict[str, str] = {}
+            dropped = []
+            for row, (file, digest, pixels) in enumerate(zip(entry.names, entry.digests, entry.images)):
+                pixel_key = hashlib.sha1(pixels.contiguous().numpy().tobytes()).hexdigest()
+                first = seen.get(digest) or seen.get(pixel_key)
+                if first is not None:
+                    dropped.append(f"{file} (same as {first})")
+                    continue
+                seen[digest] = seen[pixel_key] = file
+                kept.append(start + row)
+            start += len(entry.images)
+            if dropped:
+                shown = "; ".join(dropped[:5]) + (f"; and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+                notes.append(f"class '{name}' holds {len(dropped)} duplicate image{'s' if len(dropped) > 1 else ''}, "
+                             f"left out of the estimate (a held-out copy would be found in the support set): {shown}")
+        return torch.tensor(kept, dtype=torch.long), notes
 
     # ------------------------------------------------------------------ saving and exporting
     def save(self, path: str | os.PathLike) -> Path:
@@ -426,21 +489,17 @@ class FewShotClassifier:
         self._check_fitted()
         if format not in EXPORT_FORMATS:
             raise ExportError(f"unknown export format '{format}': choose one of {', '.join(EXPORT_FORMATS)}")
-        images, features, labels = self.support()
-        if features is None:
-            from .heads import head_names
-
-            raise ExportError(f"head '{self.config_.model.head}' adapts the network to each support set and cannot "
-                              f"be exported with fixed classes; use one of: {', '.join(head_names('exportable'))}")
-        model = self.model_.cpu()
+        require(self.model_, "export")
+        images, _, _ = self.support()
+        fitted, model = self.fitted_, self.model_.cpu()
         try:
             if format == "torchscript":
                 from .export import export_torchscript
 
-                return export_torchscript(model, images, labels, self.classes_, path, self.image_size, self.channels)
+                return export_torchscript(model, fitted, images, self.classes_, path, self.image_size, self.channels)
             from .onnx_export import export_onnx
 
-            return export_onnx(model, features, labels, self.classes_, self.image_size, self.channels, path,
+            return export_onnx(model, fitted, self.classes_, self.image_size, self.channels, path,
                                quantize=format == "onnx-int8", calibration_images=images)
         finally:
             model.to(self.device)

@@ -438,8 +438,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     explain_dir = check_output(args.explain, "--explain", folder=True) if args.explain else None
     classifier = classifier_from_args(args)
-    if explain_dir and not classifier.model_.head.explainable:
-        raise FewshotError(f"head '{classifier.config_.model.head}' cannot be explained with Grad-CAM; drop --explain")
+    if explain_dir:
+        from .capabilities import require
+
+        require(classifier.model_, "explain", classifier.image_size)
     files = expand_queries(args.query)
     classifier.fit(args.support)
     results = classifier.explain(files, explain_dir) if explain_dir else classifier.details(files)
@@ -513,9 +515,12 @@ def positive_number(text: str) -> float:
 def cmd_export(args: argparse.Namespace) -> int:
     from .atomic import check_output
 
+    from .capabilities import require
+
     out = check_output(args.out, "--out")
-    classifier = classifier_from_args(args).fit(args.support)
-    path = classifier.export(out, args.format)
+    classifier = classifier_from_args(args)
+    require(classifier.model_, "export")  # before the support images are read and embedded
+    path = classifier.fit(args.support).export(out, args.format)
     size, channels = classifier.image_size, classifier.channels
     described = {"torchscript": f"TorchScript: input uint8 (B, {channels}, {size}, {size}), output class probabilities; "
                                 "class names in its class_names.json",
@@ -533,8 +538,13 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from .recipes import RECIPES
 
     for name, recipe in RECIPES.items():
-        kind = "transductive" if HEADS[recipe.head].transductive else "inductive"
+        head = HEADS[recipe.head]
+        kind = "transductive" if head.transductive else "inductive"
         print(f"{name}  ({kind}): {recipe.description}")
+        if head.transductive:
+            print(f"    fewshot eval uses {recipe.head} over each episode's queries; predict, the Python API, serve "
+                  f"and estimate classify images one at a time with its inductive form: {head.inductive_form}; "
+                  "not exportable")
         print(f"    {' '.join('--set ' + item for item in recipe.overrides())}")
         for benchmark, line in recipe.measured.items():
             print(f"    {benchmark}: {line}")

@@ -93,6 +93,9 @@ class ModelConfig:
     head_options: dict = field(default_factory=dict)
     transform: str = "none"  # feature transform before the head: none, l2n, cl2n, power_cl2n (fewshot/transforms.py)
     tta: str = "none"  # test-time augmentation of embeddings: none, flip
+    # calibration: {shots per class: temperature} for the probabilities of a fitted classifier (softmax of
+    # temperature * logits), interpolated in log(shots); {} keeps the head's own scale (fewshot/calibration.py)
+    temperature: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -359,6 +362,7 @@ def check_config(config: Config) -> None:
                                 ("model.tta", config.model.tta, TTA)):
         if value not in allowed:
             raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+    check_temperature(config.model.temperature)
     check_sources(config.data)
     if config.data.channels not in (1, 3):
         raise FewshotError(f"data.channels must be 1 or 3, got {config.data.channels}")
@@ -370,6 +374,15 @@ def check_config(config: Config) -> None:
     if unknown or (not isinstance(augment, str) and any(n in PRESETS and n not in AUGMENTATION_OPS for n in names)):
         raise FewshotError(f"data.augment: '{(unknown or names)[0]}' is not a preset ({', '.join(PRESETS)}) or a list "
                            f"of operations ({', '.join(AUGMENTATION_OPS)})")
+
+
+def check_temperature(table: dict) -> None:
+    """``model.temperature``: whole numbers of shots >= 1 mapped to temperatures > 0."""
+    for shots, value in table.items():
+        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1 or isinstance(value, bool) \
+                or not isinstance(value, (int, float)) or not value > 0:
+            raise FewshotError(f"model.temperature maps shots per class (whole numbers >= 1) to temperatures > 0, "
+                               f"e.g. {{1: 7.2, 5: 12.4}}; got {shots!r}: {value!r}")
 
 
 def source_name(source: SourceConfig) -> str:

@@ -27,3 +27,8 @@ class SavedFileError(FewshotError):
 
 class ExportError(FewshotError):
     """An export cannot be made: a missing optional package, or a head that cannot be exported."""
+
+
+class CapabilityError(FewshotError):
+    """The model cannot do what was asked (export, explain, ...); raised by :func:`fewshot.capabilities.require`
+    with the same message in the CLI, the Python API and the server."""

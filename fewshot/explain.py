@@ -16,33 +16,50 @@ import torch.nn.functional as F
 
 from .atomic import atomic_write
 from .heads.base import Network
-from .model import FewShotModel
+from .model import FewShotModel, FittedClassifier
+
+
+def class_evidence(logits: torch.Tensor) -> torch.Tensor:
+    """What a heatmap explains, summed over queries: each query's predicted-class logit minus the mean of its
+    other logits (``(Q, ways)`` -> scalar). Contrastive, so distance heads (whose raw logit only says "close
+    to this prototype", often with negative evidence everywhere) highlight what separates the classes, and
+    unlike log-probabilities it does not vanish when a prediction is confident."""
+    chosen = logits.argmax(1, keepdim=True)
+    others = (logits.sum(1, keepdim=True) - logits.gather(1, chosen)) / max(logits.shape[1] - 1, 1)
+    return (logits.gather(1, chosen) - others).sum()
 
 
 def grad_cam(network: Network, images: torch.Tensor, probabilities: Callable[[torch.Tensor], torch.Tensor]
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps ``(Q, H, W)`` in [0, 1] and class probabilities ``(Q, ways)`` for normalized images
-    ``(Q, C, H, W)`` through an episode's ``network`` (:meth:`fewshot.heads.Head.adapted`)."""
+    ``(Q, C, H, W)`` through an episode's ``network`` (:meth:`fewshot.heads.Head.adapted`). Each feature map
+    the network returns (one per ensemble member, at its own resolution) gets its Grad-CAM, upsampled to the
+    image and scaled to peak 1; the heatmap is their mean, scaled to peak 1 again."""
     images = images.detach().clone().requires_grad_(True)  # gradients reach the maps even if no weight trains
-    maps, logits = network(images)  # (Q, D, h, w), (Q, ways)
-    chosen = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-    (gradients,) = torch.autograd.grad(chosen, maps)
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * maps).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
-    return (cam / peak).detach(), probabilities(logits.float()).detach()
+    maps, logits = network(images)  # [(Q, D_i, h_i, w_i)], (Q, ways)
+    gradients = torch.autograd.grad(class_evidence(logits.float()), maps)
+    heatmap = images.new_zeros(images.shape[0], *images.shape[-2:])
+    for member_maps, member_gradients in zip(maps, gradients):
+        weights = member_gradients.mean(dim=(2, 3), keepdim=True)
+        deviation = member_maps - member_maps.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * deviation).sum(dim=1, keepdim=True)).float()
+        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        heatmap = heatmap + cam / cam.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    peak = heatmap.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+    return (heatmap / peak).detach(), probabilities(logits.float()).detach()
 
 
 def explain(model: FewShotModel, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
-            queries: torch.Tensor, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+            queries: torch.Tensor, chunk: int = 16, fitted: FittedClassifier | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps ``(Q, H, W)`` and probabilities ``(Q, ways)`` for uint8 ``queries`` ``(Q, C, H, W)``, through
     the network the head uses for this support set: adapted first for heads that adapt it (fine-tuning,
-    MAML, ANIL), so a heatmap explains the prediction that is printed. Heads with batch-statistics
+    MAML, ANIL), so a heatmap explains the prediction that is printed; the others classify with ``fitted``
+    (the classifier's fitted state, calibrated) or a state fitted here. Heads with batch-statistics
     BatchNorm (MAML, ANIL) see all queries in one batch, as in prediction; others in chunks."""
     model.eval()
     with torch.inference_mode(False), torch.enable_grad():
-        with model.adapted(support.clone(), support_labels.clone(), ways) as network:
+        with model.adapted(support.clone(), support_labels.clone(), ways, fitted) as network:
             size = len(queries) if model.head.adapts_backbone else chunk
             parts = [grad_cam(network, model.prepare(queries[i:i + size].clone()), model.head.probabilities)
                      for i in range(0, len(queries), size)]

@@ -27,9 +27,9 @@ from torch import nn
 
 from .atomic import atomic_write
 from .errors import FewshotError
-from .model import FewShotModel
-from .predict import read_support_folder
-from .transforms import apply_transform
+from .capabilities import require
+from .model import FewShotModel, FittedClassifier
+from .transforms import transform_features
 
 
 class CheckedInput(nn.Module):
@@ -52,17 +52,23 @@ class CheckedInput(nn.Module):
             return self.classifier(images)
 
 
-class PrototypeClassifier(nn.Module):
-    """Backbone + head with the support set's embeddings frozen in as buffers."""
+class FittedImageClassifier(nn.Module):
+    """The one description of a fitted model that both exports trace: normalization, backbone (with TTA), the
+    feature transform's statistics and the head's fitted state as buffers, the head's ``classify`` and the
+    calibration temperature. ``forward(images)``: float pixels ``(B, C, S, S)`` in 0-255 -> probabilities
+    ``(B, classes)``. No optimisation loop: the head was fitted once (:meth:`FewShotModel.fit`)."""
 
-    def __init__(self, model: FewShotModel, support_features: torch.Tensor, support_labels: torch.Tensor,
-                 ways: int):
+    def __init__(self, model: FewShotModel, fitted: FittedClassifier):
         super().__init__()
-        self.backbone, self.head, self.ways = model.backbone, model.head, ways
+        self.backbone, self.head, self.ways = model.backbone, model.head, fitted.ways
         self.feature_map = model.head.feature_map
-        self.tta, self.transform = model.tta, model.transform  # as FewShotModel.embed and classify apply them
-        self.register_buffer("support_features", support_features)
-        self.register_buffer("support_labels", support_labels)
+        self.tta, self.transform = model.tta, model.transform  # as FewShotModel.embed and fitted_logits apply them
+        self.transform_keys, self.head_keys = sorted(fitted.transform), sorted(fitted.head)
+        for key in self.transform_keys:
+            self.register_buffer(f"transform_{key}", fitted.transform[key].detach().cpu().float().clone())
+        for key in self.head_keys:
+            self.register_buffer(f"head_{key}", fitted.head[key].detach().cpu().clone())
+        self.temperature = float(fitted.temperature)
         std = torch.tensor(model.std).view(1, -1, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", -torch.tensor(model.mean).view(1, -1, 1, 1) / std)
@@ -72,37 +78,25 @@ class PrototypeClassifier(nn.Module):
         features = self.backbone.forward_features(x) if self.feature_map else self.backbone(x)
         if self.tta == "flip":
             features = (features + self.backbone(x.flip(-1))) / 2
-        support, features = apply_transform(self.transform, self.support_features, features)
-        logits = self.head(support, self.support_labels, features, self.ways)
-        return self.head.probabilities(logits)
+        transform = {key: getattr(self, f"transform_{key}") for key in self.transform_keys}
+        state = {key: getattr(self, f"head_{key}") for key in self.head_keys}
+        logits = self.head.classify(state, transform_features(self.transform, transform, features.float()))
+        return self.head.probabilities(logits * self.temperature)
 
 
-def export_model(model: FewShotModel, support_folder: str | os.PathLike, out: str | os.PathLike, image_size: int,
-                 channels: int) -> Path:
-    """Trace ``model`` with the support folder's classes built in and save it to ``out`` (atomically)."""
-    support, labels, names, _ = read_support_folder(support_folder, image_size, channels)
-    return export_torchscript(model, support, labels, names, out, image_size, channels)
-
-
-def export_torchscript(model: FewShotModel, support: torch.Tensor, labels: torch.Tensor, names: list[str],
+def export_torchscript(model: FewShotModel, fitted: FittedClassifier, example: torch.Tensor, names: list[str],
                        out: str | os.PathLike, image_size: int, channels: int) -> Path:
-    """Trace ``model`` with the support images ``(S, C, H, W)`` uint8 (labels ``(S,)`` indexing ``names``)
-    built in as embeddings, and save it to ``out`` (atomically)."""
-    if not model.head.exportable:
-        from .heads import head_names
-
-        raise FewshotError(f"head '{type(model.head).__name__}' adapts the network per episode and cannot be "
-                           f"exported with fixed prototypes; export a model with one of: "
-                           f"{', '.join(head_names('exportable'))}")
+    """Trace ``model`` with its ``fitted`` classifier built in (:class:`FittedImageClassifier`) and save it to
+    ``out`` (atomically); ``example``: a few uint8 images ``(N, C, S, S)`` (the support images) to trace with."""
+    require(model, "export")
     model = model.cpu().eval()
-    with torch.inference_mode():
-        support_features = model.embed(support).float()
-    module = PrototypeClassifier(model, support_features.clone(), labels.clone(), len(names)).eval()
+    module = FittedImageClassifier(model, fitted).eval()
+    support = example
     example = support[: min(2, len(support))]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, example, check_trace=False)
-        larger = torch.cat([support] * (1 + 64 // len(support)))[:65]
+        larger = torch.cat([support] * (1 + 3 // len(support)))[:3]  # another batch size than the traced one
         if not torch.allclose(traced(larger), module(larger), atol=1e-5):
             raise FewshotError("the traced model does not reproduce the model at another batch size")
         checked = torch.jit.script(CheckedInput(traced, channels, image_size))

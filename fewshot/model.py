@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -17,10 +18,35 @@ from .backbones import Backbone, build_backbone
 from .config import ModelConfig
 from .errors import FewshotError
 from .heads import Head, build_head
-from .heads.base import Network
-from .transforms import TRANSFORMS, apply_transform
+from .heads.base import HeadState, Network
+from .transforms import TRANSFORMS, TransformState, apply_transform, fit_transform, transform_features
 
 TTA = ("none", "flip")  # test-time augmentation of embeddings: none, or the mean with the mirrored image
+
+
+@dataclass
+class FittedClassifier:
+    """A classifier fitted once on a support set, to classify any number of queries one at a time: the feature
+    transform's statistics, the head's state (small tensors, :meth:`fewshot.heads.Head.fit`) and the
+    temperature that calibrates its probabilities (``softmax(temperature * logits)``)."""
+
+    transform: TransformState
+    head: HeadState
+    ways: int
+    temperature: float = 1.0
+    info: dict = field(default_factory=dict)  # how the temperature was chosen, for reports
+
+    def detached(self) -> "FittedClassifier":
+        """A copy whose tensors are fresh clones outside autograd and inference mode (usable in a backward pass)."""
+        with torch.inference_mode(False):
+            return FittedClassifier({k: v.detach().clone() for k, v in self.transform.items()},
+                                    {k: v.detach().clone() for k, v in self.head.items()}, self.ways,
+                                    self.temperature, dict(self.info))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the state, named ``transform.<key>`` / ``head.<key>`` (what an export stores)."""
+        return {**{f"transform.{k}": v for k, v in self.transform.items()},
+                **{f"head.{k}": v for k, v in self.head.items()}}
 
 
 class FewShotModel(nn.Module):
@@ -59,9 +85,28 @@ class FewShotModel(nn.Module):
 
     def classify(self, support_features: torch.Tensor, support_labels: torch.Tensor, query_features: torch.Tensor,
                  ways: int) -> torch.Tensor:
-        """Logits ``(Q, ways)`` from features already embedded by :meth:`embed` (transformed here)."""
+        """Logits ``(Q, ways)`` of one episode from features already embedded by :meth:`embed` (transformed
+        here); transductive heads use the other queries (the episodic path)."""
         support, query = apply_transform(self.transform, support_features.float(), query_features.float())
         return self.head(support, support_labels, query, ways)
+
+    def fit(self, support_features: torch.Tensor, support_labels: torch.Tensor, ways: int,
+            temperature: float = 1.0) -> FittedClassifier:
+        """Fit the transform and the head once on embedded support features ``(S, *F)``, labels ``(S,)``
+        (the head's inductive form for a transductive head); see :meth:`fitted_logits`."""
+        support = support_features.float()
+        transform = fit_transform(self.transform, support)
+        head = self.head.fit(transform_features(self.transform, transform, support), support_labels, ways)
+        return FittedClassifier(transform, {k: v.detach() for k, v in head.items()}, ways, float(temperature))
+
+    def fitted_logits(self, fitted: FittedClassifier, query_features: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits ``(Q, ways)`` of embedded queries ``(Q, *F)``, each classified on its own."""
+        query = transform_features(self.transform, fitted.transform, query_features.float())
+        return self.head.classify(fitted.head, query)
+
+    def fitted_probabilities(self, fitted: FittedClassifier, query_features: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities ``(Q, ways)`` of embedded queries ``(Q, *F)``."""
+        return self.head.probabilities(self.fitted_logits(fitted, query_features) * fitted.temperature)
 
     def set_test_time(self, transform: str, tta: str) -> None:
         """Set the feature transform and test-time augmentation (neither changes any weight), checked."""
@@ -81,24 +126,28 @@ class FewShotModel(nn.Module):
         return self.head.forward_episodes(support, support_labels, query, ways)
 
     @contextlib.contextmanager
-    def adapted(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int) -> Iterator[Network]:
+    def adapted(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
+                fitted: FittedClassifier | None = None) -> Iterator[Network]:
         """The network this model uses for a support set ``(S, C, H, W)``, inside the ``with`` block:
-        normalized images -> (last feature maps, logits), the logits computed from the maps (for Grad-CAM).
-        Heads that adapt the backbone give their adapted network; otherwise the support set is embedded
-        once and queries go through the same TTA, transform and head as :meth:`forward`."""
+        normalized images -> (the backbone's feature maps, logits), the logits computed from the maps (for
+        Grad-CAM). Heads that adapt the backbone give their adapted network; otherwise the queries go through
+        the same TTA, transform and fitted head as :meth:`fitted_probabilities` (``fitted``, or one fitted here
+        on the support set), calibrated logits included."""
         if self.head.adapts_backbone:
             with self.head.adapted(self.backbone, support, support_labels, ways, prepare=self.prepare) as network:
                 yield network
             return
-        with torch.no_grad():
-            support_features = self.embed(support).float()
+        if fitted is None:
+            with torch.no_grad():
+                fitted = self.fit(self.embed(support).float(), support_labels, ways)
+        fitted = fitted.detached()  # normal tensors (a state fitted under inference_mode cannot join autograd)
 
-        def network(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            maps = self.backbone.forward_features(images)
-            embedded = maps if self.head.feature_map else self.backbone.pool_features(maps)
+        def network(images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+            maps = self.backbone.forward_maps(images)
+            embedded = maps[0] if self.head.feature_map else self.backbone.pool_maps(maps)
             if self.tta == "flip" and not self.head.feature_map:
                 embedded = (embedded + self.backbone(images.flip(-1))) / 2
-            return maps, self.classify(support_features, support_labels, embedded, ways)
+            return maps, self.fitted_logits(fitted, embedded) * fitted.temperature
 
         yield network
 

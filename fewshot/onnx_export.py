@@ -38,8 +38,9 @@ If it fails, the TorchScript-based exporter is tried, with a symbolic for the an
 ``Resize`` with ``antialias=1``, ``exclude_outside=1``), and, if that fails too, with plain bilinear
 resizing; ``resize`` in the metadata says which. While exporting, the head's ``torch.cdist`` is replaced by
 its direct formula (torch switches to a matrix-product algorithm above 25 rows, which ``torch.export``
-would turn into a limit on the batch size), and for the TorchScript-based exporter ``index_add_`` and
-``bincount`` by one-hot products. Every export is checked in onnxruntime against the PyTorch module
+would turn into a limit on the batch size). The graph holds the fitted classifier as constants (the
+transform's statistics, the head's state, the temperature) and the head's ``classify``: no fitting loop runs
+at inference. Every export is checked in onnxruntime against the PyTorch module
 (:data:`VERIFY_ATOL`), at ``image_size`` and at another size and batch, before the file is written.
 """
 
@@ -62,8 +63,9 @@ from torch.overrides import TorchFunctionMode
 
 from .atomic import atomic_write, writable_folder
 from .errors import ExportError, FewshotError
-from .export import PrototypeClassifier
-from .model import FewShotModel
+from .capabilities import require
+from .export import FittedImageClassifier
+from .model import FewShotModel, FittedClassifier
 
 OPSET = 18  # the first opset whose Resize has ``antialias``
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's RGB -> L (ITU-R 601-2 luma)
@@ -80,12 +82,12 @@ DYNAMIC_OPS = ["Conv", "Gemm"]  # dynamic quantization: weights of the convoluti
 class ImageClassifier(nn.Module):
     """``forward(images)``: uint8 ``(B, H, W, 3)`` RGB of any size -> probabilities ``(B, classes)``.
 
-    Wraps :class:`fewshot.export.PrototypeClassifier` (normalization, backbone, TTA, transform, head on
-    the built-in support embeddings) with the channel conversion and resize an application would
-    otherwise do itself.
+    Wraps :class:`fewshot.export.FittedImageClassifier` (normalization, backbone, TTA, transform, the fitted
+    head's state and ``classify``) with the channel conversion and resize an application would otherwise do
+    itself.
     """
 
-    def __init__(self, classifier: PrototypeClassifier, image_size: int, channels: int, antialias: bool = True):
+    def __init__(self, classifier: FittedImageClassifier, image_size: int, channels: int, antialias: bool = True):
         super().__init__()
         self.classifier, self.image_size, self.channels, self.antialias = classifier, image_size, channels, antialias
         self.register_buffer("grey", torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1))
@@ -119,39 +121,17 @@ class PortableOps(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class TracedOps(PortableOps):
-    """:class:`PortableOps`, and for the TorchScript-based exporter (which has no ONNX form of either):
-    ``index_add_`` along dimension 0 as a one-hot matrix product, ``bincount`` of the constant labels as a
-    one-hot sum."""
-
-    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func is torch.Tensor.index_add_ and (args[1] if len(args) > 1 else kwargs.get("dim")) == 0 and \
-                "alpha" not in kwargs and len(args) <= 4:
-            target, _, index = args[:3]
-            source = args[3] if len(args) > 3 else kwargs["source"]
-            one_hot = F.one_hot(index, target.shape[0]).to(source.dtype)  # (S, rows)
-            added = (one_hot.T @ source.reshape(source.shape[0], -1)).reshape(target.shape)
-            return target.add_(added)
-        if func is torch.bincount and len(args) == 1 and set(kwargs) <= {"minlength"}:
-            labels = args[0]
-            count = max(int(kwargs.get("minlength", 0)), int(labels.max()) + 1 if labels.numel() else 0)
-            return F.one_hot(labels, count).sum(0)
-        return super().__torch_function__(func, types, args, kwargs)
-
-
 class PortableHead(nn.Module):
-    """A head whose ``forward`` runs under :class:`PortableOps` (only the head: the mode costs a Python call
+    """A head whose ``classify`` runs under :class:`PortableOps` (only the head: the mode costs a Python call
     per operation while tracing); ``probabilities`` as the head's."""
 
     def __init__(self, head: nn.Module):
         super().__init__()
         self.head, self.ops = head, PortableOps
 
-    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                ways: int) -> torch.Tensor:
+    def classify(self, state: dict[str, torch.Tensor], query: torch.Tensor) -> torch.Tensor:
         with self.ops():
-            return self.head(support, support_labels, query, ways)
+            return self.head.classify(state, query)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return self.head.probabilities(logits)
@@ -186,27 +166,21 @@ def import_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def export_onnx(model: FewShotModel, support_features: torch.Tensor, support_labels: torch.Tensor,
-                class_names: list[str], image_size: int, channels: int, path: str | os.PathLike,
-                quantize: bool = False, calibration_images: torch.Tensor | None = None) -> Path:
-    """Write ``model`` with the support embeddings built in to ``path`` as ONNX (atomically); return the path.
+def export_onnx(model: FewShotModel, fitted: FittedClassifier, class_names: list[str], image_size: int, channels: int,
+                path: str | os.PathLike, quantize: bool = False, calibration_images: torch.Tensor | None = None
+                ) -> Path:
+    """Write ``model`` with its ``fitted`` classifier built in to ``path`` as ONNX (atomically); return the path.
 
-    ``support_features``: ``(S, E)`` float embeddings from ``model.embed`` (``(S, D, h, w)`` maps for a
-    feature-map head); ``support_labels``: ``(S,)`` long, indices into ``class_names``. The file takes uint8
-    ``(B, H, W, 3)`` RGB images of any size and returns probabilities ``(B, len(class_names))`` (see the
-    module docstring). ``quantize``: INT8, calibrated on ``calibration_images`` (uint8 ``(N, channels,
+    ``fitted``: :meth:`FewShotModel.fit` on the support embeddings, ``fitted.ways == len(class_names)``. The file
+    takes uint8 ``(B, H, W, 3)`` RGB images of any size and returns probabilities ``(B, len(class_names))`` (see
+    the module docstring). ``quantize``: INT8, calibrated on ``calibration_images`` (uint8 ``(N, channels,
     image_size, image_size)``, the support images; without them, dynamic quantization). Raises
     :class:`ExportError` when the onnx packages are missing, the head cannot be exported, the path cannot be
     written, or the exported graph does not reproduce the model. ``model`` is moved to the CPU (and left
     there); its training mode is restored.
     """
     onnx, onnxruntime = import_onnx()
-    if not model.head.exportable:
-        from .heads import HEADS, head_names
-
-        name = next((key for key, cls in HEADS.items() if type(model.head) is cls), type(model.head).__name__)
-        raise ExportError(f"head '{name}' cannot be exported with fixed classes (it adapts to each support set or "
-                          f"batch of queries); export a model with one of: {', '.join(head_names('exportable'))}")
+    require(model, "export")
     if channels not in (1, 3):
         raise ExportError(f"channels must be 1 or 3 for ONNX export, got {channels}")
     target = Path(path).expanduser()
@@ -215,16 +189,13 @@ def export_onnx(model: FewShotModel, support_features: torch.Tensor, support_lab
     _, problem = writable_folder(target.parent)
     if problem:
         raise ExportError(f"cannot write {target}: {problem}")
-    labels = support_labels.detach().cpu().long().clone()
-    if len(labels) == 0 or len(labels) != len(support_features) or int(labels.min()) < 0 or \
-            int(labels.max()) >= len(class_names):
-        raise ExportError(f"support_labels must index class_names (0..{len(class_names) - 1}), one per support "
-                          f"embedding; got {len(labels)} labels for {len(support_features)} embeddings")
+    if fitted.ways != len(class_names):
+        raise ExportError(f"the fitted classifier has {fitted.ways} classes but {len(class_names)} class names "
+                          "were given")
     was_training = model.training
     model = model.cpu().eval()
     try:
-        classifier = PrototypeClassifier(model, support_features.detach().cpu().float().clone(), labels,
-                                         len(class_names)).eval()
+        classifier = FittedImageClassifier(model, fitted).eval()
         classifier.head = PortableHead(model.head)
         proto, antialias = build_graph(classifier, image_size, channels)
         module = ImageClassifier(classifier, image_size, channels, antialias).eval()
@@ -251,7 +222,7 @@ def fewshot_version() -> str:
     return str(getattr(fewshot, "__version__", "unknown"))
 
 
-def build_graph(classifier: PrototypeClassifier, image_size: int, channels: int) -> tuple[Any, bool]:
+def build_graph(classifier: FittedImageClassifier, image_size: int, channels: int) -> tuple[Any, bool]:
     """The ONNX ``ModelProto`` of :class:`ImageClassifier` around ``classifier`` (whose head is a
     :class:`PortableHead`), and whether its resize is antialiased. By the dynamo exporter; when that fails,
     by the TorchScript-based one, antialiased through :func:`antialiased_resize`, else plain bilinear."""
@@ -278,14 +249,13 @@ def build_graph(classifier: PrototypeClassifier, image_size: int, channels: int)
                       f"to ONNX: {'; '.join(failures)}")
 
 
-def torchscript_graph(classifier: PrototypeClassifier, image_size: int, channels: int, antialias: bool,
+def torchscript_graph(classifier: FittedImageClassifier, image_size: int, channels: int, antialias: bool,
                       example: torch.Tensor) -> Any:
-    """The ONNX ``ModelProto`` made by the TorchScript-based exporter (head ops as :class:`TracedOps`)."""
+    """The ONNX ``ModelProto`` made by the TorchScript-based exporter."""
     import onnx
 
     module = ImageClassifier(classifier, image_size, channels, antialias).eval()
     buffer = io.BytesIO()
-    classifier.head.ops = TracedOps
     if antialias:
         torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", antialiased_resize, OPSET)
     try:
@@ -293,7 +263,6 @@ def torchscript_graph(classifier: PrototypeClassifier, image_size: int, channels
                           output_names=["probabilities"], opset_version=OPSET,
                           dynamic_axes={"images": {0: "batch", 1: "height", 2: "width"}, "probabilities": {0: "batch"}})
     finally:
-        classifier.head.ops = PortableOps
         if antialias:
             torch.onnx.unregister_custom_op_symbolic("aten::_upsample_bilinear2d_aa", OPSET)
     return onnx.load_from_string(buffer.getvalue())

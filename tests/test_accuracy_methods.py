@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -171,19 +172,20 @@ def test_ensemble_concatenates_normalized_member_embeddings():
 
 
 def test_export_applies_the_models_transform_and_tta(tmp_path):
-    from fewshot.export import export_model
-    from fewshot.predict import classify_images, read_images, read_support_folder
+    from fewshot import FewShotClassifier
+    from fewshot.predict import read_images
 
     make_image_folder(tmp_path / "support", classes=3, per_class=2, size=16, seed=5)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="conv4", head="protonet", transform="power_cl2n", tta="flip",
-                                    backbone_options={"width": 8}), 3, 16).eval()
-    export_model(model, tmp_path / "support", tmp_path / "m.pt", 16, 3)
-    support, labels, names, files = read_support_folder(tmp_path / "support", 16, 3)
-    expected = classify_images(model, support, labels, names, support, files)
+    clf = FewShotClassifier(backbone="conv4", head="protonet", transform="power_cl2n", tta="flip", image_size=16,
+                            backbone_options={"width": 8}).fit(tmp_path / "support")
+    clf.export(tmp_path / "m.pt", "torchscript")
+    files = sorted((tmp_path / "support").rglob("*.png"))
+    expected = clf.predict_proba(files)
     exported = torch.jit.load(str(tmp_path / "m.pt"))(read_images(files, 16, 3))
-    for row, item in zip(exported, expected):
-        assert row.tolist() == pytest.approx([item["probabilities"][n] for n in names], abs=1e-4)
+    assert exported.numpy() == pytest.approx(expected, abs=1e-4)
+    plain = FewShotClassifier(backbone="conv4", head="protonet", image_size=16, backbone_options={"width": 8})
+    assert not np.allclose(plain.fit(tmp_path / "support").predict_proba(files), expected, atol=1e-3)
 
 
 def test_an_ensemble_weights_file_holds_every_member(tmp_path):

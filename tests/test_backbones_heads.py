@@ -137,7 +137,7 @@ def test_linear_probe_deterministic_inference_and_differentiable():
     support.requires_grad_(True)
     head(support, labels, query, 4).sum().backward()
     assert support.grad is not None and support.grad.abs().sum() > 0
-    weight, _ = head.fit(support.detach(), labels, 4)
+    weight = head.fit(support.detach(), labels, 4)["weight"]
     loss_zero = F.cross_entropy(torch.zeros(8, 4), labels)
     fitted = F.cross_entropy(F.normalize(support.detach(), dim=-1) @ weight, labels)
     assert fitted < loss_zero * 0.5

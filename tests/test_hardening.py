@@ -202,25 +202,25 @@ def test_finetune_augments_uint8_before_normalizing(monkeypatch, tmp_path):
                                            ("maml", {"eval_steps": 3, "inner_lr": 0.5}),
                                            ("anil", {"eval_steps": 3, "inner_lr": 0.5})])
 def test_explain_uses_the_adapted_network(head, options, tmp_path):
-    from fewshot.predict import classify_images
+    from fewshot import FewShotClassifier
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="conv4", head=head, backbone_options={"width": 8},
-                                    head_options=options), 3, 16).eval()
+    clf = FewShotClassifier(backbone="conv4", head=head, image_size=32, backbone_options={"width": 8},
+                            head_options=options)  # 2x2 maps: at 16 px they are 1x1 and explain is refused
+    model = clf.model_
     generator = torch.Generator().manual_seed(1)
-    support = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=generator)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    queries = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=generator)
-    files = [tmp_path / f"q{i}.png" for i in range(4)]
-    plain = classify_images(model, support, labels, ["a", "b", "c"], queries, files)
-    explained = classify_images(model, support, labels, ["a", "b", "c"], queries, files, explain_dir=tmp_path / "x")
+    support = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    queries = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    clf.fit(list(support), ["a", "a", "b", "b", "c", "c"])
+    plain = clf.details(list(queries))
+    explained = clf.explain(list(queries), tmp_path / "x")
     assert len(list((tmp_path / "x").glob("*.gradcam.png"))) == 4
     for ours, theirs in zip(explained, plain):
         assert list(ours["probabilities"].values()) == pytest.approx(list(theirs["probabilities"].values()),
                                                                      abs=1e-4)
     with torch.no_grad():  # the network before adaptation gives other probabilities
-        maps = model.backbone.forward_features(model.prepare(queries))
-        unadapted = F.softmax(model.backbone.pool_features(maps) @ torch.zeros(maps.shape[1], 3), dim=1)
+        embedded = model.backbone(model.prepare(queries))
+        unadapted = F.softmax(embedded @ torch.zeros(embedded.shape[1], 3), dim=1)
     assert not torch.allclose(unadapted, torch.tensor([list(r["probabilities"].values()) for r in explained]))
 
 

@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from conftest import class_template  # noqa: E402
 from fewshot.config import ModelConfig  # noqa: E402
-from fewshot.errors import ExportError  # noqa: E402
+from fewshot.errors import CapabilityError, ExportError  # noqa: E402
 from fewshot.model import FewShotModel, build_model  # noqa: E402
 from fewshot.onnx_export import GREY_WEIGHTS, export_onnx  # noqa: E402
 
@@ -86,7 +86,7 @@ def make_exported(tmp_path, channels: int = 3, tta: str = "none", name: str = "m
     labels = torch.from_numpy(labels)
     with torch.inference_mode():
         features = model.embed(support)
-    path = export_onnx(model, features, labels, NAMES, SIZE, channels, tmp_path / name,
+    path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, channels, tmp_path / name,
                        calibration_images=support, **export_options)
     return path, model, features, labels, support
 
@@ -199,7 +199,7 @@ def test_efficientnet_lite_linear_probe_power_cl2n(tmp_path):
     labels = torch.from_numpy(labels)
     with torch.inference_mode():
         features = model.embed(chw(support_hwc))
-    path = export_onnx(model, features, labels, NAMES[:3], size, 3, tmp_path / "effnet.onnx")
+    path = export_onnx(model, model.fit(features, labels, 3), NAMES[:3], size, 3, tmp_path / "effnet.onnx")
     queries, _ = clustered_images(3, 2, size, seed=8)
     got = run(path, queries)
     expected = torch_probabilities(model, features, labels, chw(queries), 3)
@@ -209,7 +209,7 @@ def test_efficientnet_lite_linear_probe_power_cl2n(tmp_path):
 
 def test_int8_keeps_metadata_and_agrees_with_float(exported, tmp_path):
     float_path, model, features, labels, support = exported
-    path = export_onnx(model, features, labels, NAMES, SIZE, 3, tmp_path / "int8.onnx", quantize=True,
+    path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx", quantize=True,
                        calibration_images=support)
     meta = metadata(path)
     assert meta["quantization"] == "static" and json.loads(meta["class_names"]) == NAMES
@@ -232,7 +232,7 @@ def test_int8_falls_back_to_dynamic_quantization(exported, tmp_path, monkeypatch
 
     monkeypatch.setattr(onnxruntime.quantization, "quantize_static", fails)
     _, model, features, labels, support = exported
-    path = export_onnx(model, features, labels, NAMES, SIZE, 3, tmp_path / "int8.onnx", quantize=True,
+    path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx", quantize=True,
                        calibration_images=support)
     assert metadata(path)["quantization"] == "dynamic"
     assert run(path, clustered_images(2, 1, SIZE)[0]).shape == (2, len(NAMES))
@@ -242,9 +242,9 @@ def test_int8_falls_back_to_dynamic_quantization(exported, tmp_path, monkeypatch
 def test_non_exportable_head_is_refused(tmp_path):
     model = build_model(ModelConfig(backbone="conv4", head="pt_map", backbone_options={"width": 8}), 3, SIZE)
     assert not model.head.exportable
-    with pytest.raises(ExportError, match="head 'pt_map' cannot be exported.*protonet"):
-        export_onnx(model, torch.zeros(2, model.head.embedding_dim), torch.tensor([0, 1]), NAMES[:2], SIZE, 3,
-                    tmp_path / "m.onnx")
+    fitted = model.fit(torch.rand(2, model.head.embedding_dim), torch.tensor([0, 1]), 2)
+    with pytest.raises(CapabilityError, match="head 'pt_map' is transductive.*cannot be exported.*protonet"):
+        export_onnx(model, fitted, NAMES[:2], SIZE, 3, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -252,7 +252,7 @@ def test_missing_onnxruntime_says_what_to_install(exported, tmp_path, monkeypatc
     _, model, features, labels, _ = exported
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ExportError, match=r"pip install 'fewshot\[onnx\]'") as error:
-        export_onnx(model, features, labels, NAMES, SIZE, 3, tmp_path / "m.onnx")
+        export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "m.onnx")
     assert "\n" not in str(error.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -261,9 +261,9 @@ def test_unwritable_path_leaves_no_file(exported, tmp_path):
     _, model, features, labels, _ = exported
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ExportError, match="cannot write"):
-        export_onnx(model, features, labels, NAMES, SIZE, 3, tmp_path / "a_file" / "m.onnx")
+        export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "a_file" / "m.onnx")
     with pytest.raises(ExportError, match="is a folder"):
-        export_onnx(model, features, labels, NAMES, SIZE, 3, tmp_path)
+        export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
@@ -286,7 +286,7 @@ def test_failed_export_keeps_the_old_file_and_no_temporaries(exported, tmp_path,
     _, model, features, labels, support = exported
     (tmp_path / "m.onnx").write_bytes(b"previous")
     with pytest.raises(ExportError, match="cannot quantize" if failure == "quantization" else "No space left"):
-        export_onnx(model, features, labels, NAMES, SIZE, 3, tmp_path / "m.onnx", quantize=True,
+        export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "m.onnx", quantize=True,
                     calibration_images=support)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     assert (tmp_path / "m.onnx").read_bytes() == b"previous"

@@ -58,22 +58,22 @@ def test_small_timm_models_run_eval_predict_and_export(name, folders, tmp_path, 
 
 
 def test_vit_patch_tokens_are_maps_for_map_heads_and_gradcam(folders, tmp_path):
-    from fewshot.predict import classify_images, read_images, read_support_folder
+    from fewshot import FewShotClassifier
 
     torch.manual_seed(0)
+    query = sorted((folders / "support" / "class01").iterdir())[:1]
     for head in ("protonet", "relation"):
-        model = build_model(ModelConfig(backbone="timm:vit_tiny_patch16_224", head=head,
-                                        backbone_options={"depth": 2}), 3, 64).eval()
+        clf = FewShotClassifier(backbone="timm:vit_tiny_patch16_224", head=head, image_size=64,
+                                backbone_options={"depth": 2})
         images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-        maps = model.backbone.forward_features(model.prepare(images))
+        maps = clf.model_.backbone.forward_features(clf.model_.prepare(images))
         assert maps.shape == (2, 192, 4, 4)  # 64 px / 16 px patches; the class token dropped
-        support, labels, names, _ = read_support_folder(folders / "support", 64, 3)
-        query = read_images(sorted((folders / "support" / "class01").iterdir())[:1], 64, 3)
-        plain = classify_images(model, support, labels, names, query, [tmp_path / "q.png"])
-        explained = classify_images(model, support, labels, names, query, [tmp_path / "q.png"],
-                                    explain_dir=tmp_path / head)
+        clf.fit(folders / "support")
+        plain = clf.details(query)
+        explained = clf.explain(query, tmp_path / head)
         assert plain[0]["predicted"] == explained[0]["predicted"]
-        assert (tmp_path / head / "q.gradcam.png").exists()
+        assert (tmp_path / head / f"{query[0].stem}.gradcam.png").exists()
+        assert clf.heatmaps(query).std() > 0
 
 
 def test_local_weights_round_trip_and_offline_error(tmp_path, monkeypatch):

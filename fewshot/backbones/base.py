@@ -30,6 +30,15 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool_features(self.forward_features(x))
 
+    def forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The spatial feature maps the embedding is pooled from, one ``(B, D_i, h_i, w_i)`` per member (Grad-CAM
+        explains each): ``[forward_features(x)]`` for a single network."""
+        return [self.forward_features(x)]
+
+    def pool_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward_maps`' output -> the ``(B, E)`` embedding :meth:`forward` gives."""
+        return self.pool_features(maps[0])
+
     def pool_features(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, D, h, w)`` feature map -> ``(B, E)`` embedding."""
         return features.flatten(1) if self.pool == "flatten" else features.mean(dim=(2, 3))

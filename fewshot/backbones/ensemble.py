@@ -6,7 +6,8 @@ Each member sees the image at its own native resolution (resized with antialiasi
 embeddings are L2-normalized and concatenated, so each counts equally. ``weights: imagenet`` applies to
 every member; a weights file (a pretrained or trained run of this ensemble) holds all members. The
 feature map is that concatenation as a ``(D, 1, 1)`` map: heads that need spatial maps (``relation``) are
-not for ensembles, and Grad-CAM heatmaps have no spatial detail.
+not for ensembles. Grad-CAM explains each member's own spatial maps (:meth:`Ensemble.forward_maps`, each at
+its member's resolution) and combines their heatmaps.
 """
 
 from __future__ import annotations
@@ -57,15 +58,24 @@ class Ensemble(Backbone):
         if weights not in ("none", "imagenet"):
             load_weights_file(self, weights, name)
 
+    def member_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, C, H, W)`` in [0, 1] resized and normalized for member ``index``."""
+        size = self.sizes[index]
+        if size and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - getattr(self, f"mean{index}")) / getattr(self, f"std{index}")
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's feature maps ``(B, D_i, h_i, w_i)``, at its own resolution."""
+        return [member.forward_features(self.member_input(i, x)) for i, member in enumerate(self.members)]
+
+    def pool_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The members' pooled embeddings, each L2-normalized, concatenated: ``(B, D1 + D2 + ...)``."""
+        return torch.cat([F.normalize(member.pool_features(m), dim=-1) for member, m in zip(self.members, maps)], 1)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        parts = []
-        for index, (member, size) in enumerate(zip(self.members, self.sizes)):
-            images = x
-            if size and tuple(x.shape[-2:]) != (size, size):
-                images = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            images = (images - getattr(self, f"mean{index}")) / getattr(self, f"std{index}")
-            parts.append(F.normalize(member(images.contiguous(memory_format=torch.channels_last)), dim=-1))
-        return torch.cat(parts, dim=1)[:, :, None, None]
+        return self.pool_maps(self.forward_maps(x))[:, :, None, None]
 
     def stages(self) -> list[nn.Module]:
         return list(self.members)

@@ -37,5 +37,5 @@ class ANIL(MAML):
         state = {**dict(backbone.named_parameters()), **buffers}
         features = functional_call(backbone, state, (support,))
         classifier = self.inner_loop(self.classifier_weights(), lambda w: F.cross_entropy(
-            self.classify(w, features, ways), support_labels), self.inner_steps if self.training else self.eval_steps)
+            self.linear_logits(w, features, ways), support_labels), self.inner_steps if self.training else self.eval_steps)
         return {**{f"backbone.{n}": p for n, p in backbone.named_parameters()}, **classifier}

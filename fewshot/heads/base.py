@@ -20,9 +20,20 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torc
     return (sums / counts[:, None]).reshape(ways, *features.shape[1:])
 
 
-Network = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""An episode's network: normalized images ``(B, C, H, W)`` -> (last feature maps ``(B, D, h, w)``,
-logits ``(B, ways)``); the logits are computed from the maps, so Grad-CAM can differentiate one by the other."""
+def episode_class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Class means of one or several episodes' embeddings ``(..., S, E)`` with shared labels ``(S,)`` ->
+    ``(..., ways, E)`` (one matrix product; any number of shots per class)."""
+    one_hot = F.one_hot(labels, ways).to(features.dtype)  # (S, ways)
+    return torch.einsum("sw,...se->...we", one_hot / one_hot.sum(0).clamp_min(1), features)
+
+
+HeadState = dict[str, torch.Tensor]
+"""What :meth:`Head.fit` learns from a support set: small tensors (prototypes, a weight matrix and bias...)."""
+
+Network = Callable[[torch.Tensor], tuple[list[torch.Tensor], torch.Tensor]]
+"""An episode's network: normalized images ``(B, C, H, W)`` -> (the backbone's last feature maps, one
+``(B, D, h, w)`` tensor per member, logits ``(B, ways)``); the logits are computed from the maps, so Grad-CAM
+can differentiate one by the other."""
 
 
 class FeatureMaps(nn.Module):
@@ -40,9 +51,16 @@ class FeatureMaps(nn.Module):
 class Head(nn.Module):
     """Classifies query features given labelled support features of one episode.
 
-    ``forward(support, support_labels, query, ways)``: ``support`` is ``(ways*shots, *F)``, ``query``
-    ``(Q, *F)``, where ``F`` is ``(E,)`` for pooled embeddings or ``(D, h, w)`` for feature maps
-    (heads that set ``feature_map = True``). Returns logits ``(Q, ways)``.
+    Two ways to use a head:
+
+    * fitted once, classifying many: ``state = fit(support, support_labels, ways)`` then
+      ``classify(state, query)`` as often as needed (one image at a time if need be). ``support`` is
+      ``(..., S, *F)`` with labels ``(S,)`` (any leading episode dimensions), ``query`` ``(..., Q, *F)``, where
+      ``F`` is ``(E,)`` for pooled embeddings or ``(D, h, w)`` for feature maps (heads that set
+      ``feature_map = True``); logits ``(..., Q, ways)``. The state is small tensors; ``classify`` is plain tensor
+      algebra, with no optimisation loop, so an export holds the state and ``classify`` only.
+    * per episode: ``forward(support, support_labels, query, ways)`` -> logits ``(Q, ways)``, for meta-training
+      and episodic evaluation; ``classify(fit(...), query)`` unless the head is transductive.
 
     Capabilities, declared by each head class (nothing elsewhere lists heads by name):
 
@@ -51,8 +69,9 @@ class Head(nn.Module):
     * ``meta_trainable``: ``fewshot train`` can meta-train through it.
     * ``exportable``: it classifies fixed support embeddings, so a model can be exported with them built in.
     * ``explainable``: ``predict --explain`` can draw Grad-CAM heatmaps of its predictions.
-    * ``transductive``: a query's prediction uses the other queries of its episode (or of its ``predict``
-      batch), so it needs several queries per class.
+    * ``transductive``: ``forward`` uses the other queries of the episode, so it needs several queries per
+      class (``inductive_form`` says what ``fit`` / ``classify`` do instead, on the same features: what is used
+      wherever queries arrive one at a time).
     * ``max_ways``: the most classes an episode may have (None: any number; MAML's fixed output layer sets it).
     """
 
@@ -62,6 +81,7 @@ class Head(nn.Module):
     exportable: bool = True
     explainable: bool = True
     transductive: bool = False
+    inductive_form: str = ""  # transductive heads: what fit / classify compute without the other queries
     max_ways: int | None = None
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...]):
@@ -69,9 +89,22 @@ class Head(nn.Module):
         self.embedding_dim = embedding_dim
         self.feature_shape = tuple(feature_shape)
 
+    def fit(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int) -> HeadState:
+        """The classifier learned from support features ``(..., S, *F)`` and labels ``(S,)``, as tensors.
+
+        A head overrides :meth:`forward`, or :meth:`fit` and :meth:`classify`. This default, for a head that
+        only has ``forward``, keeps the support set itself (features and one-hot labels ``(S, ways)``) and
+        :meth:`classify` runs ``forward`` on it: correct for an inductive head, but it refits per call."""
+        return {"support": support, "labels": F.one_hot(support_labels, ways).to(support.dtype)}
+
+    def classify(self, state: HeadState, query: torch.Tensor) -> torch.Tensor:
+        """Logits ``(..., Q, ways)`` of query features ``(..., Q, *F)`` under a state made by :meth:`fit`."""
+        one_hot = state["labels"]
+        return self(state["support"], one_hot.argmax(-1), query, one_hot.shape[-1])
+
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
-                ways: int) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+                ways: int) -> torch.Tensor:
+        return self.classify(self.fit(support, support_labels, ways), query)
 
     def forward_episodes(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                          ways: int) -> torch.Tensor:

@@ -15,20 +15,28 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FewshotError
-from .base import Head
+from .base import Head, episode_class_means
 
 
 class BDCSPN(Head):
     meta_trainable = False
     exportable = False
-    explainable = False
-    transductive = True
+    transductive = True  # explained, predicted and estimated one image at a time by its inductive form
+    inductive_form = "cosine to the support class means, times temperature (no rectification)"
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], temperature: float = 10.0):
         super().__init__(embedding_dim, feature_shape)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise FewshotError(f"bd_cspn temperature must be a number > 0, got {temperature!r}")
         self.temperature = float(temperature)
+
+    def fit(self, support, support_labels, ways):
+        """The inductive form: ``{"prototypes": (..., ways, D)}``, normalized means of the normalized support."""
+        means = episode_class_means(F.normalize(support.float(), dim=-1), support_labels, ways)
+        return {"prototypes": F.normalize(means, dim=-1)}
+
+    def classify(self, state, query):
+        return self.temperature * F.normalize(query.float(), dim=-1) @ state["prototypes"].transpose(-1, -2)
 
     def forward(self, support, support_labels, query, ways):
         return self.forward_episodes(support[None], support_labels, query[None], ways)[0]

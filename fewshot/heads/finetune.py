@@ -226,9 +226,9 @@ class FineTune(Head):
                 for p in list(backbone.parameters()) + list(classifier.parameters()):
                     p.requires_grad_(False)
 
-            def network(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def network(images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
                 maps = backbone.forward_features(images)
-                return maps, classifier(F.normalize(backbone.pool_features(maps), dim=-1))
+                return [maps], classifier(F.normalize(backbone.pool_features(maps), dim=-1))
 
             yield network
         finally:

@@ -22,8 +22,8 @@ class LinearProbe(Head):
         super().__init__(embedding_dim, feature_shape)
         self.steps, self.weight_decay, self.scale = int(steps), float(weight_decay), float(scale)
 
-    def fit(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights ``(..., E, ways)`` and bias ``(..., 1, ways)`` fitted on support embeddings ``(..., S, E)``
+    def fit(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
+        """``{"weight": (..., E, ways), "bias": (..., 1, ways)}`` fitted on support embeddings ``(..., S, E)``
         (any leading episode dimensions, one probe per episode, all fitted together).
 
         Gradient descent from zero keeps the weights in the span of the support embeddings, ``W = x^T A``,
@@ -46,11 +46,10 @@ class LinearProbe(Head):
             prev_coefficients, prev_bias = coefficients, bias
             coefficients = look_a - step * (residual + self.weight_decay * look_a)
             bias = look_b - step * residual.sum(dim=-2, keepdim=True)
-        return x.transpose(-1, -2) @ coefficients, bias
+        return {"weight": x.transpose(-1, -2) @ coefficients, "bias": bias}
 
-    def forward(self, support, support_labels, query, ways):
-        weight, bias = self.fit(support, support_labels, ways)
-        return (F.normalize(query.float(), dim=-1) * self.scale) @ weight + bias
+    def classify(self, state, query):
+        return (F.normalize(query.float(), dim=-1) * self.scale) @ state["weight"] + state["bias"]
 
     def forward_episodes(self, support, support_labels, query, ways):
         """``(E, S, D)`` support, ``(E, Q, D)`` queries -> ``(E, Q, ways)``: E probes fitted in one batch."""

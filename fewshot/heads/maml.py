@@ -77,7 +77,7 @@ class MAML(Head):
             weights = {name: w - self.inner_lr * g for (name, w), g in zip(weights.items(), grads)}
         return weights
 
-    def classify(self, weights: dict[str, torch.Tensor], features: torch.Tensor, ways: int) -> torch.Tensor:
+    def linear_logits(self, weights: dict[str, torch.Tensor], features: torch.Tensor, ways: int) -> torch.Tensor:
         """Logits ``(B, ways)`` of pooled ``features`` ``(B, E)`` with the classifier ``weights``."""
         return F.linear(features, weights["classifier.weight"][:ways], weights["classifier.bias"][:ways])
 
@@ -91,9 +91,9 @@ class MAML(Head):
             # clones: inputs made under inference_mode cannot take part in autograd
             support, query, support_labels = support.clone(), query.clone(), support_labels.clone()
             weights = self.inner_loop(self.classifier_weights(),
-                                      lambda w: F.cross_entropy(self.classify(w, support, ways), support_labels),
+                                      lambda w: F.cross_entropy(self.linear_logits(w, support, ways), support_labels),
                                       self.inner_steps if self.training else self.eval_steps)
-            logits = self.classify(weights, query, ways)
+            logits = self.linear_logits(weights, query, ways)
         return logits if self.training else logits.detach()
 
     def network_logits(self, backbone: nn.Module, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
@@ -101,7 +101,7 @@ class MAML(Head):
         """Logits ``(B, ways)`` of the network at ``weights`` (``backbone.*`` and ``classifier.*``) for
         ``images`` ``(B, C, H, W)``, the backbone running on ``buffers``."""
         own = {name.removeprefix("backbone."): w for name, w in weights.items() if name.startswith("backbone.")}
-        return self.classify(weights, functional_call(backbone, {**own, **buffers}, (images,)), ways)
+        return self.linear_logits(weights, functional_call(backbone, {**own, **buffers}, (images,)), ways)
 
     def adapted_weights(self, backbone: nn.Module, buffers: dict[str, torch.Tensor], support: torch.Tensor,
                         support_labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
@@ -131,7 +131,7 @@ class MAML(Head):
         state = {**{n: w for n, w in weights.items() if n.startswith("backbone.")},
                  **{f"backbone.{n}": b for n, b in buffers.items()}}
         maps = functional_call(FeatureMaps(backbone), state, (images,))
-        return maps, self.classify(weights, backbone.pool_features(maps), ways)
+        return [maps], self.linear_logits(weights, backbone.pool_features(maps), ways)
 
     @contextlib.contextmanager
     def adapted(self, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor, ways: int,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FewshotError
-from .base import Head, class_means
+from .base import Head, episode_class_means
 
 
 class ProtoNet(Head):
@@ -23,19 +23,18 @@ class ProtoNet(Head):
         if distance == "cosine":
             self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
 
-    def forward(self, support, support_labels, query, ways):
-        prototypes = class_means(support, support_labels, ways)  # (ways, E)
+    def fit(self, support, support_labels, ways):
+        """``{"prototypes": (..., ways, E)}``: the class means of the support embeddings."""
+        return {"prototypes": episode_class_means(support, support_labels, ways)}
+
+    def classify(self, state, query):
+        prototypes = state["prototypes"]
         if self.distance == "cosine":
-            similarity = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
+            similarity = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(-1, -2)
             return similarity * self.log_temperature.exp()
-        return -torch.cdist(query, prototypes).pow(2)  # (Q, ways)
+        return -torch.cdist(query, prototypes).pow(2)  # (..., Q, ways)
 
     def forward_episodes(self, support, support_labels, query, ways):
         """Batched over episodes: prototypes ``(E, ways, D)`` from one matrix product, distances by one
         batched ``cdist``."""
-        weights = F.one_hot(support_labels, ways).T.to(support.dtype)  # (ways, S)
-        prototypes = torch.einsum("ws,esd->ewd", weights / weights.sum(1, keepdim=True), support)
-        if self.distance == "cosine":
-            similarity = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
-            return similarity * self.log_temperature.exp()
-        return -torch.cdist(query, prototypes).pow(2)  # (E, Q, ways)
+        return self(support, support_labels, query, ways)

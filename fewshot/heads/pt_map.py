@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Head
+from .base import Head, episode_class_means
 
 
 def sinkhorn(scores: torch.Tensor, column_mass: float, iterations: int = 50) -> torch.Tensor:
@@ -30,8 +30,8 @@ def sinkhorn(scores: torch.Tensor, column_mass: float, iterations: int = 50) -> 
 class PTMAP(Head):
     meta_trainable = False
     exportable = False
-    explainable = False
-    transductive = True
+    transductive = True  # explained, predicted and estimated one image at a time by its inductive form
+    inductive_form = "nearest class mean of the normalized support embeddings, logits -lam * squared distance"
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 30, lam: float = 10.0,
                  alpha: float = 0.2, sinkhorn_iterations: int = 50):
@@ -44,6 +44,13 @@ class PTMAP(Head):
         if not lam > 0 or not 0 < alpha <= 1:
             raise FewshotError(f"pt_map needs lam > 0 and 0 < alpha <= 1, got lam={lam!r}, alpha={alpha!r}")
         self.steps, self.lam, self.alpha, self.iterations = steps, float(lam), float(alpha), sinkhorn_iterations
+
+    def fit(self, support, support_labels, ways):
+        """The inductive form: ``{"prototypes": (..., ways, D)}``, class means of the L2-normalized support."""
+        return {"prototypes": episode_class_means(F.normalize(support.float(), dim=-1), support_labels, ways)}
+
+    def classify(self, state, query):
+        return -self.lam * torch.cdist(F.normalize(query.float(), dim=-1), state["prototypes"]).pow(2)
 
     def forward(self, support, support_labels, query, ways):
         return self.forward_episodes(support[None], support_labels, query[None], ways)[0]

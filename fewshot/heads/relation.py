@@ -48,8 +48,13 @@ class RelationNet(Head):
                 nn.init.normal_(layer.weight, std=0.01)
                 nn.init.ones_(layer.bias)
 
-    def forward(self, support, support_labels, query, ways):
-        prototypes = class_means(support, support_labels, ways)  # (ways, D, h, w)
+    def fit(self, support, support_labels, ways):
+        """``{"prototypes": (ways, D, h, w)}``: the class means of the support feature maps."""
+        return {"prototypes": class_means(support, support_labels, ways)}
+
+    def classify(self, state, query):
+        prototypes = state["prototypes"]  # (ways, D, h, w)
+        ways = prototypes.shape[0]
         # The first convolution is linear in its input, so on a concatenated (prototype, query) pair it is
         # conv(prototype; W[:, :D]) + conv(query; W[:, D:]) + b: computed once per prototype and once per
         # query instead of once per pair (Q*ways pairs), which is most of the module's cost.

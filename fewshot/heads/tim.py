@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Head
+from .base import Head, episode_class_means
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -22,8 +22,8 @@ def entropy(probabilities: torch.Tensor) -> torch.Tensor:
 class TIM(Head):
     meta_trainable = False
     exportable = False
-    explainable = False
-    transductive = True
+    transductive = True  # explained, predicted and estimated one image at a time by its inductive form
+    inductive_form = "its starting classifier: normalized support class means, logits -temperature/2 * distance^2"
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 300, lr: float = 1e-3,
                  temperature: float = 15.0, ce_weight: float = 0.1, marginal_weight: float = 1.0,
@@ -41,6 +41,13 @@ class TIM(Head):
     def logits(self, features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
         """``(E, N, D)`` features, ``(E, ways, D)`` classifier -> ``(E, N, ways)``."""
         return -self.temperature / 2 * torch.cdist(features, classifier).pow(2)
+
+    def fit(self, support, support_labels, ways):
+        """The inductive form: ``{"prototypes": (..., ways, D)}``, class means of the L2-normalized support."""
+        return {"prototypes": episode_class_means(F.normalize(support.float(), dim=-1), support_labels, ways)}
+
+    def classify(self, state, query):
+        return self.logits(F.normalize(query.float(), dim=-1), state["prototypes"])
 
     def forward(self, support, support_labels, query, ways):
         return self.forward_episodes(support[None], support_labels, query[None], ways)[0]

@@ -30,7 +30,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ExportError, FewshotError, InvalidImageError, NotFittedError, SupportSetError
+from ..errors import CapabilityError, ExportError, FewshotError, InvalidImageError, NotFittedError, SupportSetError
 from .engine import Engine
 from .store import Conflict, LimitExceeded, NewImage, NotFound
 from .uploads import (BadImage, BadName, CheckedImage, Limits, NotAnImage, TooLarge, check_image, check_name,
@@ -40,7 +40,7 @@ log = logging.getLogger("fewshot.serve")
 STATIC = Path(__file__).parent / "static"
 STATUS: dict[type, int] = {NotFound: 404, Conflict: 409, SupportSetError: 409, NotFittedError: 409,
                            LimitExceeded: 413, TooLarge: 413, NotAnImage: 415, BadImage: 400, BadName: 400,
-                           InvalidImageError: 400, ExportError: 400, FewshotError: 400}
+                           InvalidImageError: 400, ExportError: 400, CapabilityError: 400, FewshotError: 400}
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID, description="an id from this API")]  # out of range: 404, as unknown
 EXPORT_SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
@@ -334,8 +334,8 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
               summary="Classify images (multipart field 'files'); explain=true adds a Grad-CAM heatmap PNG")
     async def predict(project_id: Id, explain: bool = Query(False, description="add a Grad-CAM heatmap"),
                       files: Optional[list[UploadFile]] = File(None, description="image files")) -> dict:
-        if explain and not engine.head.explainable:
-            raise FewshotError(f"head '{engine.base.config_.model.head}' cannot draw heatmaps: ask without explain")
+        if explain:
+            engine.require("explain")
         checked = await read_uploads(files, keep=engine.model_input)
         results = await run_in_threadpool(engine.predict, project_id, [c.kept for c in checked], explain)
         predictions = []
@@ -356,8 +356,10 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
     @api.get("/projects/{project_id}/export", summary="Download the classifier (TorchScript, ONNX or INT8 ONNX)")
     def export(project_id: Id, format: Literal["torchscript", "onnx", "onnx-int8"] = Query(  # noqa: A002
             "onnx", description="torchscript, onnx or onnx-int8")) -> Response:
+        engine.require("export")
         if format not in engine.info()["export_formats"]:
-            raise ExportError(f"this server cannot export {format} with head '{engine.base.config_.model.head}'")
+            raise ExportError(f"this server cannot export {format}: it lacks the onnx extra (pip install "
+                              "'fewshot[onnx]')")
         project = store.project(project_id)
         folder = Path(tempfile.mkdtemp(prefix="export-", dir=store.root / "tmp"))
         target = folder / f"model{EXPORT_SUFFIX[format]}"

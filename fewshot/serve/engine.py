@@ -22,6 +22,7 @@ import torch
 from episodes import EpisodesError, decode_image
 from episodes.images import pil_to_array
 
+from ..capabilities import require, single_image_note, unsupported
 from ..classifier import ClassExamples, Estimate, FewShotClassifier
 from ..errors import FewshotError, SupportSetError
 from .store import Store
@@ -80,14 +81,19 @@ class Engine:
     def info(self) -> dict:
         from ..classifier import EXPORT_FORMATS
 
-        head = self.head
+        model = self.base.model_
+        not_explainable = unsupported(model, "explain", self.base.image_size)
+        not_exportable = unsupported(model, "export")
         return {"model": self.base.source, "head": self.base.config_.model.head,
                 "backbone": self.base.config_.model.backbone, "image_size": self.base.image_size,
-                "channels": self.base.channels, "explainable": bool(head.explainable),
-                "exportable": bool(head.exportable and not head.adapts_backbone),
-                "export_formats": [f for f in EXPORT_FORMATS if _can_export(f)]
-                if head.exportable and not head.adapts_backbone else [],
-                "embedded_images": self.embedded_images}
+                "channels": self.base.channels, "explainable": not_explainable is None,
+                "explain_note": not_explainable, "exportable": not_exportable is None, "export_note": not_exportable,
+                "export_formats": [f for f in EXPORT_FORMATS if _can_export(f)] if not not_exportable else [],
+                "single_image_note": single_image_note(model), "embedded_images": self.embedded_images}
+
+    def require(self, capability: str) -> None:
+        """:func:`fewshot.capabilities.require` for the server's model (the rule the CLI and the API use)."""
+        require(self.base.model_, capability, self.base.image_size)
 
     # ------------------------------------------------------------------ building classifiers
     def classifier(self, project_id: int) -> tuple[FewShotClassifier, _Cached]:
@@ -189,7 +195,7 @@ class Engine:
         with self.compute:
             if not explain:
                 return classifier.details(images)
-            details, queries, heatmaps = classifier.heatmaps(images)
+            details, queries, heatmaps = classifier.explained(images)
         for item, query, heatmap in zip(details, queries, heatmaps):
             item["heatmap"] = heatmap_overlay_png(query, heatmap)
         return details
@@ -204,6 +210,7 @@ class Engine:
         return cached.estimates[key]
 
     def export(self, project_id: int, path: Path, format: str) -> Path:  # noqa: A002
+        self.require("export")
         classifier, _ = self.classifier(project_id)
         with self.compute:
             return classifier.export(path, format)

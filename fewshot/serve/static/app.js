@@ -283,12 +283,15 @@
     if (info.explainable === false) {
       explain.checked = false;
       explain.disabled = true;
-      note.textContent = "(not available for this model)";
+      note.textContent = `(not available: ${info.explain_note || "this model cannot be explained"})`;
       note.hidden = false;
     } else {
       explain.disabled = false;
       note.hidden = true;
     }
+    const single = $("#single-image-note");
+    single.textContent = info.single_image_note ? `Note: ${info.single_image_note}.` : "";
+    single.hidden = !info.single_image_note;
 
     const formats = Array.isArray(info.export_formats) ? info.export_formats : [];
     const exportNote = $("#export-note");
@@ -298,9 +301,7 @@
       button.disabled = !ok;
     });
     if (info.exportable === false) {
-      exportNote.textContent = `Export is not available with this model's head (${info.head || "unknown"}): ` +
-        "it cannot be turned into a stand-alone file (for example because it fine-tunes the backbone for each " +
-        "project). Start the server with an exportable head to download a model.";
+      exportNote.textContent = `Export is not available: ${info.export_note || "this model cannot be exported"}.`;
       exportNote.hidden = false;
     } else {
       const missing = Object.keys(EXPORT_LABEL).filter((f) => !formats.includes(f));
