@@ -545,7 +545,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             print(f"    fewshot eval uses {recipe.head} over each episode's queries; predict, the Python API, serve "
                   f"and estimate classify images one at a time with its inductive form: {head.inductive_form}; "
                   "not exportable")
-        print(f"    {' '.join('--set ' + item for item in recipe.overrides())}")
+        print(f"    {' '.join('--set ' + shlex.quote(item) for item in recipe.overrides())}")
         for benchmark, line in recipe.measured.items():
             print(f"    {benchmark}: {line}")
     return 0

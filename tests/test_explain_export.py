@@ -52,12 +52,13 @@ def test_grad_cam_matches_its_definition():
     with model.adapted(support, labels, 2) as network:
         heatmaps, probabilities = grad_cam(network, model.prepare(query), model.head.probabilities)
     assert heatmaps.shape == (3, 24, 24) and probabilities.shape == (3, 2)
-    for i in range(3):  # weights = spatial mean of d(predicted logit - mean of the others)/d(map); ReLU; upsample
+    for i in range(3):  # weights: spatial mean of d(predicted logit - mean of others)/d(map); centred; ReLU; upsample
         maps = model.backbone.forward_features(model.prepare(query[i:i + 1])).detach().requires_grad_(True)
         logits = model.classify(features, labels, model.backbone.pool_features(maps), 2)
         best = int(logits.argmax())
         (logits[0, best] - logits[0, 1 - best]).backward()
-        cam = torch.relu((maps.grad.mean(dim=(2, 3), keepdim=True) * maps).sum(1, keepdim=True))
+        centred = maps - maps.mean(dim=(2, 3), keepdim=True)  # a channel's map against its own spatial mean
+        cam = torch.relu((maps.grad.mean(dim=(2, 3), keepdim=True) * centred).sum(1, keepdim=True))
         cam = torch.nn.functional.interpolate(cam, size=(24, 24), mode="bilinear", align_corners=False)[0, 0]
         expected = cam / cam.max().clamp_min(1e-12)
         assert torch.allclose(heatmaps[i], expected, atol=1e-5)
