@@ -11,16 +11,18 @@ when they are added; ``predict_proba`` embeds only the new images. ``fewshot pre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .calibration import calibrated
 from .capabilities import require, single_image_note
@@ -317,7 +319,8 @@ class FewShotClassifier:
                 for p, probs in zip(prepared, probabilities)]
 
     # ------------------------------------------------------------------ estimating
-    def estimate(self, repeats: int = 50, holdout: float = 0.2, seed: int = 0) -> Estimate:
+    def estimate(self, repeats: int = 50, holdout: float = 0.2, seed: int = 0, progress: bool = False,
+                 step: Callable[[], ContextManager] | None = None) -> Estimate:
         """How accurate this classifier is likely to be on new images of its classes, from its own examples:
         episodic cross-validation by repeated random sub-sampling. Each of ``repeats`` splits holds out
         ``max(1, floor(holdout * n))`` of every class's ``n`` images as queries (walking through random
@@ -327,7 +330,8 @@ class FewShotClassifier:
         95% interval is Wilson's score interval for that mean over the number of distinct images: it
         reflects how many images there are, not how many splits were drawn, and it stays honest at 100 %
         (25 images all right still give 86.7-100 %). Needs at least two images in every class; with fewer than five
-        in a class the estimate is noisy and a warning says so."""
+        in a class the estimate is noisy and a warning says so. ``progress``: a progress bar on stderr; ``step``:
+        each split runs inside ``with step():`` (the server paces and cancels the estimate with it)."""
         from .evaluate import per_class_report
 
         self._check_fitted()
@@ -372,18 +376,9 @@ class FewShotClassifier:
         right = np.zeros(len(labels))
         tried = np.zeros(len(labels))
         truth, guessed = [], []
-        for _ in range(repeats):
-            query_rows = []
-            for i, n in enumerate(names):
-                query_rows += [starts[i] + j for j in held_out(n)]
-            is_query = np.zeros(len(labels), dtype=bool)
-            is_query[query_rows] = True
-            support_rows = torch.from_numpy(np.flatnonzero(~is_query))
-            query_rows = torch.from_numpy(np.flatnonzero(is_query))
-            subset = (images[support_rows], None if features is None else features[support_rows], labels[support_rows])
-            probabilities = self._probabilities(images[query_rows], subset,
-                                                None if features is None else features[query_rows])
-            predicted = probabilities.argmax(1).numpy()
+        for _ in tqdm(range(repeats), desc="estimate", unit="split", disable=not progress, leave=False):
+            with step() if step is not None else contextlib.nullcontext():
+                query_rows, predicted = self._estimate_split(images, features, labels, names, starts, held_out)
             correct = predicted == labels[query_rows].numpy()
             right[query_rows.numpy()] += correct
             tried[query_rows.numpy()] += 1
@@ -394,6 +389,20 @@ class FewShotClassifier:
         report = per_class_report(names, np.concatenate(truth), np.concatenate(guessed))
         return Estimate(float(rates.mean() * 100), 100 * low, 100 * high, repeats, int(len(rates)),
                         {n: sizes[n] - held[n] for n in names}, report, notes)
+
+    def _estimate_split(self, images, features, labels, names, starts, held_out) -> tuple[torch.Tensor, np.ndarray]:
+        """One split of :meth:`estimate`: (the held-out rows, their predicted labels)."""
+        query_rows = []
+        for i, n in enumerate(names):
+            query_rows += [starts[i] + j for j in held_out(n)]
+        is_query = np.zeros(len(labels), dtype=bool)
+        is_query[query_rows] = True
+        support_rows = torch.from_numpy(np.flatnonzero(~is_query))
+        query_rows = torch.from_numpy(np.flatnonzero(is_query))
+        subset = (images[support_rows], None if features is None else features[support_rows], labels[support_rows])
+        probabilities = self._probabilities(images[query_rows], subset,
+                                            None if features is None else features[query_rows])
+        return query_rows, probabilities.argmax(1).numpy()
 
     def _distinct_rows(self) -> tuple[torch.Tensor, list[str]]:
         """Rows of :meth:`support` to estimate with: within each class, the first of images that are exact
@@ -493,16 +502,25 @@ class FewShotClassifier:
         images, _, _ = self.support()
         fitted, model = self.fitted_, self.model_.cpu()
         try:
-            if format == "torchscript":
-                from .export import export_torchscript
-
-                return export_torchscript(model, fitted, images, self.classes_, path, self.image_size, self.channels)
-            from .onnx_export import export_onnx
-
-            return export_onnx(model, fitted, self.classes_, self.image_size, self.channels, path,
-                               quantize=format == "onnx-int8", calibration_images=images)
+            return export_fitted(model, fitted, images, self.classes_, self.config_, Path(path), format)
         finally:
             model.to(self.device)
+
+
+def export_fitted(model: FewShotModel, fitted: FittedClassifier, images: torch.Tensor, names: list[str], config,
+                  path: Path, format: str) -> Path:  # noqa: A002
+    """Write ``model`` with its ``fitted`` classifier built in (what :meth:`FewShotClassifier.export` and the
+    server's export worker run): ``images`` ``(N, C, S, S)`` uint8 support images are the TorchScript trace's
+    example and the INT8 calibration set."""
+    size, channels = config.data.image_size, config.data.channels
+    if format == "torchscript":
+        from .export import export_torchscript
+
+        return export_torchscript(model, fitted, images, names, path, size, channels)
+    from .onnx_export import export_onnx
+
+    return export_onnx(model, fitted, names, size, channels, path, quantize=format == "onnx-int8",
+                       calibration_images=images)
 
 
 EXPORT_FORMATS = ("onnx", "onnx-int8", "torchscript")

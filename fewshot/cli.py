@@ -495,9 +495,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = Limits(max_file_bytes=int(args.max_file_mb * 1024 * 1024), max_pixels=args.max_pixels,
                     max_files_per_request=args.max_files, max_images_per_project=args.max_images,
-                    max_request_bytes=int(args.max_request_mb * 1024 * 1024))
+                    max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+                    max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024))
     serve(lambda: classifier_from_args(args), args.data_dir or default_data_dir(), host=args.host, port=args.port,
-          token=args.token, limits=limits, log_level="info" if args.access_log else "warning")
+          token=args.token, limits=limits, log_level="info" if args.access_log else "warning",
+          cache_mb=args.cache_mb, max_jobs=args.max_jobs)
     return 0
 
 
@@ -743,6 +745,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-mb", type=positive_number, default=200,
                        help="largest request body in MB, all its files together (default 200); bounds the memory one "
                             "request can take")
+    serve.add_argument("--max-inflight-mb", type=positive_number, default=400,
+                       help="most request bytes being received at once, all clients together (default 400); past "
+                            "it a request is answered 429 with Retry-After")
+    serve.add_argument("--cache-mb", type=positive_number, default=2048,
+                       help="memory for the projects' decoded images and embeddings, all projects together (default "
+                            "2048); the least recently used projects are dropped first and rebuilt from disk")
+    serve.add_argument("--max-jobs", type=POSITIVE, default=1,
+                       help="heavy jobs (estimates, exports) running at once (default 1); past it a request is "
+                            "answered 429 with Retry-After. Predictions always go first")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(handler=cmd_serve)
 

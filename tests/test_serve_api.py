@@ -271,7 +271,7 @@ def test_limits(client, server):
     assert_error(client.post(url, files=files(("wide.png", bomb_png(1001, 1000)))), 413, "1,001,000")
     noise = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 150, 3), dtype=np.uint8)).save(noise, "PNG")
-    assert_error(client.post(url, files=files(("big.png", noise.getvalue()))), 413, "big.png", "MB")
+    assert_error(client.post(url, files=files(("big.png", noise.getvalue()))), 413, "big.png", "bytes")
     seven = files(*[(f"{i}.png", colour_png("red", 100 + i)) for i in range(7)])
     assert_error(client.post(url, files=seven), 413, "7 files", "at most 6")
     body = b"x" * (2 * 1024 * 1024)
@@ -499,7 +499,9 @@ def test_token_required_and_checked(tmp_path):
             assert allowed.get("/api/v1/info").json()["token_required"] is True
             pid, _ = make_project(allowed, "tok", classes=("red", "green"), per_class=1)
             image = allowed.get(f"/api/v1/projects/{pid}").json()["classes"][0]["images"][0]
-            assert anonymous.get(image["thumbnail_url"], params={"token": "s3cret-token"}).status_code == 200
+            # a token in the address is refused: it would land in browser history and access logs
+            refused = anonymous.get(image["thumbnail_url"], params={"token": "s3cret-token"})
+            assert refused.status_code == 401 and "not accepted" in refused.json()["error"]
             assert anonymous.get(image["thumbnail_url"], headers={"X-Fewshot-Token": "s3cret-token"}).status_code == 200
             assert anonymous.get("/").status_code == 200  # the page loads, then asks for the token
     finally:

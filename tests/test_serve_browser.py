@@ -168,3 +168,13 @@ def test_with_a_token_thumbnails_come_by_header_not_address(browser, tmp_path):
     finally:
         context.close()
         running.stop()
+
+
+def test_api_docs_render_their_operations(server, page):
+    page, problems = page
+    page.goto(server.url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=20000)  # Swagger UI drew the operations
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/v1/projects/{project_id}/predict" in p.replace("\u200b", "") for p in paths), paths
+    assert not page.locator(".errors-wrapper").count(), page.locator(".errors-wrapper").inner_text()
+    assert "does not specify a valid version" not in page.content() and problems == []

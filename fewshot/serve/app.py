@@ -9,16 +9,17 @@ traceback on the server and answered with a 500 whose body says only that (never
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import ipaddress
 import logging
 import re
 import tempfile
+import threading
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal, Optional
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -32,16 +33,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CapabilityError, ExportError, FewshotError, InvalidImageError, NotFittedError, SupportSetError
 from .engine import Engine
+from .jobs import Busy, Cancelled
 from .store import Conflict, LimitExceeded, NewImage, NotFound
 from .uploads import (BadImage, BadName, CheckedImage, Limits, NotAnImage, TooLarge, check_image, check_name,
-                      display_name, thumbnail_png)
+                      display_name, size_text, thumbnail_png)
 
 log = logging.getLogger("fewshot.serve")
 STATIC = Path(__file__).parent / "static"
 STATUS: dict[type, int] = {NotFound: 404, Conflict: 409, SupportSetError: 409, NotFittedError: 409,
                            LimitExceeded: 413, TooLarge: 413, NotAnImage: 415, BadImage: 400, BadName: 400,
-                           InvalidImageError: 400, ExportError: 400, CapabilityError: 400, FewshotError: 400}
+                           InvalidImageError: 400, ExportError: 400, CapabilityError: 400, Busy: 429, FewshotError: 400}
 MAX_ID = 2**63 - 1  # SQLite's largest integer
+MAX_REPEATS = 200  # an estimate's splits: more narrow nothing (the interval counts images, not splits)
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID, description="an id from this API")]  # out of range: 404, as unknown
 EXPORT_SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "onnx-int8": ".int8.onnx"}
 PAGE_SECURITY = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: "
@@ -69,6 +72,7 @@ class Guard:
 
     def __init__(self, app, limits: Limits, token: str | None, loopback_only: bool):
         self.app, self.limits, self.token, self.loopback_only = app, limits, token, loopback_only
+        self.inflight = 0  # bytes of the request bodies being received (the event loop's thread only)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -77,6 +81,21 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             return await refusal(scope, receive, send)
+        length = headers.get("content-length", "")
+        reserved = int(length) if length.isdigit() else (self.limits.request_cap if scope["method"] in
+                                                         ("POST", "PUT", "PATCH") else 0)
+        if reserved and self.inflight and self.inflight + reserved > self.limits.max_inflight_bytes:
+            busy = error(429, f"the server is receiving {size_text(self.inflight)} of other uploads (limit "
+                              f"{size_text(self.limits.max_inflight_bytes)}): send this again in a few seconds",
+                         {"Retry-After": "5"})
+            return await busy(scope, receive, send)
+        self.inflight += reserved
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.inflight -= reserved
+
+    async def _guarded(self, scope, receive, send):
         cap, seen = self.limits.request_cap, 0
         started = too_large = False
 
@@ -111,7 +130,7 @@ class Guard:
             await self._too_large()(scope, receive, send)
 
     def _too_large(self) -> JSONResponse:
-        return error(413, f"the request is larger than {self.limits.request_cap / 1e6:.0f} MB: send fewer or "
+        return error(413, f"the request is larger than {size_text(self.limits.request_cap)}: send fewer or "
                           "smaller files per request")
 
     def _refusal(self, scope, headers: dict) -> Response | None:
@@ -133,11 +152,10 @@ class Guard:
         if self.token and path.startswith("/api/"):
             given = headers.get("authorization", "")
             given = given[7:].strip() if given.lower().startswith("bearer ") else headers.get("x-fewshot-token", "")
-            if not given:
-                given = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 return error(401, "missing or wrong access token: send 'Authorization: Bearer TOKEN' (the token the "
-                                  "server was started with)", {"WWW-Authenticate": "Bearer"})
+                                  "server was started with; a token in the URL is not accepted, since URLs land "
+                                  "in browser history and logs)", {"WWW-Authenticate": "Bearer"})
         return None
 
 
@@ -148,7 +166,7 @@ class NameBody(BaseModel):
 
 class EstimateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    repeats: int = Field(50, ge=1, le=1000, description="random splits")
+    repeats: int = Field(50, ge=1, le=MAX_REPEATS, description="random splits")
     holdout: float = Field(0.2, gt=0, lt=1, description="fraction of each class held out per split")
     seed: int = Field(0, ge=0, description="seed of the splits")
 
@@ -162,12 +180,18 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
                               "accuracy, predict, export. Errors are JSON {\"error\": \"...\"} with a 4xx status.")
     store = engine.store
     api = APIRouter(prefix="/api/v1")
+    decoding = threading.BoundedSemaphore(limits.max_decodes)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(FewshotError)
     async def fewshot_error(request: Request, exc: FewshotError):
         status = next(code for kind, code in STATUS.items() if isinstance(exc, kind))
-        return error(status, str(exc))
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return error(status, str(exc), headers)
+
+    @app.exception_handler(Cancelled)
+    async def cancelled(request: Request, exc: Cancelled):  # nobody is listening any more
+        return error(400, "the request was cancelled: the client went away")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -179,7 +203,7 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
         where = ".".join(str(part) for part in loc if part not in ("body", "query", "path"))
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
-            message = "the body is not valid JSON"
+            where, message = "", f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'a syntax error')})"
         elif first.get("type") in ("model_attributes_type", "dict_type"):
             message = "the body must be a JSON object (Content-Type: application/json), e.g. {\"name\": \"cats\"}"
         elif first.get("type") == "extra_forbidden":
@@ -193,6 +217,9 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
             message = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        elif message == "Invalid multipart data.":  # python-multipart's one word for every parsing failure
+            message = ("the multipart body cannot be read: a part's header is longer than 4 KB (usually a file name "
+                       "of thousands of characters: rename the file) or the body is malformed")
         return error(exc.status_code, message)
 
     @app.exception_handler(Exception)
@@ -229,7 +256,22 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
         for n, upload in enumerate(files):
             data = await upload.read(limits.max_file_bytes + 1)
             raw.append((data, display_name(upload.filename, f"image {n + 1}")))
-        return await run_in_threadpool(lambda: [check_image(data, name, limits, keep) for data, name in raw])
+        def check(data: bytes, name: str) -> CheckedImage:
+            with decoding:  # at most limits.max_decodes images decoded at once, all requests together
+                return check_image(data, name, limits, keep)
+
+        return await run_in_threadpool(lambda: [check(data, name) for data, name in raw])
+
+    async def until_done(request: Request, work):
+        """``work(cancel)`` in a worker thread; ``cancel`` (a threading.Event) is set when the client disconnects,
+        so a heavy job stops at its next pass instead of running for nobody."""
+        cancel = threading.Event()
+        task = asyncio.ensure_future(run_in_threadpool(work, cancel))
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.25)
+            if not task.done() and await request.is_disconnected():
+                cancel.set()
+        return task.result()
 
     def embed_soon(project_id: int, image_ids: list[int]) -> None:
         """Embed just-stored images now if possible; they are committed already, so a failure here must not
@@ -332,12 +374,14 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
     # ------------------------------------------------------------------ using the classifier
     @api.post("/projects/{project_id}/predict",
               summary="Classify images (multipart field 'files'); explain=true adds a Grad-CAM heatmap PNG")
-    async def predict(project_id: Id, explain: bool = Query(False, description="add a Grad-CAM heatmap"),
+    async def predict(request: Request, project_id: Id,
+                      explain: bool = Query(False, description="add a Grad-CAM heatmap"),
                       files: Optional[list[UploadFile]] = File(None, description="image files")) -> dict:
         if explain:
             engine.require("explain")
         checked = await read_uploads(files, keep=engine.model_input)
-        results = await run_in_threadpool(engine.predict, project_id, [c.kept for c in checked], explain)
+        results = await until_done(request, lambda cancel: engine.predict(project_id, [c.kept for c in checked],
+                                                                          explain, cancel))
         predictions = []
         for item, upload in zip(results, checked):
             entry = {"name": upload.name, "predicted": item["predicted"], "probabilities": item["probabilities"]}
@@ -348,14 +392,16 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
 
     @api.post("/projects/{project_id}/estimate",
               summary="Estimated accuracy on new images: interval, per-class scores, confusion matrix")
-    def estimate(project_id: Id, body: Optional[EstimateBody] = None) -> dict:
+    async def estimate(request: Request, project_id: Id, body: Optional[EstimateBody] = None) -> dict:
         body = body or EstimateBody()
-        result = engine.estimate(project_id, body.repeats, body.holdout, body.seed)
+        result = await until_done(request, lambda cancel: engine.estimate(project_id, body.repeats, body.holdout,
+                                                                          body.seed, cancel))
         return result.to_json() | {"summary": result.summary()}
 
     @api.get("/projects/{project_id}/export", summary="Download the classifier (TorchScript, ONNX or INT8 ONNX)")
-    def export(project_id: Id, format: Literal["torchscript", "onnx", "onnx-int8"] = Query(  # noqa: A002
-            "onnx", description="torchscript, onnx or onnx-int8")) -> Response:
+    async def export(request: Request, project_id: Id,
+                     format: Literal["torchscript", "onnx", "onnx-int8"] = Query(  # noqa: A002
+                         "onnx", description="torchscript, onnx or onnx-int8")) -> Response:
         engine.require("export")
         if format not in engine.info()["export_formats"]:
             raise ExportError(f"this server cannot export {format}: it lacks the onnx extra (pip install "
@@ -364,7 +410,7 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
         folder = Path(tempfile.mkdtemp(prefix="export-", dir=store.root / "tmp"))
         target = folder / f"model{EXPORT_SUFFIX[format]}"
         try:
-            engine.export(project_id, target, format)
+            await until_done(request, lambda cancel: engine.export(project_id, target, format, cancel))
         except BaseException:
             _remove_tree(folder)
             raise
@@ -373,6 +419,14 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
                             background=BackgroundTask(_remove_tree, folder))
 
     app.include_router(api)
+    full_schema = app.openapi
+
+    def schema_3_0() -> dict:
+        if not getattr(app, "schema_3_0", None):
+            app.schema_3_0 = openapi_3_0(full_schema()) | {"openapi": "3.0.3"}
+        return app.schema_3_0
+
+    app.openapi = schema_3_0
 
     # ------------------------------------------------------------------ the page and the docs
     @app.get("/", include_in_schema=False)
@@ -399,6 +453,30 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
     guarded = Guard(app, limits, token, loopback_only)
     guarded.fastapi = app
     return guarded
+
+
+def openapi_3_0(node):
+    """FastAPI's OpenAPI 3.1 schema in the 3.0 dialect that the bundled Swagger UI (4.x) reads: ``anyOf`` with a
+    ``null`` member becomes ``nullable``, numeric ``exclusiveMinimum`` / ``exclusiveMaximum`` become a bound with
+    a boolean, ``contentMediaType`` (file uploads) becomes ``format: binary``."""
+    if isinstance(node, list):
+        return [openapi_3_0(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: openapi_3_0(value) for key, value in node.items()}
+    options = node.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        node.pop("anyOf")
+        node.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+        node["nullable"] = True
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(exclusive), (int, float)) and not isinstance(node.get(exclusive), bool):
+            node[bound], node[exclusive] = node[exclusive], True
+    if "contentMediaType" in node:
+        node.pop("contentMediaType")
+        node["format"] = "binary"
+    return node
 
 
 def swagger_assets() -> Path | None:

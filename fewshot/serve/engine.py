@@ -2,18 +2,23 @@
 from the store, embeddings cached in the store so a fit after an upload embeds only the new images.
 
 Every pass through the model holds :attr:`Engine.compute` (one at a time: the model is shared and read-only,
-and on a CPU one pass already uses every core), so under load requests queue instead of failing. A project's
-classifier is cached with the project's revision and rebuilt when an upload, deletion or rename changes it,
-reusing the decoded pixels and embeddings of the images it already had.
+and on a CPU one pass already uses every core), predictions before background passes (:mod:`.jobs`), so under
+load requests queue instead of failing and heavy work never holds the model for long: estimates run split by
+split, explanations image by image, new images are embedded a few at a time, exports in a low-priority child
+process. A project's classifier is cached with the project's revision and rebuilt when an upload, deletion or
+rename changes it, reusing the decoded pixels and embeddings of the images it already had; the caches of all
+projects together stay under ``cache_mb`` (least recently used projects are dropped first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,12 @@ from episodes.images import pil_to_array
 from ..capabilities import require, single_image_note, unsupported
 from ..classifier import ClassExamples, Estimate, FewShotClassifier
 from ..errors import FewshotError, SupportSetError
+from .jobs import ComputeLock, JobSlots, run_export_process, write_export_job
 from .store import Store
+
+EMBED_CHUNK = 8  # images embedded per background pass: a prediction waits for at most this many
+ESTIMATES_KEPT = 4  # estimate results remembered per project revision
+CALIBRATION_IMAGES = 64  # support images an export child gets (trace example, INT8 calibration)
 
 
 def model_key(classifier: FewShotClassifier) -> str:
@@ -46,6 +56,19 @@ def _can_export(format: str) -> bool:  # noqa: A002
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
+def int8_note() -> str:
+    """What INT8 ONNX means for speed on this machine: measured (benchmarks/RESULTS.md) about 10x slower than
+    float ONNX on an AVX2 CPU without VNNI instructions; with VNNI, 8-bit products have their own instructions."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "Whether it runs faster than ONNX depends on the CPU (8-bit VNNI instructions help)."
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "This server's CPU has VNNI (8-bit) instructions; check its speed against ONNX on yours."
+    return ("This server's CPU has no VNNI (8-bit) instructions: INT8 runs slower than ONNX here (about 10x "
+            "measured on such a CPU); choose it for size, not speed.")
+
+
 def _key(image: dict) -> tuple[int, str]:
     """What the engine's caches are keyed by: the image's id and the digest of its bytes."""
     return image["id"], image["sha256"]
@@ -59,20 +82,28 @@ class _Cached:
     # guards against it anyway
     pixels: dict[tuple[int, str], torch.Tensor]  # -> (C, S, S) uint8
     features: dict[tuple[int, str], torch.Tensor]  # -> (E,) float32 (empty when the head adapts the backbone)
-    estimates: dict[tuple, Estimate]
+    estimates: OrderedDict = field(default_factory=OrderedDict)  # (repeats, holdout, seed) -> Estimate, newest last
+
+    def nbytes(self) -> int:
+        """Memory held: decoded pixels and embeddings (twice: the cache's and the classifier's stacked copies)."""
+        held = sum(t.numel() * t.element_size() for t in (*self.pixels.values(), *self.features.values()))
+        return 2 * held
 
 
 class Engine:
     """Classifiers for the projects of ``store`` around the one model of ``base`` (a classifier, not fitted)."""
 
-    def __init__(self, base: FewShotClassifier, store: Store):
+    def __init__(self, base: FewShotClassifier, store: Store, cache_mb: float = 2048, max_jobs: int = 1):
         self.base, self.store = base, store
-        self.compute = threading.Lock()
+        self.compute = ComputeLock()
+        self.jobs = JobSlots(max_jobs)
+        self.cache_bytes = int(cache_mb * 2**20)
         self._cache_lock = threading.Lock()
-        self._cache: dict[int, _Cached] = {}
+        self._cache: OrderedDict[int, _Cached] = OrderedDict()  # least recently used first
         self._building: dict[int, threading.Lock] = {}
         self.key = model_key(base)
         self.embedded_images = 0  # stored images embedded since start (the rest came from the cache)
+        self._weights_file: Path | None = None  # the model's weights for export children, written once
 
     @property
     def head(self):
@@ -89,7 +120,8 @@ class Engine:
                 "channels": self.base.channels, "explainable": not_explainable is None,
                 "explain_note": not_explainable, "exportable": not_exportable is None, "export_note": not_exportable,
                 "export_formats": [f for f in EXPORT_FORMATS if _can_export(f)] if not not_exportable else [],
-                "single_image_note": single_image_note(model), "embedded_images": self.embedded_images}
+                "single_image_note": single_image_note(model), "int8_note": int8_note(),
+                "embedded_images": self.embedded_images}
 
     def require(self, capability: str) -> None:
         """:func:`fewshot.capabilities.require` for the server's model (the rule the CLI and the API use)."""
@@ -105,9 +137,26 @@ class Engine:
             project = self.store.project(project_id)
             with self._cache_lock:
                 cached = self._cache.get(project_id)
+                if cached is not None:
+                    self._cache.move_to_end(project_id)
             if cached is not None and cached.revision == project["revision"]:
                 return cached.classifier, cached
             return self._build(project, cached)
+
+    def cached_bytes(self) -> int:
+        with self._cache_lock:
+            return sum(entry.nbytes() for entry in self._cache.values())
+
+    def _remember(self, project_id: int, entry: _Cached) -> None:
+        """Cache ``entry``, then drop least recently used projects until the caches fit ``cache_bytes``
+        (the newest entry stays even when it alone is larger)."""
+        with self._cache_lock:
+            self._cache[project_id] = entry
+            self._cache.move_to_end(project_id)
+            total = sum(e.nbytes() for e in self._cache.values())
+            while total > self.cache_bytes and len(self._cache) > 1:
+                _, dropped = self._cache.popitem(last=False)
+                total -= dropped.nbytes()
 
     def _build(self, project: dict, cached: _Cached | None) -> tuple[FewShotClassifier, _Cached]:
         project_id = project["id"]
@@ -136,15 +185,13 @@ class Engine:
                 torch.stack([pixels[k] for k in keys]),
                 None if self.head.adapts_backbone else torch.stack([features[k] for k in keys]),
                 [i["name"] for i in c["images"]], [i["sha256"] for i in c["images"]])
-        with self.compute:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said once at start (transductive); duplicates: the store refuses them
             classifier = FewShotClassifier.from_model(self.base.model_, self.base.config_, self.base.source,
                                                       str(self.base.device), self.base.batch_size)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # duplicates across classes cannot happen: the store refuses them
             classifier.set_examples(examples)
-        fresh = _Cached(project["revision"], classifier, pixels, features, {})
-        with self._cache_lock:
-            self._cache[project_id] = fresh
+        fresh = _Cached(project["revision"], classifier, pixels, features)
+        self._remember(project_id, fresh)
         return classifier, fresh
 
     def embed_new(self, project_id: int, image_ids: list[int]) -> None:
@@ -159,11 +206,15 @@ class Engine:
             self._embed_and_cache(missing, {i: self._decode(rows[i]) for i in missing})
 
     def _embed_and_cache(self, ids: list[int], pixels: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        with self.compute:
-            vectors = self.base.embed(torch.stack([pixels[i] for i in ids]))
-            self.embedded_images += len(ids)
-        found = {i: vectors[n] for n, i in enumerate(ids)}
-        self.store.save_embeddings({i: v.numpy() for i, v in found.items()}, self.key)
+        """Embed ``ids`` a few at a time (background passes: predictions go first) and store the embeddings."""
+        found = {}
+        for start in range(0, len(ids), EMBED_CHUNK):
+            chunk = ids[start:start + EMBED_CHUNK]
+            with self.compute.background():
+                vectors = self.base.embed(torch.stack([pixels[i] for i in chunk]))
+                self.embedded_images += len(chunk)
+            found.update({i: vectors[n] for n, i in enumerate(chunk)})
+            self.store.save_embeddings({i: found[i].numpy() for i in chunk}, self.key)
         return found
 
     def _decode(self, image: dict) -> torch.Tensor:
@@ -186,31 +237,72 @@ class Engine:
         upload instead of the full-size image (the classifier prepares it exactly as it would the image)."""
         return pil_to_array(image, self.base.image_size, self.base.channels)
 
-    def predict(self, project_id: int, images: list, explain: bool) -> list[dict]:
+    def predict(self, project_id: int, images: list, explain: bool,
+                cancel: threading.Event | None = None) -> list[dict]:
         """``[{name, predicted, probabilities}]`` (plus ``heatmap`` PNG bytes with ``explain``) for images (PIL
-        images, or arrays from :meth:`model_input`)."""
+        images, or arrays from :meth:`model_input`). Explained images are background passes, one at a time."""
         from ..explain import heatmap_overlay_png
 
         classifier, _ = self.classifier(project_id)
-        with self.compute:
-            if not explain:
+        if not explain:
+            with self.compute.interactive():
                 return classifier.details(images)
-            details, queries, heatmaps = classifier.explained(images)
-        for item, query, heatmap in zip(details, queries, heatmaps):
-            item["heatmap"] = heatmap_overlay_png(query, heatmap)
-        return details
+        results = []
+        for image in images:
+            with self.compute.background(cancel):
+                details, queries, heatmaps = classifier.explained([image])
+            details[0]["heatmap"] = heatmap_overlay_png(queries[0], heatmaps[0])
+            results += details
+            del queries, heatmaps  # an explanation's tensors are released before the next image
+        return results
 
-    def estimate(self, project_id: int, repeats: int, holdout: float, seed: int) -> Estimate:
+    def estimate(self, project_id: int, repeats: int, holdout: float, seed: int,
+                 cancel: threading.Event | None = None) -> Estimate:
+        """The project's estimate, split by split as background passes (remembered per revision)."""
         classifier, cached = self.classifier(project_id)
         key = (repeats, holdout, seed)
-        if key not in cached.estimates:
-            with self.compute, warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the estimate carries its warnings
-                cached.estimates[key] = classifier.estimate(repeats=repeats, holdout=holdout, seed=seed)
-        return cached.estimates[key]
+        if key in cached.estimates:
+            cached.estimates.move_to_end(key)
+            return cached.estimates[key]
+        with self.jobs.hold("estimate"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the estimate carries its warnings
+            result = classifier.estimate(repeats=repeats, holdout=holdout, seed=seed,
+                                         step=lambda: self.compute.background(cancel))
+        cached.estimates[key] = result
+        while len(cached.estimates) > ESTIMATES_KEPT:
+            cached.estimates.popitem(last=False)
+        return result
 
-    def export(self, project_id: int, path: Path, format: str) -> Path:  # noqa: A002
+    def export(self, project_id: int, path: Path, format: str,  # noqa: A002
+               cancel: threading.Event | None = None) -> Path:
+        """Export in a child process at the lowest CPU priority (:func:`.jobs.run_export_process`)."""
         self.require("export")
         classifier, _ = self.classifier(project_id)
-        with self.compute:
-            return classifier.export(path, format)
+        with self.jobs.hold("export"):
+            with self.compute.background(cancel):
+                fitted = classifier.fitted_
+            images = classifier.support()[0]
+            chosen = torch.linspace(0, len(images) - 1, min(len(images), CALIBRATION_IMAGES)).round().long()
+            with tempfile.TemporaryDirectory(dir=self.store.root / "tmp") as work:
+                job = Path(work) / "job.pt"
+                write_export_job(job, self.weights_file(), self.base.config_.to_dict(),
+                                 [list(self.base.model_.mean), list(self.base.model_.std)], fitted,
+                                 classifier.classes_, images[chosen].clone(), path, format)
+                run_export_process(job, cancel or threading.Event())
+        return path
+
+    def weights_file(self) -> Path:
+        """The shared model's weights for export children, written once as ``models/<model key>.pt`` in the
+        data folder (other models' files there are removed)."""
+        if self._weights_file is None or not self._weights_file.exists():
+            from ..atomic import atomic_write
+
+            folder = self.store.root / "models"
+            folder.mkdir(exist_ok=True)
+            target = folder / f"{self.key}.pt"
+            for stale in folder.glob("*.pt"):
+                if stale != target:
+                    stale.unlink(missing_ok=True)
+            state = {k: v.detach().cpu() for k, v in self.base.model_.state_dict().items()}
+            self._weights_file = atomic_write(target, lambda handle: torch.save(state, handle))
+        return self._weights_file

@@ -47,7 +47,8 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(classifier_factory, data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, limits=None, log_level: str = "warning") -> None:
+          token: str | None = None, limits=None, log_level: str = "warning", cache_mb: float = 2048,
+          max_jobs: int = 1) -> None:
     """Serve until interrupted. ``classifier_factory()`` builds the (unfitted) classifier whose model every
     project shares; it is called after the cheap checks, since loading a model can take a while."""
     check_serve_installed()
@@ -64,7 +65,7 @@ def serve(classifier_factory, data_dir: str | os.PathLike, host: str = "127.0.0.
     folder = check_output(data_dir, "--data-dir", folder=True)
     store = Store(folder)
     base = classifier_factory()
-    engine = Engine(base, store)
+    engine = Engine(base, store, cache_mb=cache_mb, max_jobs=max_jobs)
     app = create_app(engine, limits or Limits(), token, loopback_only=is_loopback(host))
     shown = f"[{host}]" if ":" in host else host
     print(f"fewshot serve: open http://{shown}:{port}/ in a browser (API docs at /docs); model {base.source}, "

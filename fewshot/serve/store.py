@@ -174,9 +174,15 @@ class Store:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement in the block sees the same snapshot of the database (WAL), so
+        a project read in three queries never mixes states (a class created between them)."""
         connection = self._connect()
         try:
-            yield connection
+            connection.execute("BEGIN")
+            try:
+                yield connection
+            finally:
+                connection.execute("COMMIT")
         finally:
             connection.close()
 
@@ -288,7 +294,16 @@ class Store:
 
     def create_project(self, name: str) -> int:
         with self._write() as db:
+            self._check_project_name(db, name)
             return db.execute("INSERT INTO projects (name, created) VALUES (?, ?)", (name, time.time())).lastrowid
+
+    @staticmethod
+    def _check_project_name(db: sqlite3.Connection, name: str, project_id: int | None = None) -> None:
+        """Project names are distinct (the page lists projects by name), compared without case."""
+        row = db.execute("SELECT id FROM projects WHERE lower(name) = lower(?) AND id != ?",
+                         (name, project_id or 0)).fetchone()
+        if row is not None:
+            raise Conflict(f"a project named '{name}' already exists (project {row[0]}): choose another name")
 
     def project(self, project_id: int) -> dict:
         """``{id, name, revision, classes: [{id, name, images: [...]}]}``."""
@@ -307,6 +322,7 @@ class Store:
 
     def rename_project(self, project_id: int, name: str) -> None:
         with self._write() as db:
+            self._check_project_name(db, name, project_id)
             if db.execute("UPDATE projects SET name = ? WHERE id = ?", (name, project_id)).rowcount == 0:
                 raise NotFound(f"project {project_id} does not exist")
 

@@ -24,6 +24,7 @@ from ..errors import FewshotError
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "image/bmp",
                    "WEBP": "image/webp", "TIFF": "image/tiff"}
 THUMBNAIL_SIDE = 160
+INVISIBLE_CATEGORIES = ("Cf", "Mn", "Me", "Zs", "Zl", "Zp")  # format characters, combining marks, separators
 MAX_NAME_LENGTH = 100
 
 
@@ -52,6 +53,8 @@ class Limits:
     max_files_per_request: int = 100
     max_images_per_project: int = 5000
     max_request_bytes: int = 200 * 1024 * 1024
+    max_inflight_bytes: int = 400 * 1024 * 1024  # request bodies being received at once, all clients together
+    max_decodes: int = 2  # images decoded at once (each up to max_pixels): bounds decoded-pixel memory
 
     @property
     def request_cap(self) -> int:
@@ -62,7 +65,8 @@ class Limits:
     def to_json(self) -> dict:
         return {"max_file_bytes": self.max_file_bytes, "max_pixels": self.max_pixels,
                 "max_files_per_request": self.max_files_per_request,
-                "max_images_per_project": self.max_images_per_project, "max_request_bytes": self.request_cap}
+                "max_images_per_project": self.max_images_per_project, "max_request_bytes": self.request_cap,
+                "max_inflight_bytes": self.max_inflight_bytes}
 
 
 @dataclass
@@ -118,6 +122,9 @@ def check_name(name: object, what: str) -> str:
     bad = [ch for ch in name if is_unsafe_character(ch)]
     if bad:
         raise BadName(f"the {what} name holds a control character (U+{ord(bad[0]):04X}): remove it")
+    if all(unicodedata.category(ch) in INVISIBLE_CATEGORIES or ch.isspace() for ch in name):
+        raise BadName(f"the {what} name shows nothing (only invisible characters such as U+{ord(name[0]):04X}): "
+                      "give a name people can read")
     return name
 
 
@@ -127,14 +134,15 @@ def check_image(data: bytes, name: str, limits: Limits, keep: Callable[[Image.Im
     with a one-line message naming the file. ``keep(image)`` makes what the caller needs of the decoded first
     frame (by default the thumbnail PNG); the frame itself is released before returning."""
     if len(data) > limits.max_file_bytes:
-        raise TooLarge(f"'{name}' is {len(data) / 1e6:.1f} MB; the limit is {limits.max_file_bytes / 1e6:.1f} MB "
-                       "per file: upload a smaller image")
+        raise TooLarge(f"'{name}' is {size_text(len(data))}; the limit is {size_text(limits.max_file_bytes)} per "
+                       "file: upload a smaller image")
     if not data:
         raise BadImage(f"'{name}' is empty (0 bytes)")
     image = _open(data, name, limits)
     try:
         if image.format not in ALLOWED_FORMATS:
-            raise NotAnImage(f"'{name}' is a {image.format} file; accepted: {', '.join(ALLOWED_FORMATS)}")
+            raise NotAnImage(f"'{name}' is {article(image.format)} {image.format} file; accepted: "
+                             f"{', '.join(ALLOWED_FORMATS)}")
         width, height = image.size
         if width < 1 or height < 1:
             raise BadImage(f"'{name}' has no pixels ({width}x{height})")
@@ -147,8 +155,8 @@ def check_image(data: bytes, name: str, limits: Limits, keep: Callable[[Image.Im
         except MemoryError:
             raise
         except Exception as exc:  # an unusual pixel mode PIL decodes but cannot convert
-            raise BadImage(f"'{name}' is a {image.format} image in mode {image.mode} that cannot be converted "
-                           f"({_reason(exc)}): save it as an ordinary RGB image") from None
+            raise BadImage(f"'{name}' is {article(image.format)} {image.format} image in mode {image.mode} that "
+                           f"cannot be converted ({_reason(exc)}): save it as an ordinary RGB image") from None
     finally:
         image.close()
     return CheckedImage(data, name, image.format, width, height, hashlib.sha256(data).hexdigest(), kept)
@@ -186,6 +194,17 @@ def _decode(image: Image.Image, name: str) -> None:
     except Exception as exc:
         raise BadImage(f"'{name}' is a damaged {image.format} image ({_reason(exc)}): upload it again or export it "
                        "anew") from None
+
+
+def size_text(count: int) -> str:
+    """``22,000,000 bytes (21.0 MiB)``: exact bytes, and the binary megabytes the limits are set in (KiB below
+    one MiB), so two different sizes never print alike."""
+    return f"{count:,} bytes ({count / 2**20:.1f} MiB)" if count >= 2**20 else f"{count:,} bytes ({count / 2**10:.1f} KiB)"
+
+
+def article(word: str) -> str:
+    """'an' before a vowel sound as read aloud (an ICO, an MPO, a PNG, a JPEG), else 'a'."""
+    return "an" if word[:1].upper() in "AEIOU" or word[:1].upper() in "FHLMNRSX" and word.isupper() else "a"
 
 
 def _reason(exc: Exception) -> str:

@@ -289,6 +289,7 @@
       explain.disabled = false;
       note.hidden = true;
     }
+    $("#int8-note").textContent = info.int8_note || "";
     const single = $("#single-image-note");
     single.textContent = info.single_image_note ? `Note: ${info.single_image_note}.` : "";
     single.hidden = !info.single_image_note;
