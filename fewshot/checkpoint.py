@@ -39,7 +39,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                 return target / "checkpoints" / name
         raise FewshotError(f"{target} holds no checkpoints/best.pt or checkpoints/last.pt: is it a run directory?")
     if not target.is_file():
-        raise FewshotError(f"checkpoint {target} does not exist")
+        from .recipes import did_you_mean
+
+        raise FewshotError(f"checkpoint {target} does not exist{did_you_mean(str(path))}")
     return target
 
 

@@ -114,6 +114,7 @@ class FewShotClassifier:
         self.model_.to(self.device).eval()
         self._examples: dict[str, ClassExamples] = {}
         self._fitted: FittedClassifier | None = None  # fitted on the current examples; None: fit when needed
+        self.progress = False  # progress bars on stderr while embedding many images (the CLI sets it)
         note = single_image_note(model)
         if note:
             warnings.warn(note, UserWarning, stacklevel=3)
@@ -195,9 +196,15 @@ class FewShotClassifier:
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` uint8 -> embeddings ``(N, E)`` float32 on the CPU, ``batch_size`` at a time."""
-        with torch.inference_mode():
-            return torch.cat([self.model_.embed(images[i:i + self.batch_size].to(self.device)).float().cpu()
-                              for i in range(0, len(images), self.batch_size)])
+        starts = range(0, len(images), self.batch_size)
+        shown = self.progress and len(starts) > 1
+        with torch.inference_mode(), tqdm(total=len(images), desc="embedding", unit="image", disable=not shown,
+                                          leave=False) as bar:
+            parts = []
+            for i in starts:
+                parts.append(self.model_.embed(images[i:i + self.batch_size].to(self.device)).float().cpu())
+                bar.update(len(parts[-1]))
+            return torch.cat(parts)
 
     def _warn_duplicates(self) -> None:
         seen: dict[str, tuple[str, str]] = {}
@@ -551,7 +558,7 @@ def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list
     if isinstance(support, (str, os.PathLike)):
         if labels is not None:
             raise SupportSetError("labels are given by the folder's subfolders: drop labels=")
-        return _folder_classes(Path(support).expanduser())
+        return folder_classes(Path(support).expanduser())
     if isinstance(support, Mapping):
         if labels is not None:
             raise SupportSetError("labels are the mapping's keys: drop labels=")
@@ -576,7 +583,9 @@ def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list
     return grouped
 
 
-def _folder_classes(root: Path) -> dict[str, list[Path]]:
+def folder_classes(root: Path) -> dict[str, list[Path]]:
+    """``{class: [image files]}`` of a support folder (one subfolder per class), listed without decoding
+    anything; a missing folder, an empty class or fewer than two classes is a one-line error."""
     from episodes.discovery import is_image_file
 
     if not root.is_dir():

@@ -13,10 +13,12 @@ import os
 import shlex
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable, Sequence
 
 from episodes import EpisodesError, EpisodeSampler, SplitSpec, drop_small_classes, resolve_split
 
+from . import json_io
 from .errors import FewshotError
 
 
@@ -106,7 +108,7 @@ def cmd_episodes(args: argparse.Namespace) -> int:
             "support": [[str(classes[c].files[p]) for p in pos] for c, pos in zip(drawn.classes, drawn.support)],
             "query": [[str(classes[c].files[p]) for p in pos] for c, pos in zip(drawn.classes, drawn.query)],
         }
-        out.write(json.dumps(record) + "\n")
+        out.write(json_io.dumps(record) + "\n")
     out.flush()
     return 0
 
@@ -275,7 +277,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def model_from_args(args: argparse.Namespace):
     """(model, config) from the model flags (see :func:`fewshot.loading.load_model`)."""
     from .loading import load_model
+    from .recipes import RECIPES
 
+    if args.checkpoint in RECIPES and not os.path.exists(args.checkpoint) and not args.recipe:
+        args.checkpoint, args.recipe = None, args.checkpoint  # `fewshot predict fast ...` names the recipe
     if not args.checkpoint and not args.recipe and not (args.backbone or args.head):
         args.recipe = "default"  # so the output names it
     return load_model(args.checkpoint, recipe=args.recipe, backbone=args.backbone, head=args.head,
@@ -381,7 +386,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.per_class:
         outputs.append(("--confusion", lambda: print_per_class(result.extra["per_class"], str(confusion_path))))
     if json_path:
-        outputs.append(("--json", lambda: atomic_write_text(json_path, json.dumps(result.to_json() | described,
+        outputs.append(("--json", lambda: atomic_write_text(json_path, json_io.dumps(result.to_json() | described,
                                                                                   indent=1))))
     return write_outputs(outputs)
 
@@ -425,30 +430,42 @@ def print_per_class(report: dict, png: str | None) -> None:
 
 
 def classifier_from_args(args: argparse.Namespace):
-    """A :class:`fewshot.FewShotClassifier` around the model the flags name (:func:`model_from_args`)."""
+    """A :class:`fewshot.FewShotClassifier` around the model the flags name (:func:`model_from_args`), with
+    progress bars on stderr unless ``--no-progress``."""
     from .classifier import FewShotClassifier
 
     model, config = model_from_args(args)
-    return FewShotClassifier.from_model(model, config, model_source(args, config), device=args.device or "auto")
+    classifier = FewShotClassifier.from_model(model, config, model_source(args, config), device=args.device or "auto")
+    classifier.progress = not getattr(args, "no_progress", False)
+    return classifier
+
+
+def check_inputs(args: argparse.Namespace) -> list | None:
+    """Before any model loads: the support folder (listed, not decoded) and the query paths; returns the
+    query files (None when the command has no queries)."""
+    from .classifier import folder_classes
+    from .predict import expand_queries
+
+    folder_classes(Path(args.support).expanduser())
+    return expand_queries(args.query) if getattr(args, "query", None) else None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .atomic import check_output
-    from .predict import expand_queries
 
     explain_dir = check_output(args.explain, "--explain", folder=True) if args.explain else None
+    files = check_inputs(args)
     classifier = classifier_from_args(args)
     if explain_dir:
         from .capabilities import require
 
         require(classifier.model_, "explain", classifier.image_size)
-    files = expand_queries(args.query)
     classifier.fit(args.support)
     results = classifier.explain(files, explain_dir) if explain_dir else classifier.details(files)
     if explain_dir:
         print(f"Grad-CAM heatmaps: {len(results)} PNG files in {explain_dir}", file=sys.stderr)
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json_io.dumps(results, indent=1))
         return 0
     for item in results:
         ranked = sorted(item["probabilities"].items(), key=lambda kv: -kv[1])
@@ -462,8 +479,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     json_out = check_output(args.json, "--json") if args.json else None
     confusion = check_output(args.confusion, "--confusion") if args.confusion else None
+    check_inputs(args)
     classifier = classifier_from_args(args).fit(args.support)
-    estimate = classifier.estimate(repeats=args.repeats, holdout=args.holdout, seed=args.seed)
+    estimate = classifier.estimate(repeats=args.repeats, holdout=args.holdout, seed=args.seed,
+                                   progress=classifier.progress)
     print(f"{estimate.summary()} with {classifier.source} on {args.support}")
     print("support images per class in each split: " + ", ".join(f"{k} {v}" for k, v in estimate.shots.items()))
     print_per_class(estimate.report, None)
@@ -476,7 +495,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     outputs = [("--confusion", write_confusion)] if confusion else []
     if json_out:
-        outputs.append(("--json", lambda: atomic_write_text(json_out, json.dumps(estimate.to_json(), indent=1))))
+        outputs.append(("--json", lambda: atomic_write_text(json_out, json_io.dumps(estimate.to_json(), indent=1))))
     return write_outputs(outputs)
 
 
@@ -520,9 +539,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .capabilities import require
 
     out = check_output(args.out, "--out")
+    check_inputs(args)
     classifier = classifier_from_args(args)
     require(classifier.model_, "export")  # before the support images are read and embedded
-    path = classifier.fit(args.support).export(out, args.format)
+    classifier.fit(args.support)
+    if classifier.progress:
+        print(f"exporting {args.format} ...", file=sys.stderr, flush=True)
+    path = classifier.export(out, args.format)
     size, channels = classifier.image_size, classifier.channels
     described = {"torchscript": f"TorchScript: input uint8 (B, {channels}, {size}, {size}), output class probabilities; "
                                 "class names in its class_names.json",
@@ -685,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
     predict.add_argument("--explain", metavar="OUT_DIR",
                          help="also write a Grad-CAM heatmap over each query as OUT_DIR/<query>.gradcam.png")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bars")
     predict.set_defaults(handler=cmd_predict)
 
     estimate = commands.add_parser(
@@ -702,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the splits (default 0)")
     estimate.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG")
     estimate.add_argument("--json", metavar="OUT", help="write the estimate, per-class scores and matrix as JSON")
+    estimate.add_argument("--no-progress", action="store_true", help="no progress bars")
     estimate.set_defaults(handler=cmd_estimate)
 
     export = commands.add_parser(
@@ -709,15 +734,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a standalone classifier of the support folder's classes. onnx (needs "
                     "fewshot[onnx]): onnxruntime alone runs it; input decoded RGB uint8 (B, H, W, 3) of any size, "
                     "resize and normalization in the graph; output class probabilities; class names in the "
-                    "metadata. onnx-int8: the same, quantized to 8 bits (calibrated on the support images). "
-                    "torchscript (default): torch.jit.load alone runs it; input (B, C, H, W) uint8 at the model's size; class "
+                    "metadata (the default). onnx-int8: the same, quantized to 8 bits (calibrated on the support "
+                    "images). torchscript: torch.jit.load alone runs it; input (B, C, H, W) uint8 at the model's size; class "
                     "names in the archive's class_names.json.",
     )
     add_model_arguments(export)
     export.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
-    export.add_argument("--format", choices=("torchscript", "onnx", "onnx-int8"), default="torchscript",
-                        help="torchscript (default), onnx or onnx-int8")
+    export.add_argument("--format", choices=("onnx", "onnx-int8", "torchscript"), default="onnx",
+                        help="onnx (default, as in the Python API and the server), onnx-int8 or torchscript")
     export.add_argument("--out", required=True, metavar="FILE", help="file to write (.onnx, or .pt for torchscript)")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
     export.set_defaults(handler=cmd_export)
 
     serve = commands.add_parser(

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from . import json_io
 from .atomic import atomic_write_text, writable_folder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_config
@@ -77,7 +78,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if record["episode"] <= self.logged.get(record["kind"], -1):
             return
-        self.handle.write(json.dumps(record) + "\n")
+        self.handle.write(json_io.dumps(record) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
 
@@ -144,10 +145,17 @@ class RunDirectory:
                                f"{need / 2**20:.0f} MB: free some space or choose another --out")
 
     def resume_point(self, config: Config, must_match: tuple[str, ...], total_key: str, total_steps: int,
-                     log: Callable[[str], None], unit: str = "episode") -> dict:
-        """``last.pt``, after checking that the config did not change in a way that matters and that the
-        run has not already gone past the ``total_steps`` now asked for (``total_key`` names that setting)."""
+                     log: Callable[[str], None], unit: str = "episode", world_size: int = 1) -> dict:
+        """``last.pt``, after checking that the config did not change in a way that matters, that the run has
+        not already gone past the ``total_steps`` now asked for (``total_key`` names that setting), and that it
+        resumes with as many processes as it ran with (data is dealt out by step and rank: another count would
+        skip or repeat data)."""
         saved = load_checkpoint(self.checkpoints / "last.pt")
+        before = saved.get("world_size", 1)
+        if before != world_size:
+            raise FewshotError(f"cannot resume {self.path}: it ran with {before} process{'es' if before > 1 else ''} "
+                               f"and is resumed with {world_size}; resume with torchrun --nproc_per_node={before} "
+                               "(each step's data depends on the number of processes)")
         changed = config_differences(saved["config"], config.to_dict())
         fatal = [key for key in changed if any(key == m or key.startswith(m + ".") for m in must_match)]
         if fatal:
@@ -168,8 +176,9 @@ class RunDirectory:
             return
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.yaml", dump_config(config))
-        if not self.resume:  # a run stopped before its first checkpoint may have left a log: start it afresh
-            (self.path / "metrics.jsonl").unlink(missing_ok=True)
+        if not self.resume:  # a run stopped before its first checkpoint may have left files: start afresh
+            for name in ("metrics.jsonl", "val_episodes.jsonl"):  # validation episodes belong to their run
+                (self.path / name).unlink(missing_ok=True)
         self.metrics = MetricsLog(self.path / "metrics.jsonl")
 
     def write_metrics(self, record: dict) -> None:
@@ -184,7 +193,7 @@ class RunDirectory:
         """``curves.png`` and ``summary.json``."""
         if self.is_main:
             plot_training_curves(self.path / "metrics.jsonl", self.path / "curves.png")
-            atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2))
+            atomic_write_text(self.path / "summary.json", json_io.dumps(summary, indent=2))
 
     def close(self) -> None:
         if self.metrics:
@@ -198,6 +207,7 @@ class TrainingState:
     def __init__(self):
         self.step = 0
         self.best = {"accuracy": -1.0, "ci95": 0.0, "episode": 0}
+        self.world_size = 1  # processes the run trains with (checked on resume)
         self.stale = 0
         self.window = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, queries, steps
         self.earlier_seconds = 0.0  # training time of the processes before a resume
@@ -208,7 +218,8 @@ class TrainingState:
         return self.earlier_seconds + time.perf_counter() - self.started
 
     def to_dict(self) -> dict:
-        return {"episode": self.step, "best": self.best, "stale": self.stale, "window": self.window,
+        return {"episode": self.step, "world_size": self.world_size, "best": self.best, "stale": self.stale,
+                "window": self.window,
                 "seconds": self.seconds()}
 
     def load(self, saved: dict) -> None:
@@ -278,6 +289,7 @@ def begin(job: Job, run: RunDirectory, saved: dict | None, context: DistContext,
         restore(job, state, saved, device)
         if context.is_main:
             log(f"resumed {run.path} after {job.label(state.step)}")
+    state.world_size = context.world_size
     run.start(job.config)
     for module in job.modules.values():
         module.train()

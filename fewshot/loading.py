@@ -7,6 +7,7 @@ and the server, so that each names a model the same way and gets the same model.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -28,7 +29,12 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, recipe: str | Non
     ``KEY=VALUE`` strings or a dict; ``transform`` / ``tta`` override the checkpoint's or recipe's.
     """
     from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .recipes import RECIPES
 
+    if isinstance(checkpoint, str) and checkpoint in RECIPES and not Path(checkpoint).exists():
+        if recipe:
+            raise FewshotError(f"'{checkpoint}' and --recipe {recipe} both name a recipe: give one")
+        checkpoint, recipe = None, checkpoint  # `fewshot predict fast ...` names the recipe 'fast'
     if checkpoint and recipe:
         raise FewshotError("give a checkpoint or a recipe, not both")
     if checkpoint:

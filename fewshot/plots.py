@@ -34,7 +34,8 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.Pat
     left.set_title("training loss")
     right.plot([r[axis] for r in train], [r["accuracy"] for r in train], label="train (running)")
     if val:
-        right.errorbar([r[axis] for r in val], [r["accuracy"] for r in val], yerr=[r["ci95"] for r in val],
+        intervals = [float("nan") if r.get("ci95") is None else r["ci95"] for r in val]  # null: one episode
+        right.errorbar([r[axis] for r in val], [r["accuracy"] for r in val], yerr=intervals,
                        marker="o", capsize=3, label="validation ± 95% CI")
     right.set_xlabel(axis)
     right.set_ylabel("accuracy (%)")

@@ -21,7 +21,10 @@ def expand_queries(paths: list[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p.name))
             if not found:
-                raise FewshotError(f"query folder {path} holds no images")
+                inner = [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+                hint = (f"; its subfolders ({', '.join(sorted(inner)[:3])}{', ...' if len(inner) > 3 else ''}) "
+                        "are not searched: give them, or their images, as queries") if inner else ""
+                raise FewshotError(f"query folder {path} holds no images{hint}")
             out += found
         elif path.is_file():
             out.append(path)

@@ -63,6 +63,14 @@ class Supervised(nn.Module):
         return self.classifier(self.backbone(images))
 
 
+def global_batch(step: int, world: int, rank: int, per_step: int, per_epoch: int) -> int:
+    """The global batch rank ``rank`` of ``world`` trains on at ``step``: steps ``e*per_step ..`` are epoch ``e``,
+    whose batches ``0 .. per_step*world - 1`` are dealt out ``world`` per step (the remainder of an epoch that
+    ``world`` does not divide is skipped, so a step's epoch label is the epoch of its data)."""
+    epoch, within = divmod(step, per_step)
+    return epoch * per_epoch + within * world + rank
+
+
 class ShuffledBatches(Dataset):
     """Item ``g`` is global batch ``g`` of the run: ``(images (B, C, H, W) uint8, labels (B,))``.
 
@@ -141,7 +149,8 @@ def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[
         raise FewshotError(f"pretrain.batch_size={pcfg.batch_size} is too large: {len(batches.items)} training "
                            f"images make no full batch{' per process' if context.enabled else ''}; lower it")
     total = pcfg.epochs * per_step
-    saved = run.resume_point(config, MUST_MATCH, "pretrain.epochs", total, log, "batche") if run.resume else None
+    saved = run.resume_point(config, MUST_MATCH, "pretrain.epochs", total, log, "batche",
+                             world_size=context.world_size) if run.resume else None
     validate = validation(model, config, pcfg.val_episodes, context, device, progress, run)
     classes = len(base)
     dim = model.head.embedding_dim
@@ -172,9 +181,10 @@ def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[
     state = begin(job, run, saved, context, device, log)
     world, rank = context.world_size, context.rank
     steps = range(state.step, total)
-    loader = DataLoader(batches, batch_size=None, num_workers=config.data.workers,
-                        sampler=[s * world + rank for s in steps], generator=torch.Generator().manual_seed(config.seed))
-    indexed = ((s * world + rank, images, labels) for s, (images, labels) in zip(steps, loader))
+    chosen = [global_batch(s, world, rank, per_step, batches.per_epoch) for s in steps]
+    loader = DataLoader(batches, batch_size=None, num_workers=config.data.workers, sampler=chosen,
+                        generator=torch.Generator().manual_seed(config.seed))
+    indexed = ((g, images, labels) for g, (images, labels) in zip(chosen, loader))
     outcome = run_steps(job, indexed, run, state, context, device, progress)
     best = state.best if state.best["accuracy"] >= 0 else None
     summary = {"epochs": epoch_of(state.step), "steps": state.step, "minutes": state.seconds() / 60,

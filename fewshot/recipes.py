@@ -65,7 +65,16 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def did_you_mean(name: str) -> str:
+    """``" (did you mean the recipe 'default'?)"`` when ``name`` is close to a recipe's name, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(RECIPES), n=1, cutoff=0.6)
+    return f" (did you mean the recipe '{close[0]}'?)" if close else ""
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise FewshotError(f"unknown recipe '{name}'; choose one of {', '.join(RECIPES)} (fewshot recipes lists them)")
+        raise FewshotError(f"unknown recipe '{name}'{did_you_mean(name)}; choose one of {', '.join(RECIPES)} "
+                           "(fewshot recipes lists them)")
     return RECIPES[name]

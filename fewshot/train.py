@@ -88,7 +88,8 @@ def _train(config: Config, run: RunDirectory, progress: bool, log: Callable[[str
     model = build_model(config.model, config.data.channels, config.data.image_size).to(device)
     check_meta_trainable(model, config.model.head)
     run.check(model)
-    saved = run.resume_point(config, MUST_MATCH, "train.episodes", tcfg.episodes, log) if run.resume else None
+    saved = run.resume_point(config, MUST_MATCH, "train.episodes", tcfg.episodes, log,
+                             world_size=context.world_size) if run.resume else None
     shape = (tcfg.ways, tcfg.shots, tcfg.queries)
     train_splits = [(source, open_source(config, source, shape, progress))
                     for source in phase_sources(config.data, "train")]

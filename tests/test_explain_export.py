@@ -101,7 +101,7 @@ def test_export_loads_in_a_fresh_process_and_matches_predict(trained, tmp_path, 
     args = [str(run_dir)] if head == "protonet" else ["--backbone", "conv4", "--head", head, "--image-size", "24",
                                                        "--channels", "3"]
     exported = tmp_path / "model.pt"
-    assert main(["export", *args, "--support", str(support), "--out", str(exported)]) == 0
+    assert main(["export", *args, "--support", str(support), "--out", str(exported), "--format", "torchscript"]) == 0
     assert main(["predict", *args, "--support", str(support), "--query", *map(str, queries), "--json"]) == 0
     out = capsys.readouterr().out
     predicted = json.loads(out[out.index("["):])

@@ -238,6 +238,11 @@ def test_two_process_gloo_data_parallel(data_root, tmp_path):
     assert more.returncode == 0, more.stderr[-3000:]
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["episodes"] == 16 and resumed["rank_first_episodes"] == [[24, 26, 28, 30], [25, 27, 29, 31]]
+    alone = subprocess.run([sys.executable, "-m", "fewshot", "train", str(config), "--out", str(run_dir), "--resume",
+                            "--set", "train.episodes=20", "--no-progress"], capture_output=True, text=True,
+                           timeout=600, env=env)
+    assert alone.returncode == 2 and "ran with 2 processes and is resumed with 1" in alone.stderr, alone.stderr[-2000:]
+    assert alone.stderr.strip().count("\n") == 0 and "Traceback" not in alone.stderr
 
 
 def test_training_time_adds_up_across_resumes(data_root, tmp_path):
@@ -247,3 +252,37 @@ def test_training_time_adds_up_across_resumes(data_root, tmp_path):
     more = config_from_dict(config_dict(data_root, episodes=9, val_every=0))
     summary = train(more, tmp_path / "run", resume=True, progress=False)
     assert first > 0 and summary["minutes"] * 60 > first
+
+
+def test_a_fresh_run_draws_its_own_validation_episodes_and_writes_no_nan(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stale = '{"source": "x", "index": 0, "classes": ["a", "b"], "support": [[0], [0]], "query": [[1], [1]]}\n'
+    (run_dir / "val_episodes.jsonl").write_text(stale)  # left by an earlier 2-way run stopped before a checkpoint
+    (run_dir / "metrics.jsonl").write_text("")
+    config = config_dict(data_root, episodes=4, val_every=2)
+    config["train"]["val_episodes"] = 1  # one episode: its interval is undefined (was NaN in metrics.jsonl)
+    train(config_from_dict(config), run_dir, progress=False)
+    episodes = [json.loads(line) for line in (run_dir / "val_episodes.jsonl").read_text().splitlines()]
+    assert episodes and all(len(e["classes"]) == config["eval"]["ways"] for e in episodes)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    for name in ("metrics.jsonl", "summary.json"):
+        for line in (run_dir / name).read_text().splitlines() if name.endswith("l") else [(run_dir / name).read_text()]:
+            json.loads(line, parse_constant=refuse)
+    assert any(json.loads(line).get("ci95", 0) is None for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+def test_pretrain_batches_keep_their_epoch_whatever_the_world_size():
+    from fewshot.pretrain import global_batch
+
+    per_epoch = 10
+    for world in (1, 2, 3, 4):
+        per_step = per_epoch // world
+        for step in range(4 * per_step):
+            batches = [global_batch(step, world, rank, per_step, per_epoch) for rank in range(world)]
+            assert {b // per_epoch for b in batches} == {step // per_step}, (world, step, batches)
+        seen = [global_batch(s, world, r, per_step, per_epoch) for s in range(2 * per_step) for r in range(world)]
+        assert len(seen) == len(set(seen)), "a batch trained twice"

@@ -82,15 +82,18 @@ def test_confusion_alone_writes_the_matrix(run_dir, tmp_path, capsys):
 
 def test_bad_output_paths_fail_before_work_and_one_failure_spares_the_others(run_dir, tmp_path, capsys,
                                                                             monkeypatch):
-    import fewshot.evaluate as evaluate_module
+    import fewshot.cli as cli_module
 
-    called = []
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: called.append(1))
+    called = []  # the model loaders every command goes through: the spy is proven on the path below
+    for name in ("model_from_args", "classifier_from_args"):
+        original = getattr(cli_module, name)
+        monkeypatch.setattr(cli_module, name, lambda *a, _original=original, **k: called.append(1) or _original(*a, **k))
     assert main(["eval", str(run_dir), "--json", str(tmp_path)]) == 2
     assert main(["eval", str(run_dir), "--json", "/proc/nope/out.json"]) == 2
     assert main(["predict", str(run_dir), "--support", "x", "--query", "y", "--explain", "/proc/nope"]) == 2
     assert main(["export", str(run_dir), "--support", "x", "--out", "/proc/nope/m.pt"]) == 2
     assert not called and capsys.readouterr().err.count("cannot be written") == 3
+    assert main(["eval", str(run_dir), "--episodes", "2", "--no-progress"]) == 0 and called, "the spy is on the path"
     monkeypatch.undo()
     import fewshot.plots as plots
 
@@ -289,7 +292,8 @@ def test_weights_from_another_image_size_warn(run_dir):
 
 def test_exported_model_checks_its_input(run_dir, phases, tmp_path):
     out = tmp_path / "m.pt"
-    assert main(["export", str(run_dir), "--support", str(phases / "test"), "--out", str(out)]) == 0
+    assert main(["export", str(run_dir), "--support", str(phases / "test"), "--out", str(out),
+                 "--format", "torchscript"]) == 0
     model = torch.jit.load(str(out))
     good = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     probabilities = model(good)

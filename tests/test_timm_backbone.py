@@ -49,7 +49,8 @@ def test_small_timm_models_run_eval_predict_and_export(name, folders, tmp_path, 
     assert main(["predict", *model_args, "--support", str(folders / "support"), "--query", str(query), "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)[0]["probabilities"]
     out = tmp_path / "m.pt"
-    assert main(["export", *model_args, "--support", str(folders / "support"), "--out", str(out)]) == 0
+    assert main(["export", *model_args, "--support", str(folders / "support"), "--out", str(out),
+                 "--format", "torchscript"]) == 0
     exported = torch.jit.load(str(out))
     from fewshot.predict import read_images
 

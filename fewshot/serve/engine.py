@@ -30,7 +30,8 @@ from episodes.images import pil_to_array
 from ..capabilities import require, single_image_note, unsupported
 from ..classifier import ClassExamples, Estimate, FewShotClassifier
 from ..errors import FewshotError, SupportSetError
-from .jobs import ComputeLock, JobSlots, run_export_process, write_export_job
+from .jobs import (ComputeLock, JobSlots, limit_allocator_arenas, release_memory, run_export_process,
+                   write_export_job)
 from .store import Store
 
 EMBED_CHUNK = 8  # images embedded per background pass: a prediction waits for at most this many
@@ -85,9 +86,10 @@ class _Cached:
     estimates: OrderedDict = field(default_factory=OrderedDict)  # (repeats, holdout, seed) -> Estimate, newest last
 
     def nbytes(self) -> int:
-        """Memory held: decoded pixels and embeddings (twice: the cache's and the classifier's stacked copies)."""
-        held = sum(t.numel() * t.element_size() for t in (*self.pixels.values(), *self.features.values()))
-        return 2 * held
+        """Memory held: decoded pixels three times (the cache's, the classifier's per class, its support set
+        joined) and embeddings twice."""
+        pixels = sum(t.numel() * t.element_size() for t in self.pixels.values())
+        return 3 * pixels + 2 * sum(t.numel() * t.element_size() for t in self.features.values())
 
 
 class Engine:
@@ -104,6 +106,7 @@ class Engine:
         self.key = model_key(base)
         self.embedded_images = 0  # stored images embedded since start (the rest came from the cache)
         self._weights_file: Path | None = None  # the model's weights for export children, written once
+        limit_allocator_arenas()
 
     @property
     def head(self):
@@ -192,6 +195,7 @@ class Engine:
             classifier.set_examples(examples)
         fresh = _Cached(project["revision"], classifier, pixels, features)
         self._remember(project_id, fresh)
+        release_memory()  # what the old classifier and dropped projects held
         return classifier, fresh
 
     def embed_new(self, project_id: int, image_ids: list[int]) -> None:
@@ -254,6 +258,7 @@ class Engine:
             details[0]["heatmap"] = heatmap_overlay_png(queries[0], heatmaps[0])
             results += details
             del queries, heatmaps  # an explanation's tensors are released before the next image
+        release_memory()
         return results
 
     def estimate(self, project_id: int, repeats: int, holdout: float, seed: int,
@@ -271,6 +276,7 @@ class Engine:
         cached.estimates[key] = result
         while len(cached.estimates) > ESTIMATES_KEPT:
             cached.estimates.popitem(last=False)
+        release_memory()
         return result
 
     def export(self, project_id: int, path: Path, format: str,  # noqa: A002
