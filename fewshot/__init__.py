@@ -1,6 +1,6 @@
 """fewshot: few-shot image classification and meta-learning on top of the ``episodes`` data layer."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["FewShotClassifier", "__version__"]
 

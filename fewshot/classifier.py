@@ -216,9 +216,20 @@ class FewShotClassifier:
                     warnings.warn(f"the same image is in class '{other[0]}' ({other[1]}) and in class '{class_name}' "
                                   f"({name}): remove one of them", UserWarning, stacklevel=3)
 
+    @property
+    def examples_(self) -> dict[str, ClassExamples]:
+        """The examples per class as held (a new dict; the tensors are shared, not copied)."""
+        return dict(self._examples)
+
     def support(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(images ``(S, C, H, W)`` uint8, embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order;
-        concatenated once and reused until the examples change."""
+        """(images ``(S, C, H, W)`` uint8, embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order.
+        The images are joined on each call (a copy: callers that need only embeddings use
+        :meth:`support_features`)."""
+        features, labels = self.support_features()
+        return torch.cat([self._examples[n].images for n in self.classes_]), features, labels
+
+    def support_features(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order, joined once per change."""
         names = self.classes_
         entries = [self._examples[n] for n in names]
         cached = getattr(self, "_support", None)  # (names, entries, joined): holding the entries keeps them alive
@@ -227,9 +238,8 @@ class FewShotClassifier:
             return cached[2]
         labels = torch.cat([torch.full((len(e.images),), i, dtype=torch.long) for i, e in enumerate(entries)])
         features = None if entries[0].features is None else torch.cat([e.features for e in entries])
-        joined = (torch.cat([e.images for e in entries]), features, labels)
-        self._support = (names, entries, joined, [len(e.images) for e in entries])
-        return joined
+        self._support = (names, entries, (features, labels), [len(e.images) for e in entries])
+        return features, labels
 
     # ------------------------------------------------------------------ predicting
     def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
@@ -254,7 +264,7 @@ class FewShotClassifier:
         if self.model_.head.adapts_backbone:
             return None
         if self._fitted is None:
-            _, features, labels = self.support()
+            features, labels = self.support_features()
             self._fitted = self._fit_state(features, labels)
         return self._fitted
 
@@ -309,7 +319,11 @@ class FewShotClassifier:
 
         require(self.model_, "explain", self.image_size)
         queries = as_batch(prepared)
-        support, _, labels = self.support()
+        if self.model_.head.adapts_backbone:  # the network is adapted to the support images
+            support, _, labels = self.support()
+        else:  # the fitted state stands for them
+            _, labels = self.support_features()
+            support = torch.zeros(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         heatmaps, probabilities = explain(self.model_, support.to(self.device), labels.to(self.device),
                                           len(self.classes_), queries.to(self.device), fitted=self.fitted_)
         return queries, heatmaps.cpu(), probabilities.cpu()
@@ -350,9 +364,9 @@ class FewShotClassifier:
             raise FewshotError(f"seed must be an integer >= 0, got {seed!r}")
         names = self.classes_
         rows, notes = self._distinct_rows()
-        images, features, labels = self.support()
-        images, labels = images[rows], labels[rows]
-        features = None if features is None else features[rows]
+        features, labels = self.support_features()
+        images = self.support()[0][rows] if features is None else None  # only a head that adapts needs images
+        labels, features = labels[rows], None if features is None else features[rows]
         sizes = {n: int((labels == i).sum()) for i, n in enumerate(names)}
         too_few = [f"'{n}' ({sizes[n]})" for n in names if sizes[n] < 2]
         if too_few:
@@ -406,9 +420,12 @@ class FewShotClassifier:
         is_query[query_rows] = True
         support_rows = torch.from_numpy(np.flatnonzero(~is_query))
         query_rows = torch.from_numpy(np.flatnonzero(is_query))
-        subset = (images[support_rows], None if features is None else features[support_rows], labels[support_rows])
-        probabilities = self._probabilities(images[query_rows], subset,
-                                            None if features is None else features[query_rows])
+        if features is None:  # the head adapts the backbone to the support images
+            subset = (images[support_rows], None, labels[support_rows])
+            probabilities = self._probabilities(images[query_rows], subset)
+        else:
+            subset = (None, features[support_rows], labels[support_rows])
+            probabilities = self._probabilities(None, subset, features[query_rows])
         return query_rows, probabilities.argmax(1).numpy()
 
     def _distinct_rows(self) -> tuple[torch.Tensor, list[str]]:
@@ -440,7 +457,7 @@ class FewShotClassifier:
     def save(self, path: str | os.PathLike) -> Path:
         """One file: config, weights, class names, support images and embeddings (read back with
         :meth:`load`, which uses safe loading: tensors and plain values only)."""
-        from . import __version__
+        from .version import __version__
         from .atomic import atomic_write
 
         self._check_fitted()
@@ -456,9 +473,10 @@ class FewShotClassifier:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "FewShotClassifier":
         """A classifier saved by :meth:`save`, ready to predict."""
-        from .checkpoint import load_model_state, safe_load
+        from .checkpoint import load_model_state
         from .config import config_from_dict
         from .model import build_model
+        from .safe_io import safe_load
 
         file = Path(path).expanduser()
         if not file.is_file():

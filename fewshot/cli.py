@@ -20,6 +20,7 @@ from episodes import EpisodesError, EpisodeSampler, SplitSpec, drop_small_classe
 
 from . import json_io
 from .errors import FewshotError
+from .version import __version__
 
 
 def _one_line_warnings() -> None:
@@ -242,9 +243,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """A model from a checkpoint / run directory, or built from a backbone and head without training."""
     from .backbones import BACKBONES
     from .heads import HEADS
-    from .model import TTA
     from .recipes import RECIPES
-    from .transforms import TRANSFORMS
+    from .transforms import TRANSFORMS, TTA
 
     group = parser.add_argument_group("model (a checkpoint, a recipe, or a backbone and head)")
     group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
@@ -589,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-shot image classification: sample episodes, meta-train, evaluate with a 95% "
                     "confidence interval, and classify new classes from a few support images.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('fewshot').__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 

@@ -355,8 +355,7 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 def check_config(config: Config) -> None:
     """Declared ranges and choices, then the checks that ranges alone cannot express."""
     check_declared(config)
-    from .model import TTA
-    from .transforms import TRANSFORMS
+    from .transforms import TRANSFORMS, TTA
 
     for key, value, allowed in (("model.transform", config.model.transform, TRANSFORMS),
                                 ("model.tta", config.model.tta, TTA)):

@@ -19,9 +19,7 @@ from .config import ModelConfig
 from .errors import FewshotError
 from .heads import Head, build_head
 from .heads.base import HeadState, Network
-from .transforms import TRANSFORMS, TransformState, apply_transform, fit_transform, transform_features
-
-TTA = ("none", "flip")  # test-time augmentation of embeddings: none, or the mean with the mirrored image
+from .transforms import TRANSFORMS, TTA, TransformState, apply_transform, fit_transform, transform_features
 
 
 @dataclass

@@ -217,9 +217,9 @@ def export_onnx(model: FewShotModel, fitted: FittedClassifier, class_names: list
 
 
 def fewshot_version() -> str:
-    import fewshot
+    from .version import __version__
 
-    return str(getattr(fewshot, "__version__", "unknown"))
+    return __version__
 
 
 def build_graph(classifier: FittedImageClassifier, image_size: int, channels: int) -> tuple[Any, bool]:

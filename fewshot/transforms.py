@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 TransformState = dict[str, torch.Tensor]
+TTA = ("none", "flip")  # test-time augmentation of embeddings (model.tta): none, or the mean with the mirrored image
 
 
 def power(features: torch.Tensor, beta: float = 0.5) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""Backbones, one file each, registered by name. Adding one: a file and a line in ``BACKBONES``.
+"""Backbones, one file each, registered by name. Adding one: a file and a line in ``BACKBONES``; adding a family
+named by a prefix (``timm:``, ``ensemble:``): a file declaring its :class:`~.base.Family` and a line in
+``FAMILIES``.
 
 A backbone class takes ``in_channels`` first and may take ``weights`` (``none`` / ``imagenet`` /
 PATH); any other constructor argument can be set from the config's ``model.backbone_options``.
@@ -10,7 +12,7 @@ import inspect
 
 from ..errors import FewshotError
 from . import ensemble, timm_backbone
-from .base import Backbone, load_weights_file
+from .base import Backbone, Family, Registry, load_weights_file
 from .conv4 import Conv4
 from .efficientnet_lite import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
 from .resnet12 import ResNet12
@@ -26,6 +28,11 @@ BACKBONES: dict[str, type[Backbone]] = {
     "efficientnet_lite1": EfficientNetLite1,
     "efficientnet_lite2": EfficientNetLite2,
 }
+FAMILIES: list[Family] = [timm_backbone.FAMILY, ensemble.FAMILY]
+
+
+def family_of(name: str) -> Family | None:
+    return next((family for family in FAMILIES if name.startswith(family.prefix)), None)
 
 
 def check_options(cls: type, options: dict, what: str, reserved: tuple[str, ...]) -> None:
@@ -39,24 +46,21 @@ def check_options(cls: type, options: dict, what: str, reserved: tuple[str, ...]
 
 def native_size(name: str) -> int | None:
     """The input side the backbone's pretrained weights were made for, if it declares one."""
-    if name.startswith(timm_backbone.PREFIX):
-        return timm_backbone.native_size(name)
-    if name.startswith(ensemble.PREFIX):
-        return max((native_size(member) or 0 for member in ensemble.member_names(name)), default=0) or None
+    family = family_of(name)
+    if family is not None:
+        return family.native_size(name, REGISTRY)
     cls = BACKBONES.get(name)
     return getattr(cls, "native_size", None) if cls is not None else None
 
 
 def build_backbone(name: str, in_channels: int = 3, weights: str = "none", **options) -> Backbone:
     """Instantiate the backbone registered as ``name``."""
-    if name.startswith(ensemble.PREFIX):
-        check_options(ensemble.Ensemble, options, "model.backbone_options", ("name", "in_channels", "weights"))
-        return ensemble.Ensemble(name, in_channels, weights)
-    if name.startswith(timm_backbone.PREFIX):
-        return timm_backbone.TimmBackbone(name.removeprefix(timm_backbone.PREFIX), in_channels, weights, **options)
+    family = family_of(name)
+    if family is not None:
+        return family.build(name, in_channels, weights, options, REGISTRY)
     if name not in BACKBONES:
-        raise FewshotError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}, timm:<name> for "
-                           "any timm model, or ensemble:<a>+<b>")
+        raise FewshotError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}, "
+                           f"{', or '.join(family.describe for family in FAMILIES)}")
     cls = BACKBONES[name]
     check_options(cls, options, "model.backbone_options", ("in_channels", "weights"))
     takes_weights = "weights" in inspect.signature(cls.__init__).parameters
@@ -70,4 +74,6 @@ def build_backbone(name: str, in_channels: int = 3, weights: str = "none", **opt
     return backbone
 
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "check_options", "native_size"]
+REGISTRY = Registry(build_backbone, native_size)
+
+__all__ = ["BACKBONES", "FAMILIES", "Backbone", "Family", "build_backbone", "check_options", "native_size"]

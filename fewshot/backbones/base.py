@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -52,6 +54,27 @@ class Backbone(nn.Module):
         return state
 
 
+@dataclass(frozen=True)
+class Family:
+    """A family of backbones named by a prefix (``timm:<name>``, ``ensemble:<a>+<b>``), declared in its own file
+    and registered by one line in ``backbones.FAMILIES``. ``build(name, in_channels, weights, options, registry)``
+    and ``native_size(name, registry)`` get the full name and the registry (:class:`Registry`: ``build`` and
+    ``native_size`` of any backbone name), so a family made of other backbones imports nothing above it."""
+
+    prefix: str
+    build: Callable[..., "Backbone"]
+    native_size: Callable[[str, "Registry"], int | None]
+    describe: str  # for error messages: "timm:<name> for any timm model"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What a family may ask of the registry: build or size any backbone by name."""
+
+    build: Callable[..., "Backbone"]
+    native_size: Callable[[str], int | None]
+
+
 def state_dict_mismatch(module: nn.Module, state: dict) -> str | None:
     """None when ``state`` fits ``module`` exactly, else a short description of what does not fit."""
     own = module.state_dict()
@@ -69,7 +92,7 @@ def load_weights_file(module: nn.Module, path: str | os.PathLike, name: str) -> 
     file = Path(path).expanduser()
     if not file.is_file():
         raise FewshotError(f"weights file {file} does not exist (model.weights: none | imagenet | PATH)")
-    from ..checkpoint import safe_load
+    from ..safe_io import safe_load
 
     if file.suffix == ".safetensors":
         try:

@@ -19,7 +19,7 @@ from torch import nn
 from episodes import normalization
 
 from ..errors import FewshotError
-from .base import Backbone, load_weights_file
+from .base import Backbone, Family, Registry, load_weights_file
 
 PREFIX = "ensemble:"
 
@@ -38,14 +38,14 @@ class Ensemble(Backbone):
     mean = (0.0, 0.0, 0.0)  # the model only scales pixels to [0, 1]; each member normalizes its own way
     std = (1.0, 1.0, 1.0)
 
-    def __init__(self, name: str, in_channels: int = 3, weights: str = "none"):
+    def __init__(self, name: str, in_channels: int = 3, weights: str = "none", registry: Registry | None = None):
         super().__init__()
-        from . import build_backbone, native_size
-
+        if registry is None:
+            raise FewshotError("an ensemble is built through fewshot.backbones.build_backbone('ensemble:a+b')")
         names = member_names(name)
         shared = weights if weights in ("none", "imagenet") else "none"  # a file holds the whole ensemble
-        self.members = nn.ModuleList(build_backbone(member, in_channels, shared) for member in names)
-        self.sizes = [native_size(member) for member in names]
+        self.members = nn.ModuleList(registry.build(member, in_channels, shared) for member in names)
+        self.sizes = [registry.native_size(member) for member in names]
         default_mean, default_std = normalization(in_channels)
         for index, member in enumerate(self.members):
             mean, std = member.mean or default_mean, member.std or default_std
@@ -79,3 +79,18 @@ class Ensemble(Backbone):
 
     def stages(self) -> list[nn.Module]:
         return list(self.members)
+
+
+def build(name: str, in_channels: int, weights: str, options: dict, registry: Registry) -> Ensemble:
+    if options:
+        raise FewshotError(f"unknown model.backbone_options option '{next(iter(options))}' for Ensemble; it takes: "
+                           "no options")
+    return Ensemble(name, in_channels, weights, registry)
+
+
+def largest_member_size(name: str, registry: Registry) -> int | None:
+    """The default image size of an ensemble: its largest member's native size."""
+    return max((registry.native_size(member) or 0 for member in member_names(name)), default=0) or None
+
+
+FAMILY = Family(PREFIX, build, largest_member_size, "ensemble:<a>+<b>")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import FewshotError
-from .base import Backbone, load_weights_file
+from .base import Backbone, Family, load_weights_file
 
 PREFIX = "timm:"
 
@@ -138,3 +138,8 @@ def _grid(model: nn.Module, size: torch.Size, tokens: int) -> tuple[int, int]:
     if height * width != tokens:  # unusual strides: fall back to a square grid
         height = width = int(math.isqrt(tokens))
     return height, width
+
+
+FAMILY = Family(PREFIX, lambda name, in_channels, weights, options, registry: TimmBackbone(
+    name.removeprefix(PREFIX), in_channels, weights, **options),
+    lambda name, registry: native_size(name), "timm:<name> for any timm model")

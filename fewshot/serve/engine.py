@@ -81,15 +81,19 @@ class _Cached:
     classifier: FewShotClassifier
     # keyed by (image id, sha256): an id names one image for good (the store never reuses ids), the digest
     # guards against it anyway
-    pixels: dict[tuple[int, str], torch.Tensor]  # -> (C, S, S) uint8
     features: dict[tuple[int, str], torch.Tensor]  # -> (E,) float32 (empty when the head adapts the backbone)
     estimates: OrderedDict = field(default_factory=OrderedDict)  # (repeats, holdout, seed) -> Estimate, newest last
 
     def nbytes(self) -> int:
-        """Memory held: decoded pixels three times (the cache's, the classifier's per class, its support set
-        joined) and embeddings twice."""
-        pixels = sum(t.numel() * t.element_size() for t in self.pixels.values())
-        return 3 * pixels + 2 * sum(t.numel() * t.element_size() for t in self.features.values())
+        """Memory held: the classifier's decoded images, and the embeddings twice (here and in the classifier)."""
+        pixels = sum(e.images.numel() for e in self.classifier.examples_.values())  # uint8
+        return pixels + 2 * sum(t.numel() * t.element_size() for t in self.features.values())
+
+    def pixels(self) -> dict[str, torch.Tensor]:
+        """sha256 -> the decoded image ``(C, S, S)`` the classifier holds (a view, not a copy): what a rebuild
+        reuses (a digest names one image within a project: the store refuses duplicates)."""
+        return {digest: entry.images[row] for entry in self.classifier.examples_.values()
+                for row, digest in enumerate(entry.digests)}
 
 
 class Engine:
@@ -167,10 +171,10 @@ class Engine:
         if len(filled) < 2:
             raise SupportSetError(f"add images to at least two classes first (this project has {len(filled)} class"
                                   f"{'' if len(filled) == 1 else 'es'} with images)")
-        old_pixels = cached.pixels if cached else {}
+        old_pixels = cached.pixels() if cached else {}
         old_features = cached.features if cached else {}
         images = [image for c in filled for image in c["images"]]
-        pixels = {_key(i): old_pixels[_key(i)] if _key(i) in old_pixels else self._decode(i) for i in images}
+        pixels = {_key(i): old_pixels[i["sha256"]] if i["sha256"] in old_pixels else self._decode(i) for i in images}
         features: dict[tuple[int, str], torch.Tensor] = {}
         if not self.head.adapts_backbone:
             features = {_key(i): old_features[_key(i)] for i in images if _key(i) in old_features}
@@ -193,7 +197,8 @@ class Engine:
             classifier = FewShotClassifier.from_model(self.base.model_, self.base.config_, self.base.source,
                                                       str(self.base.device), self.base.batch_size)
             classifier.set_examples(examples)
-        fresh = _Cached(project["revision"], classifier, pixels, features)
+        del pixels  # the classifier holds them now, stacked per class
+        fresh = _Cached(project["revision"], classifier, features)
         self._remember(project_id, fresh)
         release_memory()  # what the old classifier and dropped projects held
         return classifier, fresh

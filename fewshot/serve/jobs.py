@@ -126,9 +126,11 @@ def _libc():
 def limit_allocator_arenas(arenas: int = 2) -> None:
     """glibc gives every thread that allocates its own memory arena (up to 8 per core) and keeps what is freed
     in each: the server's request threads then hold gigabytes they no longer use (measured in the soak test).
-    Two arenas bound that; elsewhere than glibc this does nothing."""
+    Two arenas bound that; ``FEWSHOT_MALLOC_ARENAS`` overrides the count (0: glibc's default); elsewhere than
+    glibc this does nothing."""
+    arenas = int(os.environ.get("FEWSHOT_MALLOC_ARENAS", arenas))
     libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
+    if arenas > 0 and libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(M_ARENA_MAX, arenas)
 
 
@@ -180,10 +182,11 @@ def write_export_job(job_file: Path, weights_file: Path, config: dict, normaliza
 
 def export_job(job_file: str) -> None:
     """The child's side: rebuild the model from the job file and export it."""
-    from ..checkpoint import load_model_state, safe_load
+    from ..checkpoint import load_model_state
     from ..classifier import export_fitted
     from ..config import config_from_dict
     from ..model import FittedClassifier, build_model
+    from ..safe_io import safe_load
 
     job = safe_load(Path(job_file), "export job")
     config = config_from_dict(job["config"])
