@@ -3,10 +3,10 @@ server's memory watched.
 
 Starts ``fewshot serve`` on 127.0.0.1 at a free port with a fresh data folder, then:
 
-1. idle latency: one-image predictions back to back (p50);
-2. predictions while heavy jobs run: the same predictions while an ONNX export runs, and while an estimate
-   (200 splits) runs; p50 / max, and the ratio to idle;
-3. build: PROJECTS projects of IMAGES generated photo-like images (3 classes each), uploaded 50 per request;
+1. build: PROJECTS projects of IMAGES generated photo-like images (3 classes each), uploaded 50 per request;
+2. idle latency: one-image predictions on the first project back to back (p50);
+3. predictions while heavy jobs run: the same predictions while an ONNX export of that project runs, and while
+   its estimate (200 splits) runs; p50 / max, and the ratio to idle;
 4. soak: CLIENTS clients for SECONDS seconds, each sending its next request when the last one answered:
    55 % one-image predictions, 10 % explained predictions, 20 % uploads (one new image), 10 % estimates
    (20 splits), 5 % ONNX exports, over random projects.
@@ -95,7 +95,7 @@ def during(client: httpx.Client, project: int, query: bytes, job) -> tuple[list[
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.5)
+    time.sleep(0.05)
     latencies = predict_latencies(client, project, query, 600, stop)
     thread.join()
     return latencies, took["s"]
@@ -206,23 +206,27 @@ def run(server: subprocess.Popen, url: str, args: argparse.Namespace) -> None:
     watcher.start()
     print(f"# python benchmarks/serve_soak.py {' '.join(sys.argv[1:])}; {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d')}", flush=True)
-    first = build(client, 1, 60, "latency")[0]
-    query = photo(424242, 1)
+    started = time.time()
+    projects = build(client, args.projects, args.images)
+    print(f"built {args.projects} projects x {args.images} images in {time.time() - started:.0f} s; "
+          f"peak RSS so far {watcher.peak:.0f} MB", flush=True)
+    first, query = projects[0], photo(424242, 1)
+    client.post(f"/api/v1/projects/{first['id']}/predict", files=[("files", ("q.jpg", query, "image/jpeg"))])
     idle = predict_latencies(client, first["id"], query, 8)
     export_times, export_s = during(client, first["id"], query, lambda: client.get(
         f"/api/v1/projects/{first['id']}/export", params={"format": "onnx"}).raise_for_status())
     estimate_times, estimate_s = during(client, first["id"], query, lambda: client.post(
         f"/api/v1/projects/{first['id']}/estimate", json={"repeats": 200}).raise_for_status())
     idle_p50 = np.median(idle)
-    print("| one-image predict | p50 ms | max ms | p50 / idle p50 | job took s |\n|---|---:|---:|---:|---:|")
+    print(f"| one-image predict ({args.images}-image project) | p50 ms | max ms | p50 / idle p50 | job took s |\n"
+          "|---|---:|---:|---:|---:|")
     for name, values, took in (("idle", idle, 0), ("during an ONNX export", export_times, export_s),
                                ("during an estimate (200 splits)", estimate_times, estimate_s)):
-        print(f"| {name} | {np.median(values) * 1000:.0f} | {max(values) * 1000:.0f} | "
-              f"{np.median(values) / idle_p50:.2f} | {took:.1f} |", flush=True)
-    started = time.time()
-    projects = build(client, args.projects, args.images)
-    print(f"built {args.projects} projects x {args.images} images in {time.time() - started:.0f} s; "
-          f"peak RSS so far {watcher.peak:.0f} MB", flush=True)
+        if values:
+            print(f"| {name} | {np.median(values) * 1000:.0f} | {max(values) * 1000:.0f} | "
+                  f"{np.median(values) / idle_p50:.2f} | {took:.1f} |", flush=True)
+        else:
+            print(f"| {name} | - | - | - | {took:.1f} (over before a prediction was sent) |", flush=True)
     outcome = soak(url, projects, args.clients, args.seconds, 0)
     watcher.stopped.set()
     print(f"\nsoak: {args.clients} clients, {args.seconds:.0f} s, {args.projects} projects x {args.images}+ images, "

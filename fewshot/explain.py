@@ -68,9 +68,9 @@ def explain(model: FewShotModel, support: torch.Tensor, support_labels: torch.Te
 
 def save_explanation(image: torch.Tensor, heatmap: torch.Tensor, title: str, out_path: str | os.PathLike) -> Path:
     """One PNG: the query image with its heatmap over it, the predicted class in the title."""
-    from .plots import _pyplot
+    from .plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     pixels = image.permute(1, 2, 0).cpu().numpy()
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
     kwargs = {"cmap": "gray"} if pixels.shape[2] == 1 else {}

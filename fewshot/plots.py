@@ -9,7 +9,7 @@ from pathlib import Path
 from .atomic import atomic_write
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_path: str | os.Pat
     if not train:
         return None
     axis = "epoch" if "epoch" in train[0] else "episode"  # pretraining runs count epochs
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot([r[axis] for r in train], [r["loss"] for r in train], label="train loss")
     left.set_xlabel(axis)
@@ -61,7 +61,7 @@ def plot_confusion(report: dict, out_path: str | os.PathLike, title: str = "") -
     matrix = np.asarray(report["confusion"], dtype=float)
     rows = matrix.sum(axis=1, keepdims=True)
     normalized = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    plt = _pyplot()
+    plt = pyplot()
     side = max(5.0, 0.28 * len(names) + 2)
     fig, ax = plt.subplots(figsize=(side + 1.5, side))
     image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)

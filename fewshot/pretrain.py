@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -131,6 +131,19 @@ def pretrain(config: Config, run_dir: str | os.PathLike, resume: bool = False, p
     return launch(_pretrain, config, run_dir, resume, progress, log)
 
 
+def base_batches(config: Config, context: DistContext, progress: bool) -> tuple[Any, "ShuffledBatches", int]:
+    """(the base classes' split, its shuffled batches, steps per epoch for this many processes)."""
+    pcfg = config.pretrain
+    base = open_phase(config, phase_spec(config.data, "train"), 2, 1, 0, progress)
+    batches = ShuffledBatches(base, pcfg.batch_size, config.seed,
+                              train_augmentation(config.data.augment, config.data.image_size, config.data.channels))
+    per_step = batches.per_epoch // context.world_size
+    if per_step == 0:
+        raise FewshotError(f"pretrain.batch_size={pcfg.batch_size} is too large: {len(batches.items)} training "
+                           f"images make no full batch{' per process' if context.enabled else ''}; lower it")
+    return base, batches, per_step
+
+
 def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[str], None], context: DistContext,
               device: torch.device) -> dict:
     pcfg = config.pretrain
@@ -141,13 +154,7 @@ def _pretrain(config: Config, run: RunDirectory, progress: bool, log: Callable[[
                            f"'{config.model.head}' adapts the network per episode: pretrain with another head "
                            "(model.head), then evaluate with this one")
     run.check(model)
-    base = open_phase(config, phase_spec(config.data, "train"), 2, 1, 0, progress)
-    batches = ShuffledBatches(base, pcfg.batch_size, config.seed,
-                              train_augmentation(config.data.augment, config.data.image_size, config.data.channels))
-    per_step = batches.per_epoch // context.world_size
-    if per_step == 0:
-        raise FewshotError(f"pretrain.batch_size={pcfg.batch_size} is too large: {len(batches.items)} training "
-                           f"images make no full batch{' per process' if context.enabled else ''}; lower it")
+    base, batches, per_step = base_batches(config, context, progress)
     total = pcfg.epochs * per_step
     saved = run.resume_point(config, MUST_MATCH, "pretrain.epochs", total, log, "batche",
                              world_size=context.world_size) if run.resume else None

@@ -200,7 +200,8 @@ def test_an_ensemble_weights_file_holds_every_member(tmp_path):
 
 def test_transform_and_tta_flags_override_checkpoint_and_recipe(tmp_path):
     from fewshot.checkpoint import save_checkpoint
-    from fewshot.cli import build_parser, model_from_args
+    from fewshot.cli import build_parser
+    from fewshot.cli.common import model_from_args
 
     config = config_from_dict({"model": {"backbone": "conv4", "head": "protonet", "backbone_options": {"width": 8}},
                                "data": {"image_size": 16}})

@@ -169,13 +169,13 @@ def test_wilson_interval_stays_honest_at_the_edges():
 def test_estimate_never_classifies_an_image_it_learned_from(support, monkeypatch):
     clf = FewShotClassifier(**TINY).fit(support)
     splits = []
-    original = clf._probabilities
+    original = clf.probabilities_for
 
     def spy(queries, subset, query_features):
         splits.append((subset[1].clone(), query_features.clone()))
         return original(queries, subset, query_features)
 
-    monkeypatch.setattr(clf, "_probabilities", spy)
+    monkeypatch.setattr(clf, "probabilities_for", spy)
     clf.estimate(repeats=12)
     assert len(splits) == 12
     for support_features, query_features in splits:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import fewshot.cli as cli_module
+import fewshot.cli.common as cli_module
 from conftest import make_image_folder
 from fewshot import FewShotClassifier
 from fewshot.cli import build_parser, main
@@ -85,3 +85,19 @@ def test_long_work_shows_progress(support, tmp_path, capsys):
     assert "embedding" in err and "estimate" in err and "split" in err  # tqdm bars on stderr
     assert main(["estimate", *TINY, "--support", str(support), "--repeats", "3", "--no-progress"]) == 0
     assert "embedding" not in capsys.readouterr().err
+
+
+def test_every_command_keeps_its_flags_and_help():
+    """``tests/data/cli_flags.json`` was written from the single-file CLI before it became a package of one
+    module per command: every flag, default, choice and help text is the same."""
+    import json
+    from pathlib import Path
+
+    def flags(parser):
+        commands = parser._subparsers._group_actions[0].choices
+        return {name: sorted([[sorted(a.option_strings), a.dest, repr(a.default), a.help, repr(a.choices), a.nargs,
+                               a.metavar] for a in sub._actions if a.dest != "help"], key=str)
+                for name, sub in commands.items()}
+
+    recorded = json.loads((Path(__file__).parent / "data" / "cli_flags.json").read_text())
+    assert json.loads(json.dumps(flags(build_parser()))) == recorded

@@ -28,9 +28,8 @@ COLOURS = {"red": (230, 20, 20), "yellow": (230, 220, 20), "blue": (20, 40, 230)
 
 
 def options_for(name: str) -> dict:
-    """Small, fast options for heads that iterate (fewer steps); the registry decides which heads exist."""
-    return {"tim": {"steps": 5}, "pt_map": {"steps": 3}, "maml": {"eval_steps": 1}, "anil": {"eval_steps": 1},
-            "finetune": {"steps": 1, "augment": "none"}}.get(name, {})
+    """The options each head declares to be quick on tiny data (fewer steps)."""
+    return dict(HEADS[name].quick_options)
 
 
 def features_of(head_name: str, ways: int = 3, shots: int = 2, queries: int = 4, seed: int = 0):

@@ -82,7 +82,7 @@ def test_confusion_alone_writes_the_matrix(run_dir, tmp_path, capsys):
 
 def test_bad_output_paths_fail_before_work_and_one_failure_spares_the_others(run_dir, tmp_path, capsys,
                                                                             monkeypatch):
-    import fewshot.cli as cli_module
+    import fewshot.cli.common as cli_module
 
     called = []  # the model loaders every command goes through: the spy is proven on the path below
     for name in ("model_from_args", "classifier_from_args"):

@@ -353,8 +353,16 @@ def test_chunked_body_over_the_cap_is_413(client):
 def test_page_docs_and_schema_offline(client):
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
-    for asset in ("/static/app.js", "/static/style.css"):
-        assert client.get(asset).status_code == 200
+    from pathlib import Path
+
+    import fewshot.serve as serve_package
+
+    modules = sorted(p.name for p in (Path(serve_package.__file__).parent / "static" / "js").glob("*.js"))
+    assert 'type="module" src="/static/js/main.js"' in page.text and len(modules) > 5
+    for asset in ["/static/style.css", *(f"/static/js/{name}" for name in modules)]:
+        answer = client.get(asset)
+        assert answer.status_code == 200 and "javascript" in answer.headers["content-type"] or asset.endswith(".css")
+        assert asset.endswith(".css") or len(answer.text.splitlines()) <= 300, f"{asset}: a panel over 300 lines"
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
     docs = client.get("/docs")
     assert "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text

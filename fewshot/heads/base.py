@@ -83,6 +83,8 @@ class Head(nn.Module):
     transductive: bool = False
     inductive_form: str = ""  # transductive heads: what fit / classify compute without the other queries
     max_ways: int | None = None
+    quick_options: dict = {}  # head options that make it fast on tiny data (fewer steps): smoke tests use them
+    quick_backbone_options: dict = {}  # backbone options it needs on tiny images (e.g. spatial maps)
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...]):
         super().__init__()

@@ -38,6 +38,7 @@ class FineTune(Head):
     adapts_backbone = True
     meta_trainable = False
     exportable = False
+    quick_options = {"steps": 2, "pseudo_views": 1}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 50, blocks: int = 1,
                  backbone_lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 1e-4,

@@ -16,6 +16,7 @@ class LinearProbe(Head):
     With unit-norm inputs the loss gradient is ``(0.5 + weight_decay)``-Lipschitz, so the step
     ``1 / (0.5 + weight_decay)`` is safe.
     """
+    quick_options = {"steps": 10}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 100,
                  weight_decay: float = 1e-3, scale: float = 1.0):

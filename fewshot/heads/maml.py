@@ -51,6 +51,7 @@ class MAML(Head):
     adapts_backbone = True
     meta_trainable = True
     exportable = False
+    quick_options = {"inner_steps": 1, "eval_steps": 1}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], inner_steps: int = 5,
                  inner_lr: float = 0.01, eval_steps: int = 10, first_order: bool = False, max_ways: int = 5):

@@ -32,6 +32,7 @@ class PTMAP(Head):
     exportable = False
     transductive = True  # explained, predicted and estimated one image at a time by its inductive form
     inductive_form = "nearest class mean of the normalized support embeddings, logits -lam * squared distance"
+    quick_options = {"steps": 3}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 30, lam: float = 10.0,
                  alpha: float = 0.2, sinkhorn_iterations: int = 50):

@@ -18,6 +18,7 @@ class RelationNet(Head):
     """
 
     feature_map = True
+    quick_backbone_options = {"pooled_blocks": 2}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], hidden_channels: int = 64,
                  hidden_units: int = 8, loss: str = "mse"):

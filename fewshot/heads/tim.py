@@ -24,6 +24,7 @@ class TIM(Head):
     exportable = False
     transductive = True  # explained, predicted and estimated one image at a time by its inductive form
     inductive_form = "its starting classifier: normalized support class means, logits -temperature/2 * distance^2"
+    quick_options = {"steps": 5}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 300, lr: float = 1e-3,
                  temperature: float = 15.0, ce_weight: float = 0.1, marginal_weight: float = 1.0,

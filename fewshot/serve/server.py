@@ -23,7 +23,7 @@ def check_serve_installed() -> None:
 
 def resolve_token(host: str, token: str | None) -> str | None:
     """The token to require: ``--token``, else ``$FEWSHOT_TOKEN``; mandatory when ``host`` is not loopback."""
-    from .app import is_loopback
+    from .guard import is_loopback
 
     token = token if token is not None else os.environ.get("FEWSHOT_TOKEN") or None
     if token is not None and len(token) < 8:
@@ -55,7 +55,8 @@ def serve(classifier_factory, data_dir: str | os.PathLike, host: str = "127.0.0.
     import uvicorn
 
     from ..atomic import check_output
-    from .app import create_app, is_loopback
+    from .app import create_app
+    from .guard import is_loopback
     from .engine import Engine
     from .store import Store
     from .uploads import Limits

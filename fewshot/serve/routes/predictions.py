@@ -1,0 +1,32 @@
+"""``/projects/{p}/predict``: classify uploaded images, optionally with a Grad-CAM heatmap each."""
+
+from __future__ import annotations
+
+import base64
+from typing import Optional
+
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+
+from ..context import Id, Server, read_uploads, server, until_done
+
+router = APIRouter()
+
+
+@router.post("/projects/{project_id}/predict",
+             summary="Classify images (multipart field 'files'); explain=true adds a Grad-CAM heatmap PNG")
+async def predict(request: Request, project_id: Id, explain: bool = Query(False, description="add a Grad-CAM heatmap"),
+                  files: Optional[list[UploadFile]] = File(None, description="image files"),
+                  srv: Server = Depends(server)) -> dict:
+    engine = srv.engine
+    if explain:
+        engine.require("explain")
+    checked = await read_uploads(srv, files, keep=engine.model_input)
+    results = await until_done(request, lambda cancel: engine.predict(project_id, [c.kept for c in checked],
+                                                                      explain, cancel))
+    predictions = []
+    for item, upload in zip(results, checked):
+        entry = {"name": upload.name, "predicted": item["predicted"], "probabilities": item["probabilities"]}
+        if "heatmap" in item:
+            entry["heatmap"] = "data:image/png;base64," + base64.b64encode(item["heatmap"]).decode()
+        predictions.append(entry)
+    return {"predictions": predictions}

@@ -1,0 +1,105 @@
+/* fewshot serve page: predict. Plain ES2020 module, no framework, no external resources; user data is only
+   inserted with textContent or attribute setters. */
+import { api, busy } from "./api.js";
+import { $, API, el, setStatus, showError, state } from "./util.js";
+
+// ------------------------------------------------------------------ try it (predict)
+export function clearPrediction() {
+  $("#prediction").hidden = true;
+  $("#prediction-label").textContent = "";
+  $("#probabilities").replaceChildren();
+  const heat = $("#heatmap");
+  heat.removeAttribute("src");
+  $("#heatmap-figure").hidden = true;
+  const preview = $("#test-preview");
+  preview.removeAttribute("src");
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = null;
+}
+
+export let predicting = false;
+
+export async function predictFile(files) {
+  if (!state.project || predicting) return;
+  const file = files[0];
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    setStatus(`${file.name} is not an image.`, "error");
+    return;
+  }
+  const pid = state.project.id;
+  const explainBox = $("#explain");
+  const explain = explainBox.checked && !explainBox.disabled;
+  const zone = $("#test-drop");
+  predicting = true;
+  showPreview(file);
+  zone.setAttribute("aria-disabled", "true");
+  zone.classList.add("working");
+  setStatus(`Looking at ${file.name}${files.length > 1 ? " (only the first dropped image is used)" : ""}…`, "busy");
+  try {
+    await busy([explainBox], async () => {
+      const form = new FormData();
+      form.append("files", file, file.name);
+      const result = await api(`${API}/projects/${pid}/predict?explain=${explain ? "true" : "false"}`, { method: "POST", form });
+      const prediction = result && result.predictions && result.predictions[0];
+      if (!prediction) throw new Error("The server returned no prediction.");
+      if (!state.project || state.project.id !== pid) return;
+      renderPrediction(prediction);
+      setStatus(`Prediction for ${file.name}: ${prediction.predicted}.`, "ok");
+    });
+  } catch (err) {
+    $("#prediction").classList.remove("pending");
+    showError(err);
+  } finally {
+    predicting = false;
+    zone.removeAttribute("aria-disabled");
+    zone.classList.remove("working");
+  }
+}
+
+/* Shows the chosen image at once; the answer fills in when the server replies. */
+export function showPreview(file) {
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(file);
+  const preview = $("#test-preview");
+  preview.src = state.previewUrl;
+  preview.alt = `Your image: ${file.name}`;
+  $("#prediction-label").textContent = "";
+  $("#probabilities").replaceChildren();
+  $("#heatmap").removeAttribute("src");
+  $("#heatmap-figure").hidden = true;
+  const box = $("#prediction");
+  box.classList.add("pending");
+  box.hidden = false;
+}
+
+export function renderPrediction(prediction) {
+  $("#prediction").classList.remove("pending");
+  $("#prediction-label").textContent = prediction.predicted;
+
+  const bars = $("#probabilities");
+  bars.replaceChildren();
+  const entries = Object.entries(prediction.probabilities || {}).sort((a, b) => b[1] - a[1]);
+  for (const [name, p] of entries) {
+    const percent = Math.max(0, Math.min(100, Number(p) * 100));
+    const bar = el("div", { className: "prob-bar" });
+    bar.style.width = `${percent.toFixed(1)}%`;
+    const row = el("div", { className: "prob-row" + (name === prediction.predicted ? " top" : ""), role: "listitem" }, [
+      el("span", { className: "prob-name", text: name }),
+      el("div", { className: "prob-track", "aria-hidden": "true" }, [bar]),
+      el("span", { className: "prob-value", text: `${percent.toFixed(1)} %` }),
+    ]);
+    bars.append(row);
+  }
+
+  const heat = $("#heatmap");
+  const figure = $("#heatmap-figure");
+  if (typeof prediction.heatmap === "string" && prediction.heatmap.startsWith("data:image/")) {
+    heat.src = prediction.heatmap;
+    figure.hidden = false;
+  } else {
+    heat.removeAttribute("src");
+    figure.hidden = true;
+  }
+  $("#prediction").hidden = false;
+}
