@@ -1,18 +1,38 @@
 """Episodic data for few-shot learning: class discovery, splits, decoding, cache and sampling.
 
-This package is data only; it never imports model code.
+This package is data only; it never imports model code. Its names are imported lazily (on first use).
 """
 
-from .cache import default_cache_dir, load_decoded
-from .dataset import Episode, EpisodeDataset, FewShotSplit, LabelledImages, drop_small_classes, open_split
-from .discovery import IMAGE_EXTENSIONS, ImageClass, discover_classes
-from .errors import CorruptImageError, EpisodesError, EpisodesWarning
-from .images import decode_image, normalization, normalize, train_augmentation
-from .learn2learn_tasks import episodes_from_taskset, task_to_episode
-from .metadataset import MetaDatasetConfig, MetaDatasetSampler, VariableEpisodeIndices, parents_of
-from .sampler import EpisodeIndices, EpisodeSampler
-from .sources import MultiSourceSplit, SourceMixture, SourcedIndices
-from .splits import SplitSpec, resolve_split
+import importlib
+
+_LOCATIONS = {  # public name -> the submodule that defines it (imported on first use: PEP 562)
+    "default_cache_dir": "cache", "load_decoded": "cache", "Episode": "dataset", "EpisodeDataset": "dataset",
+    "FewShotSplit": "dataset", "LabelledImages": "dataset", "drop_small_classes": "dataset", "open_split": "dataset",
+    "IMAGE_EXTENSIONS": "discovery", "ImageClass": "discovery", "discover_classes": "discovery",
+    "CorruptImageError": "errors", "EpisodesError": "errors", "EpisodesWarning": "errors", "decode_image": "images",
+    "normalization": "images", "normalize": "images", "train_augmentation": "images",
+    "episodes_from_taskset": "learn2learn_tasks", "task_to_episode": "learn2learn_tasks",
+    "MetaDatasetConfig": "metadataset", "MetaDatasetSampler": "metadataset", "VariableEpisodeIndices": "metadataset",
+    "parents_of": "metadataset", "EpisodeIndices": "sampler", "EpisodeSampler": "sampler",
+    "MultiSourceSplit": "sources", "SourceMixture": "sources", "SourcedIndices": "sources", "SplitSpec": "splits",
+    "resolve_split": "splits",
+}
+
+
+def __getattr__(name: str):
+    """Import a public name's submodule when it is first used, so that ``import episodes.discovery`` (or the
+    CLI's argument parsing) does not pay for torch until something needs it."""
+    module = _LOCATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'episodes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LOCATIONS))
+
 
 __all__ = [
     "IMAGE_EXTENSIONS", "CorruptImageError", "Episode", "EpisodeDataset", "EpisodeIndices", "EpisodeSampler",

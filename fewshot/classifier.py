@@ -26,6 +26,7 @@ from .calibration import calibrated
 from .estimate import Estimate, estimate, wilson_interval
 from .capabilities import require, single_image_note
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
+from .paths import folder_classes
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel, FittedClassifier
 
@@ -459,25 +460,6 @@ def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list
         if not isinstance(label, str) or not label.strip():
             raise SupportSetError(f"labels must be non-empty strings (class names), got {label!r}")
         grouped.setdefault(label, []).append(image)
-    return grouped
-
-
-def folder_classes(root: Path) -> dict[str, list[Path]]:
-    """``{class: [image files]}`` of a support folder (one subfolder per class), listed without decoding
-    anything; a missing folder, an empty class or fewer than two classes is a one-line error."""
-    from episodes.discovery import is_image_file
-
-    if not root.is_dir():
-        raise SupportSetError(f"support folder {root} does not exist (it should hold one subfolder per class)")
-    grouped = {}
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p.name))
-        if not files:
-            raise SupportSetError(f"support class '{class_dir.name}' ({class_dir}) has no images: add a few or "
-                                  "remove it")
-        grouped[class_dir.name] = files
-    if len(grouped) < 2:
-        raise SupportSetError(f"support folder {root} must hold at least two class subfolders, found {len(grouped)}")
     return grouped
 
 

@@ -102,6 +102,12 @@ def data_parallel(module: torch.nn.Module, context: DistContext, device: torch.d
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
-def shutdown(context: DistContext) -> None:
+def shutdown(context: DistContext, finished: bool = True) -> None:
+    """Leave the process group. After a run that finished, every rank first waits for the others (rank 0 writes
+    the run's last files after the others are done): a rank that tore its process group down and exited while
+    rank 0 still used the store was seen to abort in C++ at exit ("terminate called without an active
+    exception")."""
     if context.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

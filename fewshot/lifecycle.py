@@ -401,10 +401,13 @@ def launch(body: Callable[..., dict], config: Config, run_dir: str | os.PathLike
            log: Callable[[str], None]) -> dict:
     """Join the torchrun process group if any, then ``body(config, run, progress, log, context, device)``."""
     context, device = init_distributed(config.train.device)
+    finished = False
     try:
-        return body(config, RunDirectory(run_dir, resume, context.is_main), progress, log, context, device)
+        result = body(config, RunDirectory(run_dir, resume, context.is_main), progress, log, context, device)
+        finished = True
+        return result
     finally:
-        shutdown(context)
+        shutdown(context, finished)
 
 
 VAL_SEED_OFFSET = 1_000_003  # validation episodes are a fixed set, distinct from the training stream

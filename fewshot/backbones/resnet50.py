@@ -1,7 +1,5 @@
 """ResNet-50 from torchvision, the default backbone (2048-d embedding)."""
 
-from torchvision.models import ResNet50_Weights, resnet50
-
 from .torchvision_resnet import TorchvisionResNet
 
 
@@ -9,4 +7,4 @@ class ResNet50(TorchvisionResNet):
     """``weights``: ``none`` (random), ``imagenet`` (IMAGENET1K_V2) or a local state-dict path."""
 
     def __init__(self, in_channels: int = 3, weights: str = "none"):
-        super().__init__(resnet50, ResNet50_Weights.IMAGENET1K_V2, "resnet50", in_channels, weights)
+        super().__init__("resnet50", "ResNet50_Weights.IMAGENET1K_V2", "resnet50", in_channels, weights)

@@ -34,9 +34,15 @@ def imagenet_state_dict(weights_enum, name: str) -> dict:
 class TorchvisionResNet(Backbone):
     """A torchvision ResNet without its classifier: ``(B, C, H, W)`` -> ``(B, D, H/32, W/32)``."""
 
-    def __init__(self, factory, weights_enum, name: str, in_channels: int = 3, weights: str = "none"):
+    def __init__(self, factory: str, weights_enum: str, name: str, in_channels: int = 3, weights: str = "none"):
+        """``factory`` / ``weights_enum``: names in ``torchvision.models`` (``resnet50``,
+        ``ResNet50_Weights.IMAGENET1K_V2``), imported here when a ResNet is built, not when the registry is read."""
         super().__init__()
-        net = factory(weights=None)
+        import torchvision.models
+
+        net = getattr(torchvision.models, factory)(weights=None)
+        enum_name, member = weights_enum.split(".")
+        weights_enum = getattr(getattr(torchvision.models, enum_name), member)
         if weights == "imagenet":
             net.load_state_dict(imagenet_state_dict(weights_enum, name))
             self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD  # what the weights expect, also for grey input

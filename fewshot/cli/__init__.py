@@ -11,8 +11,6 @@ import argparse
 import sys
 from typing import Sequence
 
-from episodes import EpisodesError
-
 from ..errors import FewshotError
 from ..version import __version__
 from . import demo, episodes, estimate, export, glyphs, predict, pretrain, recipes, serve, train
@@ -38,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """A :class:`FewshotError` or an :class:`episodes.EpisodesError` (checked without importing ``episodes``,
+    which loads torch: if it was never imported, nothing raised one)."""
+    episodes_module = sys.modules.get("episodes")
+    return isinstance(exc, FewshotError) or (episodes_module is not None
+                                             and isinstance(exc, episodes_module.EpisodesError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fewshot`` console script."""
     one_line_warnings()
@@ -46,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.handler(args) or 0)
-    except (FewshotError, EpisodesError) as exc:
+    except Exception as exc:  # noqa: BLE001 - user errors print one line; anything else is raised
+        if not is_user_error(exc):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -200,8 +200,7 @@ def classifier_from_args(args: argparse.Namespace):
 def check_inputs(args: argparse.Namespace) -> list | None:
     """Before any model loads: the support folder (listed, not decoded) and the query paths; returns the
     query files (None when the command has no queries)."""
-    from ..classifier import folder_classes
-    from ..predict import expand_queries
+    from ..paths import expand_queries, folder_classes
 
     folder_classes(Path(args.support).expanduser())
     return expand_queries(args.query) if getattr(args, "query", None) else None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from episodes import EpisodeSampler, drop_small_classes, resolve_split
-
 from .. import json_io
 from ..errors import FewshotError
 from .common import NON_NEGATIVE, POSITIVE, add_data_arguments, int_at_least, split_spec_from_args
@@ -39,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print episodes as JSON lines: image paths only, nothing is decoded."""
+    from episodes import EpisodeSampler, drop_small_classes, resolve_split
+
     spec = split_spec_from_args(args)
     if args.protocol == "metadataset":
         from episodes.metadataset import MetaDatasetConfig, MetaDatasetSampler, parents_of

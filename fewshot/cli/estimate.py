@@ -6,8 +6,8 @@ import argparse
 
 
 from .. import json_io
-from .common import add_model_arguments, fraction, int_at_least, print_per_class, write_outputs
 from . import common
+from .common import add_model_arguments, fraction, int_at_least, print_per_class, write_outputs
 
 
 NAME = "estimate"

@@ -8,9 +8,9 @@ from episodes import SplitSpec
 
 from .. import json_io
 from ..errors import FewshotError
+from . import common
 from .common import (NON_NEGATIVE, POSITIVE, add_data_arguments, add_model_arguments, config_checkpoint, fraction,
                      int_at_least, model_source, print_per_class, split_spec_from_args, write_outputs)
-from . import common
 
 
 NAME = "eval"

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 
-from .common import add_model_arguments
 from . import common
+from .common import add_model_arguments
 
 
 NAME = "export"

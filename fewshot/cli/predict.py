@@ -7,8 +7,8 @@ import sys
 
 
 from .. import json_io
-from .common import add_model_arguments
 from . import common
+from .common import add_model_arguments
 
 
 NAME = "predict"

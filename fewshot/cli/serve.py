@@ -6,8 +6,8 @@ import argparse
 import os
 
 
-from .common import POSITIVE, add_model_arguments, int_at_least, positive_number
 from . import common
+from .common import POSITIVE, add_model_arguments, int_at_least, positive_number
 
 
 NAME = "serve"
