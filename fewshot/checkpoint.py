@@ -21,8 +21,8 @@ from .errors import FewshotError
 from .model import FewShotModel, build_model
 from .safe_io import safe_load
 
-__all__ = ["FORMAT", "load_checkpoint", "load_model_state", "model_from_checkpoint", "resolve_checkpoint",
-           "safe_load", "save_checkpoint"]
+__all__ = ["FORMAT", "load_checkpoint", "load_model_state", "model_from_checkpoint", "rebuild_model",
+           "resolve_checkpoint", "safe_load", "save_checkpoint"]
 
 FORMAT = 1
 
@@ -69,11 +69,20 @@ def model_from_checkpoint(state: dict[str, Any], backbone: str | None = None, he
         if value is not None and value != saved[key]:
             raise FewshotError(f"checkpoint {state['path']} was trained with {key} '{saved[key]}', not '{value}': "
                                f"drop that flag or use a matching checkpoint")
-    config.model.weights = "none"  # the checkpoint holds the weights
+    return rebuild_model(state["config"], state["model"], state.get("normalization"), state["path"])
+
+
+def rebuild_model(config: dict, weights: dict, normalization: list | None, source: str
+                  ) -> tuple[FewShotModel, Config]:
+    """The model a saved config and state dict describe (a checkpoint, a saved classifier, an export job): built
+    without pretrained weights (the state dict holds them), loaded strictly, with the input statistics it was
+    saved with when given (pretrained weights decide them)."""
+    config = config_from_dict(config)
+    config.model.weights = "none"
     model = build_model(config.model, config.data.channels, config.data.image_size)
-    load_model_state(model, state["model"], state["path"])
-    if "normalization" in state:  # the input statistics it was trained with (pretrained weights decide them)
-        model.mean, model.std = (tuple(float(v) for v in values) for values in state["normalization"])
+    load_model_state(model, weights, source)
+    if normalization is not None:
+        model.mean, model.std = (tuple(float(v) for v in values) for values in normalization)
     return model, config
 
 

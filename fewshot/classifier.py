@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 from .calibration import calibrated
-from .estimate import Estimate, estimate, wilson_interval
 from .capabilities import require, single_image_note
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
-from .paths import folder_classes
+from .estimate import Estimate, estimate, wilson_interval
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel, FittedClassifier
+from .paths import folder_classes
 
 SAVED_FORMAT = "fewshot-classifier"
 SAVED_VERSION = 1
@@ -200,9 +200,19 @@ class FewShotClassifier:
     def support(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(images ``(S, C, H, W)`` uint8, embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order.
         The images are joined on each call (a copy: callers that need only embeddings use
-        :meth:`support_features`)."""
+        :meth:`support_features`, those that need a few images :meth:`support_images`)."""
         features, labels = self.support_features()
-        return torch.cat([self._examples[n].images for n in self.classes_]), features, labels
+        return self.support_images(), features, labels
+
+    def support_images(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The support images ``(S, C, H, W)`` uint8 in ``classes_`` order, or only ``rows`` ``(R,)`` of them
+        (gathered from each class without joining the others)."""
+        parts = [self._examples[n].images for n in self.classes_]
+        if rows is None:
+            return torch.cat(parts)
+        ends = torch.tensor([len(p) for p in parts]).cumsum(0)
+        owners = torch.bucketize(rows, ends, right=True).tolist()
+        return torch.stack([parts[c][r - (int(ends[c - 1]) if c else 0)] for c, r in zip(owners, rows.tolist())])
 
     def support_features(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order, joined once per change."""
@@ -342,9 +352,7 @@ class FewShotClassifier:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "FewShotClassifier":
         """A classifier saved by :meth:`save`, ready to predict."""
-        from .checkpoint import load_model_state
-        from .config import config_from_dict
-        from .model import build_model
+        from .checkpoint import rebuild_model
         from .safe_io import safe_load
 
         file = Path(path).expanduser()
@@ -365,11 +373,7 @@ class FewShotClassifier:
                                  + ("upgrade fewshot" if isinstance(version, int) and version > SAVED_VERSION
                                     else "fit and save it again"))
         try:
-            config = config_from_dict(state["config"])
-            config.model.weights = "none"  # the file holds the weights
-            model = build_model(config.model, config.data.channels, config.data.image_size)
-            load_model_state(model, state["weights"], str(file))
-            model.mean, model.std = (tuple(float(v) for v in values) for values in state["normalization"])
+            model, config = rebuild_model(state["config"], state["weights"], state["normalization"], str(file))
             examples = {name: ClassExamples(e["images"], e["features"], list(e["names"]), list(e["digests"]))
                         for name, e in state["classes"].items()}
             _check_examples(examples, config.data.image_size, config.data.channels, model.head.adapts_backbone)

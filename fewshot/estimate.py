@@ -27,7 +27,7 @@ class Classifier(Protocol):
     classes_: list[str]
     examples_: dict
 
-    def support(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]: ...
+    def support_images(self, rows: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def support_features(self) -> tuple[torch.Tensor | None, torch.Tensor]: ...
 
@@ -77,7 +77,7 @@ def estimate(classifier: Classifier, repeats: int = 50, holdout: float = 0.2, se
     names = classifier.classes_
     rows, notes = distinct_rows(classifier)
     features, labels = classifier.support_features()
-    images = classifier.support()[0][rows] if features is None else None  # only a head that adapts needs images
+    images = classifier.support_images(rows) if features is None else None  # only a head that adapts needs them
     labels, features = labels[rows], None if features is None else features[rows]
     sizes = {n: int((labels == i).sum()) for i, n in enumerate(names)}
     too_few = [f"'{n}' ({sizes[n]})" for n in names if sizes[n] < 2]

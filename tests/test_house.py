@@ -1,4 +1,4 @@
-"""The house (``../shared/design/house.md``) as a test: the plan drawn from the imports has no circle and no
+"""The house plan of the design notes as a test: the plan drawn from the imports has no circle and no
 arrow from a lower floor up, ``episodes`` never imports ``fewshot``, and no module imports another's private
 (``_name``) names. Imports inside functions count: a late import is still an arrow.
 

@@ -15,9 +15,7 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torc
     Works for any number of shots per class (``predict`` support folders may be unbalanced).
     """
     flat = features.reshape(features.shape[0], -1)
-    sums = flat.new_zeros(ways, flat.shape[1]).index_add_(0, labels, flat)
-    counts = torch.bincount(labels, minlength=ways).clamp_min(1).to(flat.dtype)
-    return (sums / counts[:, None]).reshape(ways, *features.shape[1:])
+    return episode_class_means(flat, labels, ways).reshape(ways, *features.shape[1:])
 
 
 def episode_class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ projects together stay under ``cache_mb`` (least recently used projects are drop
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tempfile
@@ -57,6 +58,7 @@ def _can_export(format: str) -> bool:  # noqa: A002
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
+@functools.lru_cache(maxsize=1)
 def int8_note() -> str:
     """What INT8 ONNX means for speed on this machine: measured (benchmarks/RESULTS.md) about 10x slower than
     float ONNX on an AVX2 CPU without VNNI instructions; with VNNI, 8-bit products have their own instructions."""
@@ -292,13 +294,13 @@ class Engine:
         with self.jobs.hold("export"):
             with self.compute.background(cancel):
                 fitted = classifier.fitted_
-            images = classifier.support()[0]
-            chosen = torch.linspace(0, len(images) - 1, min(len(images), CALIBRATION_IMAGES)).round().long()
+            count = len(classifier.support_features()[1])
+            chosen = torch.linspace(0, count - 1, min(count, CALIBRATION_IMAGES)).round().long()
             with tempfile.TemporaryDirectory(dir=self.store.root / "tmp") as work:
                 job = Path(work) / "job.pt"
                 write_export_job(job, self.weights_file(), self.base.config_.to_dict(),
                                  [list(self.base.model_.mean), list(self.base.model_.std)], fitted,
-                                 classifier.classes_, images[chosen].clone(), path, format)
+                                 classifier.classes_, classifier.support_images(chosen), path, format)
                 run_export_process(job, cancel or threading.Event())
         return path
 

@@ -182,18 +182,14 @@ def write_export_job(job_file: Path, weights_file: Path, config: dict, normaliza
 
 def export_job(job_file: str) -> None:
     """The child's side: rebuild the model from the job file and export it."""
-    from ..checkpoint import load_model_state
+    from ..checkpoint import rebuild_model
     from ..classifier import export_fitted
-    from ..config import config_from_dict
-    from ..model import FittedClassifier, build_model
+    from ..model import FittedClassifier
     from ..safe_io import safe_load
 
     job = safe_load(Path(job_file), "export job")
-    config = config_from_dict(job["config"])
-    config.model.weights = "none"
-    model = build_model(config.model, config.data.channels, config.data.image_size)
-    load_model_state(model, safe_load(Path(job["weights"]), "model weights"), job["weights"])
-    model.mean, model.std = (tuple(float(v) for v in values) for values in job["normalization"])
+    weights = safe_load(Path(job["weights"]), "model weights")
+    model, config = rebuild_model(job["config"], weights, job["normalization"], job["weights"])
     fitted = FittedClassifier(job["transform"], job["head"], job["ways"], job["temperature"])
     export_fitted(model.eval(), fitted, job["images"], job["names"], config, Path(job["out"]), job["format"])
 
