@@ -22,6 +22,7 @@ from einops import rearrange
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from episodes import MetaDatasetConfig, MetaDatasetSampler, SplitSpec, open_split, parents_of  # noqa: E402
 from fewshot.config import ModelConfig  # noqa: E402
+from fewshot.embedding import embedder  # noqa: E402
 from fewshot.evaluate import class_offsets, embed_slots  # noqa: E402
 from fewshot.model import build_model  # noqa: E402
 
@@ -71,7 +72,7 @@ def main() -> None:
     slots = np.unique(np.concatenate(support_slots + query_slots))
     with torch.inference_mode():
         start = time.perf_counter()
-        features = embed_slots(model, split, slots, offsets, torch.device("cpu"), 256, False, "fp32")
+        features = embed_slots(embedder(model, "auto", "cpu", "fp32"), split, slots, offsets, 256, False)
         embed_seconds = time.perf_counter() - start
         support = [np.searchsorted(slots, s) for s in support_slots]
         query = [np.searchsorted(slots, q) for q in query_slots]

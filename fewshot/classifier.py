@@ -50,7 +50,8 @@ class FewShotClassifier:
     ``model``: a recipe name (``fewshot recipes`` lists them), a run directory or checkpoint file, or None for
     the ``default`` recipe; or give ``backbone`` and ``head`` (with ``weights``: ``none``, ``imagenet`` or a
     file). ``transform`` / ``tta`` override the recipe's or checkpoint's; ``head_options`` / ``backbone_options``
-    are dicts. ``device``: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
+    are dicts. ``device``: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``. ``runtime``: how the frozen backbone
+    embeds images, ``auto`` (default), ``eager``, ``jit`` or ``onnxruntime`` (see :mod:`fewshot.embedding`).
 
     After :meth:`fit`: ``classes_`` (sorted class names: column ``j`` of :meth:`predict_proba` is
     ``classes_[j]``), ``model_`` (the :class:`~fewshot.model.FewShotModel`) and ``config_``.
@@ -59,7 +60,8 @@ class FewShotClassifier:
     def __init__(self, model: str | os.PathLike | None = None, *, backbone: str | None = None, head: str | None = None,
                  weights: str = "none", image_size: int | None = None, channels: int | None = None,
                  head_options: dict | None = None, backbone_options: dict | None = None,
-                 transform: str | None = None, tta: str | None = None, device: str = "cpu", batch_size: int = 32):
+                 transform: str | None = None, tta: str | None = None, device: str = "cpu", batch_size: int = 32,
+                 runtime: str = "auto"):
         from .loading import load_model
         from .recipes import RECIPES
 
@@ -70,23 +72,24 @@ class FewShotClassifier:
             backbone_options=backbone_options, transform=transform, tta=tta)
         source = (f"recipe '{model}'" if is_recipe else str(model) if model is not None
                   else f"{backbone} + {head}" if backbone or head else "recipe 'default'")
-        self._setup(built, config, source, device, batch_size)
+        self._setup(built, config, source, device, batch_size, runtime)
 
     @classmethod
     def from_model(cls, model: FewShotModel, config, source: str = "a model", device: str = "cpu",
-                   batch_size: int = 32) -> "FewShotClassifier":
+                   batch_size: int = 32, runtime: str = "auto") -> "FewShotClassifier":
         """A classifier around an already built model and its config (what the CLI does after parsing flags)."""
         self = cls.__new__(cls)
-        self._setup(model, config, source, device, batch_size)
+        self._setup(model, config, source, device, batch_size, runtime)
         return self
 
-    def _setup(self, model: FewShotModel, config, source: str, device: str, batch_size: int) -> None:
+    def _setup(self, model: FewShotModel, config, source: str, device: str, batch_size: int, runtime: str) -> None:
+        from .embedding import check_runtime
         from .runtime import resolve_device
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise FewshotError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model_, self.config_, self.source = model, config, source
-        self.device, self.batch_size = resolve_device(device), batch_size
+        self.device, self.batch_size, self.runtime = resolve_device(device), batch_size, check_runtime(runtime)
         self.model_.to(self.device).eval()
         self._examples: dict[str, ClassExamples] = {}
         self._fitted: FittedClassifier | None = None  # fitted on the current examples; None: fit when needed
@@ -172,13 +175,16 @@ class FewShotClassifier:
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` uint8 -> embeddings ``(N, E)`` float32 on the CPU, ``batch_size`` at a time."""
+        from .embedding import shared_embedder
+
+        embed = shared_embedder(self.model_, self.runtime, self.device)
         starts = range(0, len(images), self.batch_size)
         shown = self.progress and len(starts) > 1
         with torch.inference_mode(), tqdm(total=len(images), desc="embedding", unit="image", disable=not shown,
                                           leave=False) as bar:
             parts = []
             for i in starts:
-                parts.append(self.model_.embed(images[i:i + self.batch_size].to(self.device)).float().cpu())
+                parts.append(embed(images[i:i + self.batch_size]).cpu())
                 bar.update(len(parts[-1]))
             return torch.cat(parts)
 
@@ -350,8 +356,8 @@ class FewShotClassifier:
         return atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "FewShotClassifier":
-        """A classifier saved by :meth:`save`, ready to predict."""
+    def load(cls, path: str | os.PathLike, device: str = "cpu", runtime: str = "auto") -> "FewShotClassifier":
+        """A classifier saved by :meth:`save`, ready to predict (``runtime`` as for the constructor)."""
         from .checkpoint import rebuild_model
         from .safe_io import safe_load
 
@@ -381,7 +387,7 @@ class FewShotClassifier:
             raise SavedFileError(f"{file} is damaged or incomplete ({type(exc).__name__}: {exc}); save it again")
         except FewshotError as exc:
             raise SavedFileError(f"{file}: {exc}") from None
-        self = cls.from_model(model, config, state.get("source", str(file)), device)
+        self = cls.from_model(model, config, state.get("source", str(file)), device, runtime=runtime)
         self._examples = examples
         return self
 

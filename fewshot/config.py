@@ -130,6 +130,7 @@ class EvalConfig:
     queries: int = ranged(15, 1)
     episodes: int = ranged(600, 1)
     batch_size: int = ranged(256, 1)  # images per embedding batch
+    runtime: str = "auto"  # how validation embeds with the frozen backbone: auto, eager, jit, onnxruntime (embedding.py)
 
 
 @dataclass
@@ -355,10 +356,12 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 def check_config(config: Config) -> None:
     """Declared ranges and choices, then the checks that ranges alone cannot express."""
     check_declared(config)
+    from .declared import names
     from .transforms import TRANSFORMS, TTA
 
     for key, value, allowed in (("model.transform", config.model.transform, TRANSFORMS),
-                                ("model.tta", config.model.tta, TTA)):
+                                ("model.tta", config.model.tta, TTA),
+                                ("eval.runtime", config.eval.runtime, names("fewshot.embedding", "RUNTIMES"))):
         if value not in allowed:
             raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     check_temperature(config.model.temperature)

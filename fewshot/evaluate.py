@@ -22,6 +22,7 @@ from einops import rearrange
 
 from episodes import Episode, EpisodeIndices, EpisodeSampler, FewShotSplit
 
+from .embedding import Embedder, embedder
 from .errors import FewshotError
 from .model import FewShotModel
 from .refine import classify_refined
@@ -130,11 +131,10 @@ def episode_slots(drawn: list[EpisodeIndices], offsets: np.ndarray) -> tuple[np.
     return rearrange(support, "e w s -> e (w s)"), rearrange(query, "e w q -> e (w q)")
 
 
-def embed_slots(model: FewShotModel, split: FewShotSplit, slots: np.ndarray, offsets: np.ndarray,
-                device: torch.device, batch_size: int = 256, progress: bool = True,
-                precision: str = "auto") -> torch.Tensor:
+def embed_slots(embed: Embedder, split: FewShotSplit, slots: np.ndarray, offsets: np.ndarray,
+                batch_size: int = 256, progress: bool = True) -> torch.Tensor:
     """Embed the images at the sorted, distinct ``slots`` (image ``p`` of class ``c`` is slot
-    ``offsets[c] + p``), each once, in batches of ``batch_size``: ``(len(slots), *F)`` on ``device``."""
+    ``offsets[c] + p``), each once, in batches of ``batch_size``: ``(len(slots), *F)`` on ``embed.device``."""
     from tqdm.auto import tqdm
 
     classes = np.searchsorted(offsets, slots, side="right") - 1
@@ -145,9 +145,8 @@ def embed_slots(model: FewShotModel, split: FewShotSplit, slots: np.ndarray, off
 
     def flush():
         nonlocal pending, waiting
-        batch = torch.cat(pending).to(device, non_blocking=True)
-        with autocast(device, precision):
-            chunks.append(model.embed(batch).float())
+        batch = torch.cat(pending)
+        chunks.append(embed(batch))
         bar.update(len(batch))
         pending, waiting = [], 0
 
@@ -170,21 +169,23 @@ def embed_slots(model: FewShotModel, split: FewShotSplit, slots: np.ndarray, off
 
 
 def embed_split(model: FewShotModel, split: FewShotSplit, device: torch.device | str = "cpu", batch_size: int = 256,
-                progress: bool = True, precision: str = "auto") -> torch.Tensor:
+                progress: bool = True, precision: str = "auto", runtime: str = "auto") -> torch.Tensor:
     """Embeddings of every image of ``split``, class-major (class 0's images first): ``(images, *F)``. Pass
-    them to :func:`evaluate` as ``features`` to evaluate several heads or transforms on one embedding."""
+    them to :func:`evaluate` as ``features`` to evaluate several heads or transforms on one embedding.
+    ``runtime``: see :mod:`fewshot.embedding`."""
     total = int(sum(split.class_sizes))
     offsets = class_offsets(split)
     model.eval()
     with torch.inference_mode():
-        return embed_slots(model, split, np.arange(total), offsets, torch.device(device), batch_size, progress,
-                           precision)
+        return embed_slots(embedder(model, runtime, device, precision), split, np.arange(total), offsets, batch_size,
+                           progress)
 
 
 def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, queries: int, episodes: int,
              seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 256, fast: bool | None = None,
              progress: bool = True, precision: str = "auto", refine: str = "none", refine_steps: int = 1,
-             threshold: float = 0.9, per_class: bool = False, features: torch.Tensor | None = None) -> EvalResult:
+             threshold: float = 0.9, per_class: bool = False, features: torch.Tensor | None = None,
+             runtime: str = "auto") -> EvalResult:
     """Accuracy of ``model`` on ``episodes`` N-way K-shot episodes of ``split`` (episode ``i`` of ``seed``).
 
     ``precision``: ``auto`` (bfloat16 autocast on CUDA, float32 on the CPU), ``fp32`` or ``bf16``
@@ -192,18 +193,19 @@ def evaluate(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, qu
     ``refine``: ``none``, ``soft_kmeans`` or ``self_training`` (see :mod:`fewshot.refine`).
     ``per_class``: also gather every query's true and predicted class, for :func:`per_class_report`.
     ``features``: the split's embeddings from :func:`embed_split` (by this model's backbone), reused instead
-    of embedding again.
+    of embedding again. ``runtime``: how the frozen backbone embeds (``auto``, ``eager``, ``jit``,
+    ``onnxruntime``; see :mod:`fewshot.embedding`).
     """
     sampler = EpisodeSampler(split.class_sizes, ways, shots, queries, seed)
     return evaluate_drawn(model, split, [sampler.sample(i) for i in range(episodes)], seed, device, batch_size,
-                          fast, progress, precision, refine, refine_steps, threshold, per_class, features)
+                          fast, progress, precision, refine, refine_steps, threshold, per_class, features, runtime)
 
 
 def evaluate_drawn(model: FewShotModel, split: FewShotSplit, drawn: list, seed: int = 0,
                    device: torch.device | str = "cpu", batch_size: int = 256, fast: bool | None = None,
                    progress: bool = True, precision: str = "auto", refine: str = "none", refine_steps: int = 1,
-                   threshold: float = 0.9, per_class: bool = False, features: torch.Tensor | None = None
-                   ) -> EvalResult:
+                   threshold: float = 0.9, per_class: bool = False, features: torch.Tensor | None = None,
+                   runtime: str = "auto") -> EvalResult:
     """Accuracy over episodes already drawn from ``split``: :class:`episodes.EpisodeIndices` of one shape
     (classified a chunk at a time) or :class:`episodes.VariableEpisodeIndices` of varying ways and shots
     (one at a time). Options as for :func:`evaluate`."""
@@ -224,7 +226,7 @@ def evaluate_drawn(model: FewShotModel, split: FewShotSplit, drawn: list, seed: 
         with torch.inference_mode():
             run = (_evaluate_embedded if fixed else _evaluate_embedded_variable) if fast else _evaluate_per_episode
             accuracies, truth, predicted = run(model, split, drawn, device, batch_size, progress, precision, refine,
-                                               refine_steps, threshold, features)
+                                               refine_steps, threshold, features, runtime)
     finally:
         model.train(was_training)
     if fixed:
@@ -241,7 +243,7 @@ def evaluate_drawn(model: FewShotModel, split: FewShotSplit, drawn: list, seed: 
 
 
 def _evaluate_embedded(model, split, drawn, device, batch_size, progress, precision, refine, refine_steps,
-                       threshold, embedded=None, chunk: int = 10):
+                       threshold, embedded=None, runtime="auto", chunk: int = 10):
     """Fast path: embed every image the episodes use once, then classify ``chunk`` episodes at a time
     (one batched head call when there is no refinement)."""
     from tqdm.auto import tqdm
@@ -250,8 +252,9 @@ def _evaluate_embedded(model, split, drawn, device, batch_size, progress, precis
     (ways, shots), queries = drawn[0].support.shape, drawn[0].query.shape[1]
     offsets = class_offsets(split)
     support_slots, query_slots = episode_slots(drawn, offsets)
-    slots, features = embedded_slots(model, split, np.concatenate([support_slots.ravel(), query_slots.ravel()]),
-                                     offsets, device, batch_size, progress, precision, embedded)
+    embed = embedder(model, runtime, device, precision)
+    slots, features = embedded_slots(embed, split, np.concatenate([support_slots.ravel(), query_slots.ravel()]),
+                                     offsets, batch_size, progress, embedded)
     support_rows = torch.from_numpy(np.searchsorted(slots, support_slots)).to(device)
     query_rows = torch.from_numpy(np.searchsorted(slots, query_slots)).to(device)
     support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
@@ -282,18 +285,18 @@ def class_offsets(split: FewShotSplit) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(split.class_sizes)[:-1]]).astype(np.int64)
 
 
-def embedded_slots(model, split, wanted: np.ndarray, offsets: np.ndarray, device, batch_size, progress, precision,
+def embedded_slots(embed: Embedder, split, wanted: np.ndarray, offsets: np.ndarray, batch_size, progress,
                    embedded: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """``(slots, features)``: the sorted distinct slots among ``wanted`` embedded once each (or every slot of
     the split's precomputed ``embedded``), rows in slot order."""
     if embedded is not None:
-        return np.arange(len(embedded)), embedded.to(device)
+        return np.arange(len(embedded)), embedded.to(embed.device)
     slots = np.unique(wanted)
-    return slots, embed_slots(model, split, slots, offsets, device, batch_size, progress, precision)
+    return slots, embed_slots(embed, split, slots, offsets, batch_size, progress)
 
 
 def _evaluate_embedded_variable(model, split, drawn, device, batch_size, progress, precision, refine, refine_steps,
-                                threshold, embedded=None):
+                                threshold, embedded=None, runtime="auto"):
     """Fast path for episodes of varying shapes: every image the episodes use is embedded once (the costly
     part); each episode is then classified on its own rows of those features."""
     from tqdm.auto import tqdm
@@ -301,8 +304,8 @@ def _evaluate_embedded_variable(model, split, drawn, device, batch_size, progres
     offsets = class_offsets(split)
     support_slots = [np.concatenate([offsets[c] + s for c, s in zip(d.classes, d.support)]) for d in drawn]
     query_slots = [(offsets[d.classes][:, None] + d.query).ravel() for d in drawn]
-    slots, features = embedded_slots(model, split, np.concatenate(support_slots + query_slots), offsets, device,
-                                     batch_size, progress, precision, embedded)
+    slots, features = embedded_slots(embedder(model, runtime, device, precision), split,
+                                     np.concatenate(support_slots + query_slots), offsets, batch_size, progress, embedded)
     accuracies = np.zeros(len(drawn))
     truth, predicted = [], []
     for i, d in enumerate(tqdm(drawn, desc="evaluating", unit="episode", disable=None if progress else True,
@@ -334,7 +337,7 @@ def classify_episode(model: FewShotModel, episode: Episode, precision: str = "au
 
 
 def _evaluate_per_episode(model, split, drawn, device, batch_size, progress, precision, refine, refine_steps,
-                          threshold, embedded=None):
+                          threshold, embedded=None, runtime=None):
     """Plain path: gather and embed each episode's images, then classify it."""
     from tqdm.auto import tqdm
 

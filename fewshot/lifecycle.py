@@ -439,6 +439,6 @@ def validation(model: torch.nn.Module, config: Config, episodes: int, context: D
             sets.extend(validation_episodes(config, opened, shape, episodes, config.seed + VAL_SEED_OFFSET, path))
         return evaluate_sources(model, sets, seed=config.seed + VAL_SEED_OFFSET, device=device,
                                 batch_size=ecfg.batch_size, progress=False,
-                                precision="auto" if config.train.amp else "fp32")
+                                precision="auto" if config.train.amp else "fp32", runtime=ecfg.runtime)
 
     return validate

@@ -141,10 +141,12 @@ class FewShotModel(nn.Module):
         fitted = fitted.detached()  # normal tensors (a state fitted under inference_mode cannot join autograd)
 
         def network(images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-            maps = self.backbone.forward_maps(images)
+            with torch.no_grad():  # Grad-CAM differentiates by the maps: no graph through the backbone is needed
+                maps = [m.detach().requires_grad_(True) for m in self.backbone.forward_maps(images)]
+                flipped = self.backbone(images.flip(-1)) if self.tta == "flip" and not self.head.feature_map else None
             embedded = maps[0] if self.head.feature_map else self.backbone.pool_maps(maps)
-            if self.tta == "flip" and not self.head.feature_map:
-                embedded = (embedded + self.backbone(images.flip(-1))) / 2
+            if flipped is not None:
+                embedded = (embedded + flipped) / 2
             return maps, self.fitted_logits(fitted, embedded) * fitted.temperature
 
         yield network

@@ -47,13 +47,10 @@ at inference. Every export is checked in onnxruntime against the PyTorch module
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -66,8 +63,8 @@ from .errors import ExportError, FewshotError
 from .capabilities import require
 from .export import FittedImageClassifier
 from .model import FewShotModel, FittedClassifier
+from .onnx_graph import OPSET, first_line, quiet, traced_graph
 
-OPSET = 18  # the first opset whose Resize has ``antialias``
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's RGB -> L (ITU-R 601-2 luma)
 VERIFY_ATOL = 1e-4  # ONNX vs PyTorch probabilities at export, images at image_size
 INPUT_DESCRIPTION = "uint8 (B, H, W, 3) RGB, any size"
@@ -135,24 +132,6 @@ class PortableHead(nn.Module):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return self.head.probabilities(logits)
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence the exporters' and the quantizer's warnings, progress lines and log messages."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir", "onnxruntime", "")
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    try:
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def import_onnx() -> tuple[Any, Any]:
@@ -255,41 +234,9 @@ def torchscript_graph(classifier: FittedImageClassifier, image_size: int, channe
     import onnx
 
     module = ImageClassifier(classifier, image_size, channels, antialias).eval()
-    buffer = io.BytesIO()
-    if antialias:
-        torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", antialiased_resize, OPSET)
-    try:
-        torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["images"],
-                          output_names=["probabilities"], opset_version=OPSET,
-                          dynamic_axes={"images": {0: "batch", 1: "height", 2: "width"}, "probabilities": {0: "batch"}})
-    finally:
-        if antialias:
-            torch.onnx.unregister_custom_op_symbolic("aten::_upsample_bilinear2d_aa", OPSET)
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def antialiased_resize(g: Any, images: Any, output_size: Any, align_corners: Any, *scales: Any) -> Any:
-    """TorchScript-exporter symbolic of ``F.interpolate(images (B, C, H, W), size, mode="bilinear",
-    antialias=True)`` (which that exporter lacks): ONNX ``Resize`` with ``antialias=1`` and, as torch, the
-    filter's weights renormalized at the borders (``exclude_outside=1``)."""
-    from torch.onnx import symbolic_helper
-
-    size = symbolic_helper._get_const(output_size, "is", "output_size")
-    corners = symbolic_helper._get_const(align_corners, "b", "align_corners")
-
-    def constant(values: list, dtype: torch.dtype) -> Any:
-        return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
-
-    leading = g.op("Slice", g.op("Shape", images), constant([0], torch.int64), constant([2], torch.int64))
-    sizes = g.op("Concat", leading, constant(list(size), torch.int64), axis_i=0)
-    return g.op("Resize", images, constant([], torch.float32), constant([], torch.float32), sizes, mode_s="linear",
-                coordinate_transformation_mode_s="align_corners" if corners else "pytorch_half_pixel",
-                antialias_i=1, exclude_outside_i=1)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+    data = traced_graph(module, example, ("images", "probabilities"),
+                        {"images": {0: "batch", 1: "height", 2: "width"}, "probabilities": {0: "batch"}}, antialias)
+    return onnx.load_from_string(data)
 
 
 def set_metadata(proto: Any, metadata: dict[str, str]) -> None:

@@ -87,10 +87,11 @@ def split_spec_from_args(args: argparse.Namespace) -> SplitSpec:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """A model from a checkpoint / run directory, or built from a backbone and head without training."""
-    from ..backbones import BACKBONES
-    from ..heads import HEADS
+    from ..declared import names
     from ..recipes import RECIPES
-    from ..transforms import TRANSFORMS, TTA
+
+    backbones, heads = names("fewshot.backbones", "BACKBONES"), names("fewshot.heads", "HEADS")
+    transforms, tta = names("fewshot.transforms", "TRANSFORMS"), names("fewshot.transforms", "TTA")
 
     group = parser.add_argument_group("model (a checkpoint, a recipe, or a backbone and head)")
     group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
@@ -98,11 +99,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "all, the 'default' recipe")
     group.add_argument("--recipe", help=f"a pretrained recipe, no training: {', '.join(RECIPES)} (fewshot recipes "
                                         "lists them with their measured accuracy)")
-    group.add_argument("--backbone", help=f"backbone when no checkpoint is given: {', '.join(BACKBONES)}; with a "
+    group.add_argument("--backbone", help=f"backbone when no checkpoint is given: {', '.join(backbones)}; with a "
                                           "checkpoint, checked against it")
     group.add_argument("--weights", default="none",
                        help="backbone weights without a checkpoint: none (default), imagenet, or a state-dict file")
-    group.add_argument("--head", help=f"head when no checkpoint is given: {', '.join(HEADS)}")
+    group.add_argument("--head", help=f"head when no checkpoint is given: {', '.join(heads)}")
     group.add_argument("--image-size", type=int_at_least(8), metavar="PX",
                        help="image side in pixels (default: the checkpoint's, else the backbone's native size, "
                             "else 84)")
@@ -111,13 +112,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="head option without a checkpoint, e.g. distance=cosine (repeatable)")
     group.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                        help="backbone option without a checkpoint, e.g. depth=2 for a timm model (repeatable)")
-    group.add_argument("--transform", choices=list(TRANSFORMS),
+    group.add_argument("--transform", choices=transforms,
                        help="feature transform before the head (overrides the checkpoint's or recipe's): none, l2n, "
                             "cl2n (centre on the support mean, L2-normalize), power_cl2n (square root first)")
-    group.add_argument("--tta", choices=list(TTA),
+    group.add_argument("--tta", choices=tta,
                        help="test-time augmentation (overrides the checkpoint's or recipe's): none, or flip (average "
                             "each embedding with its mirror image's)")
     group.add_argument("--device", help="auto (default: CUDA if available, else CPU), cpu, cuda or cuda:N")
+    group.add_argument("--runtime", choices=names("fewshot.embedding", "RUNTIMES"), default="auto",
+                       help="how the frozen backbone embeds images: auto (default: onnxruntime on the CPU when the "
+                            "onnx extra is installed, else a frozen TorchScript trace; PyTorch as written on CUDA), "
+                            "eager, jit or onnxruntime; all give the same embeddings within 1e-4")
 
 
 def model_from_args(args: argparse.Namespace):
@@ -192,7 +197,8 @@ def classifier_from_args(args: argparse.Namespace):
     from ..classifier import FewShotClassifier
 
     model, config = model_from_args(args)
-    classifier = FewShotClassifier.from_model(model, config, model_source(args, config), device=args.device or "auto")
+    classifier = FewShotClassifier.from_model(model, config, model_source(args, config), device=args.device or "auto",
+                                              runtime=args.runtime)
     classifier.progress = not getattr(args, "no_progress", False)
     return classifier
 

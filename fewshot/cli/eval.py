@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_sources(model, sets, seed=args.seed, device=device, batch_size=args.batch_size,
                               progress=not args.no_progress, fast=False if args.plain else None,
                               precision=args.precision, refine=args.refine, refine_steps=args.refine_steps,
-                              threshold=args.threshold, per_class=args.per_class)
+                              threshold=args.threshold, per_class=args.per_class, runtime=args.runtime)
     source = model_source(args, config)
     where = sources[0].spec.describe() if len(sources) == 1 else f"{len(sources)} test sources"
     described = {"backbone": config.model.backbone, "head": config.model.head, "protocol": config.data.protocol,

@@ -22,17 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List the recipes: what each bundles and what it measured."""
-    from ..heads import HEADS
+    from ..declared import capability
     from ..recipes import RECIPES
 
     for name, recipe in RECIPES.items():
-        head = HEADS[recipe.head]
-        kind = "transductive" if head.transductive else "inductive"
-        print(f"{name}  ({kind}): {recipe.description}")
-        if head.transductive:
+        transductive = capability("fewshot.heads", "HEADS", recipe.head, "transductive")
+        print(f"{name}  ({'transductive' if transductive else 'inductive'}): {recipe.description}")
+        if transductive:
+            form = capability("fewshot.heads", "HEADS", recipe.head, "inductive_form")
             print(f"    fewshot eval uses {recipe.head} over each episode's queries; predict, the Python API, serve "
-                  f"and estimate classify images one at a time with its inductive form: {head.inductive_form}; "
-                  "not exportable")
+                  f"and estimate classify images one at a time with its inductive form: {form}; not exportable")
         print(f"    {' '.join('--set ' + shlex.quote(item) for item in recipe.overrides())}")
         for benchmark, line in recipe.measured.items():
             print(f"    {benchmark}: {line}")

@@ -88,8 +88,7 @@ def best_validation_text(summary: dict, when: str) -> str:
 
 def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of the training commands: config, data and model without YAML, overrides, run directory."""
-    from ..backbones import BACKBONES
-    from ..heads import head_names
+    from ..declared import capability, names
 
     parser.add_argument("config", metavar="CONFIG", nargs="?",
                         help="YAML config (see configs/); unknown keys are errors. Optional: --data and the model "
@@ -97,8 +96,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--data", metavar="DIR",
                         help="dataset folder (sets data.root): its train/ val/ test/ subfolders are the phases when "
                              "present, else every class folder under it is a training class")
-    heads = head_names("meta_trainable") if command == "train" else head_names()
-    parser.add_argument("--backbone", help=f"model.backbone: {', '.join(BACKBONES)} (default resnet50)")
+    heads = [name for name in names("fewshot.heads", "HEADS")
+             if command != "train" or capability("fewshot.heads", "HEADS", name, "meta_trainable")]
+    backbones = names("fewshot.backbones", "BACKBONES")
+    parser.add_argument("--backbone", help=f"model.backbone: {', '.join(backbones)} (default resnet50)")
     parser.add_argument("--weights", help="model.weights: none (default), imagenet, or a state-dict / checkpoint file")
     parser.add_argument("--head", help=f"model.head: {', '.join(heads)} (default protonet)")
     parser.add_argument("--image-size", type=int_at_least(8), metavar="PX",

@@ -197,7 +197,7 @@ class Engine:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once at start (transductive); duplicates: the store refuses them
             classifier = FewShotClassifier.from_model(self.base.model_, self.base.config_, self.base.source,
-                                                      str(self.base.device), self.base.batch_size)
+                                                      str(self.base.device), self.base.batch_size, self.base.runtime)
             classifier.set_examples(examples)
         del pixels  # the classifier holds them now, stacked per class
         fresh = _Cached(project["revision"], classifier, features)

@@ -1,0 +1,193 @@
+"""One embedding path for frozen weights. Everything that embeds images with a model it does not train (evaluation
+with a non-adapting head, predict, estimate, the Python API, serve, export calibration) asks :func:`embedder` for an
+:class:`Embedder` and calls it; what runs underneath is the *runtime*:
+
+* ``eager``: :meth:`FewShotModel.embed` as written (channels_last, autocast per ``precision``). The only runtime on
+  CUDA and in bfloat16, where the others have nothing to add.
+* ``jit``: the same network traced and frozen (``torch.jit.freeze``: batch norm folded into the convolutions,
+  weights as constants); needs nothing beyond torch.
+* ``onnxruntime``: the same network exported to ONNX (TorchScript-based exporter, about a second) and run by
+  onnxruntime with its graph optimisations and one intra-op thread per torch thread (the ``onnx`` extra).
+* ``auto`` (the default): ``eager`` on CUDA or in bfloat16; on the CPU, ``onnxruntime`` when it is installed, else
+  ``jit``. The conversion is made once the embedder has been asked for :data:`CONVERT_AFTER` images in all (about
+  where its cost is repaid), so a one-image prediction in a fresh process is not slowed by a conversion it cannot
+  repay, while evaluation, estimate and a server convert at once or after a few requests.
+
+A runtime that cannot convert a model falls back to the next (``onnxruntime`` -> ``jit`` -> ``eager``) with one
+warning. Every runtime's outputs equal eager's within :data:`TOLERANCE` in float32 (``tests/test_embedding.py``);
+``benchmarks/embed_speed.py`` measures them side by side.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import weakref
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import FewshotError
+from .model import FewShotModel
+from .runtime import autocast
+
+RUNTIMES = ("auto", "eager", "jit", "onnxruntime")
+FALLBACK = {"onnxruntime": "jit", "jit": "eager"}
+CONVERT_AFTER = 32  # images: a conversion costs about as much as embedding this many eagerly (benchmarks/embed_speed.py)
+TOLERANCE = 1e-4  # largest difference from eager in float32, each runtime
+
+
+class EmbeddingNetwork(nn.Module):
+    """``forward(images)``: uint8 ``(B, C, S, S)`` -> float32 ``(B, E)`` embeddings (``(B, D, h, w)`` maps for a
+    feature-map head): :meth:`FewShotModel.embed` (normalization, backbone, TTA) as one module to trace."""
+
+    def __init__(self, model: FewShotModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(images).float()
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise FewshotError(f"runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
+    return runtime
+
+
+def onnxruntime_installed() -> bool:
+    """Whether the ``onnx`` extra (onnx and onnxruntime) is installed, without importing it."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def resolve_runtime(runtime: str, device: torch.device | str, precision: str = "auto") -> str:
+    """The runtime ``auto`` stands for on ``device`` at ``precision`` (others are returned as they are, except that
+    ``jit`` and ``onnxruntime`` need float32 on the CPU: elsewhere they are ``eager``)."""
+    device = torch.device(device)
+    if device.type != "cpu" or precision == "bf16":
+        return "eager"
+    if runtime == "auto":
+        return "onnxruntime" if onnxruntime_installed() else "jit"
+    return runtime
+
+
+def traced(model: FewShotModel, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``jit`` runtime: :class:`EmbeddingNetwork` traced on ``example`` and frozen."""
+    from .onnx_graph import quiet
+
+    with quiet(), torch.inference_mode(False), torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(EmbeddingNetwork(model).eval(), example, check_trace=False))
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return frozen(images)
+
+    return run
+
+
+def onnx_session(model: FewShotModel, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``onnxruntime`` runtime: :class:`EmbeddingNetwork` exported with a dynamic batch and run in an
+    onnxruntime session (all graph optimisations, ``torch.get_num_threads()`` intra-op threads)."""
+    import onnxruntime
+
+    from .onnx_graph import quiet, traced_graph
+
+    with quiet(), torch.inference_mode(False):
+        data = traced_graph(EmbeddingNetwork(model).eval(), example, ("images", "features"),
+                            {"images": {0: "batch"}, "features": {0: "batch"}})
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        features = session.run(None, {"images": np.ascontiguousarray(images.numpy())})[0]
+        return torch.from_numpy(features)
+
+    return run
+
+
+CONVERTERS = {"jit": traced, "onnxruntime": onnx_session}
+
+
+class Embedder:
+    """``embedder(images)``: uint8 ``(B, C, S, S)`` -> float32 ``(B, E)`` (or maps ``(B, D, h, w)``) on ``device``,
+    by the runtime :func:`resolve_runtime` picks. Float input (already normalized) is embedded eagerly. Holds a
+    converted copy of the weights: make a new one after the model's weights change. Thread-safe."""
+
+    def __init__(self, model: FewShotModel, runtime: str = "auto", device: torch.device | str = "cpu",
+                 precision: str = "auto"):
+        self.model, self.device, self.precision = model, torch.device(device), precision
+        autocast(self.device, precision)  # a precision that does not exist is refused here, whatever the runtime
+        self.convert_after = CONVERT_AFTER if check_runtime(runtime) == "auto" else 0
+        self.target = resolve_runtime(runtime, self.device, precision)
+        self.converted: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.asked, self.lock = 0, threading.Lock()
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that embeds now: ``eager`` until the conversion to :attr:`target` is made."""
+        return self.target if self.converted else "eager"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            self.asked += len(images)
+            run = self.fast(images) if images.dtype == torch.uint8 else None
+        if run is None:
+            return self.eager(images)
+        return run(images.cpu()).to(self.device)
+
+    def eager(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return self.model.embed(images.to(self.device)).float()
+
+    def fast(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The converted network for this image shape (converting now if it is time), or None for eager."""
+        shape = tuple(images.shape[1:])
+        if self.target == "eager" or self.model.training or self.asked < self.convert_after:
+            return None
+        if shape not in self.converted:
+            self.converted[shape] = self.convert(images[:2].cpu())
+        return self.converted[shape]
+
+    def convert(self, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        while self.target != "eager":
+            try:
+                return CONVERTERS[self.target](self.model, example)
+            except Exception as exc:  # noqa: BLE001 - any converter failure: the next runtime, said once
+                from .onnx_graph import first_line
+
+                fallback = FALLBACK[self.target]
+                warnings.warn(f"embedding with {fallback} instead of {self.target}: the model could not be converted "
+                              f"({first_line(exc)})", RuntimeWarning, stacklevel=4)
+                self.target = fallback
+        return None
+
+
+def embedder(model: FewShotModel, runtime: str = "auto", device: torch.device | str = "cpu",
+             precision: str = "auto") -> Embedder:
+    """The one embedding function for frozen weights (see the module docstring): a new :class:`Embedder`. ``model``
+    must stay in eval mode with unchanged weights while the embedder is used."""
+    return Embedder(model, runtime, device, precision)
+
+
+SHARED: "weakref.WeakKeyDictionary[FewShotModel, dict[tuple, Embedder]]" = weakref.WeakKeyDictionary()
+SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(model: FewShotModel, runtime: str = "auto", device: torch.device | str = "cpu",
+                    precision: str = "auto") -> Embedder:
+    """The :class:`Embedder` of a model whose weights never change again (a fitted classifier's, the server's): one
+    per model, runtime, device and precision in the process, so its conversion is made once and shared by every
+    classifier around the same model."""
+    key = (check_runtime(runtime), str(torch.device(device)), precision)
+    with SHARED_LOCK:
+        found = SHARED.setdefault(model, {})
+        if key not in found:
+            found[key] = Embedder(model, runtime, device, precision)
+        return found[key]

@@ -1,0 +1,153 @@
+"""The one embedding path for frozen weights: every runtime equals eager within the stated tolerance, ``auto``
+converts once it pays, falls back when an extra is missing or a conversion fails, and every caller goes through it."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from conftest import make_image_folder
+from episodes import SplitSpec, open_split
+from fewshot import embedding
+from fewshot.classifier import FewShotClassifier
+from fewshot.config import config_from_dict
+from fewshot.embedding import CONVERT_AFTER, TOLERANCE, Embedder, embedder, resolve_runtime, shared_embedder
+from fewshot.errors import FewshotError
+from fewshot.evaluate import evaluate
+from fewshot.model import build_model
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+
+def tiny_model(backbone: str = "conv4", head: str = "protonet", size: int = 16, tta: str = "none", **backbone_options):
+    options = [f"model.backbone_options.{k}={v}" for k, v in backbone_options.items()]
+    config = config_from_dict({}, [f"model.backbone={backbone}", f"model.head={head}", f"model.tta={tta}",
+                                   f"data.image_size={size}", "data.channels=3", *options])
+    torch.manual_seed(0)
+    return build_model(config.model, 3, size).eval()
+
+
+def images(count: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+CASES = {
+    "conv4": lambda: tiny_model(width=8),
+    "conv4 + flip": lambda: tiny_model(tta="flip", width=8),
+    "resnet12 feature maps (relation)": lambda: tiny_model("resnet12", "relation", 16, channels="[4,4,8,8]"),
+    "ensemble with resizing members": lambda: tiny_model("ensemble:conv4+resnet12", size=20),
+}
+
+
+@pytest.mark.parametrize("runtime", ["jit", "onnxruntime"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_runtime_embeds_as_eager_does(case, runtime):
+    model = CASES[case]()
+    size = 20 if "ensemble" in case else 16
+    eager, fast = embedder(model, "eager"), embedder(model, runtime)
+    for count in (1, 3, 7):  # batch sizes other than the two images the conversion traces with
+        batch = images(count, size, seed=count)
+        expected, got = eager(batch), fast(batch)
+        assert fast.runtime == runtime and got.dtype == torch.float32 and got.shape == expected.shape
+        assert got.shape[0] == count and expected.abs().max() > 0.01
+        torch.testing.assert_close(got, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_auto_converts_once_the_conversion_pays(monkeypatch):
+    model = tiny_model(width=8)
+    converted = []
+    original = embedding.CONVERTERS["onnxruntime"]
+    monkeypatch.setitem(embedding.CONVERTERS, "onnxruntime",
+                        lambda m, example: (converted.append(example.shape), original(m, example))[1])
+    auto = embedder(model)
+    assert auto.target == "onnxruntime" and auto.runtime == "eager"
+    first = auto(images(1))  # one image in a fresh process: no conversion it cannot repay
+    assert not converted and auto.runtime == "eager"
+    batch = images(CONVERT_AFTER)
+    torch.testing.assert_close(auto(batch), embedder(model, "eager")(batch), atol=TOLERANCE, rtol=0)
+    assert auto.runtime == "onnxruntime" and len(converted) == 1
+    auto(images(5))
+    assert len(converted) == 1  # converted once per image shape
+    torch.testing.assert_close(auto(images(1)), first, atol=TOLERANCE, rtol=0)
+
+
+def test_auto_falls_back_when_the_extra_is_missing_or_a_conversion_fails(monkeypatch):
+    assert resolve_runtime("auto", "cpu") == "onnxruntime"
+    assert resolve_runtime("auto", "cpu", "bf16") == "eager" and resolve_runtime("jit", "cuda") == "eager"
+    monkeypatch.setattr(embedding, "onnxruntime_installed", lambda: False)
+    assert resolve_runtime("auto", "cpu") == "jit"
+    monkeypatch.undo()
+
+    def refuse(model, example):
+        raise RuntimeError("this backbone has an operator ONNX lacks")
+
+    monkeypatch.setitem(embedding.CONVERTERS, "onnxruntime", refuse)
+    model = tiny_model(width=8)
+    fast = embedder(model, "onnxruntime")
+    batch = images(4)
+    with pytest.warns(RuntimeWarning, match="embedding with jit instead of onnxruntime.*operator ONNX lacks"):
+        got = fast(batch)
+    assert fast.runtime == "jit"
+    torch.testing.assert_close(got, embedder(model, "eager")(batch), atol=TOLERANCE, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        fast(batch)
+
+
+def test_float_input_training_mode_and_bad_names_run_eagerly_or_fail_clearly():
+    model = tiny_model(width=8)
+    fast = embedder(model, "jit")
+    normalized = model.prepare(images(3))  # float, already normalized
+    torch.testing.assert_close(fast(normalized), embedder(model, "eager")(normalized))
+    assert fast.runtime == "eager"
+    model.train()
+    fast(images(3))
+    assert fast.runtime == "eager"  # a model being trained is never converted
+    with pytest.raises(FewshotError, match="runtime must be one of auto, eager, jit, onnxruntime, got 'tensorrt'"):
+        Embedder(model, "tensorrt")
+
+
+def test_classifiers_around_one_model_share_one_conversion_and_predict_alike(tmp_path):
+    root = tmp_path / "support"
+    make_image_folder(root, classes=3, per_class=12, size=16)
+    eager = FewShotClassifier(backbone="conv4", head="protonet", image_size=16, runtime="eager").fit(root)
+    fast = FewShotClassifier.from_model(eager.model_, eager.config_, runtime="onnxruntime").fit(root)
+    other = FewShotClassifier.from_model(eager.model_, eager.config_, runtime="onnxruntime")
+    assert shared_embedder(fast.model_, "onnxruntime") is shared_embedder(other.model_, "onnxruntime")
+    assert shared_embedder(fast.model_, "onnxruntime").runtime == "onnxruntime"
+    queries = sorted(root.rglob("*.png"))[:5]
+    torch.testing.assert_close(torch.as_tensor(fast.predict_proba(queries)),
+                               torch.as_tensor(eager.predict_proba(queries)), atol=1e-5, rtol=0)
+    with pytest.raises(FewshotError, match="runtime must be one of"):
+        FewShotClassifier(backbone="conv4", head="protonet", image_size=16, runtime="fastest")
+
+
+def test_evaluation_gives_the_same_accuracy_with_every_runtime(tmp_path):
+    root = tmp_path / "data"
+    make_image_folder(root, classes=6, per_class=20, size=16, seed=3)
+    split = open_split(SplitSpec((str(root),)), image_size=16, channels=3, cache_dir=root / ".cache", progress=False)
+    model = tiny_model(width=8)
+    results = {runtime: evaluate(model, split, 3, 2, 4, 20, progress=False, runtime=runtime).accuracies
+               for runtime in ("eager", "jit", "onnxruntime", "auto")}
+    for runtime in ("jit", "onnxruntime", "auto"):
+        assert (results[runtime] == results["eager"]).all(), runtime
+
+
+def test_the_cli_and_the_config_choose_the_runtime(tmp_path, capsys):
+    from fewshot.cli import main
+
+    root = tmp_path / "support"
+    make_image_folder(root, classes=2, per_class=4, size=16)
+    query = sorted(root.rglob("*.png"))[0]
+    common = ["--backbone", "conv4", "--head", "protonet", "--image-size", "16", "--support", str(root), "--query", str(query)]
+    assert main(["predict", "--runtime", "jit", *common]) == 0
+    jit_line = capsys.readouterr().out
+    assert main(["predict", "--runtime", "eager", *common]) == 0
+    assert capsys.readouterr().out == jit_line
+    with pytest.raises(SystemExit):
+        main(["predict", "--runtime", "tensorrt", *common])
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+    with pytest.raises(FewshotError, match="eval.runtime must be one of auto, eager, jit, onnxruntime, got 'gpu'"):
+        config_from_dict({}, ["eval.runtime=gpu"])
