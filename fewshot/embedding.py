@@ -38,6 +38,10 @@ RUNTIMES = ("auto", "eager", "jit", "onnxruntime")
 FALLBACK = {"onnxruntime": "jit", "jit": "eager"}
 CONVERT_AFTER = 32  # images: a conversion costs about as much as embedding this many eagerly (benchmarks/embed_speed.py)
 TOLERANCE = 1e-4  # largest difference from eager in float32, each runtime
+# On the CPU a batch is embedded in chunks of about this many pixels: per image, EfficientNet-Lite0 at 224 px is 1.4x
+# (onnxruntime) to 2x (PyTorch) slower in batches of 32 than one at a time (its activations leave the caches), while
+# ResNet-50 at 84 px wants batches of 16 or more (benchmarks/RESULTS.md, "Embedding at the CPU's limit").
+CHUNK_PIXELS = 32 * 84 * 84
 
 
 class EmbeddingNetwork(nn.Module):
@@ -115,6 +119,11 @@ def onnx_session(model: FewShotModel, example: torch.Tensor) -> Callable[[torch.
 CONVERTERS = {"jit": traced, "onnxruntime": onnx_session}
 
 
+def chunk_size(images: torch.Tensor) -> int:
+    """Images per call on the CPU for ``(B, C, H, W)`` images: :data:`CHUNK_PIXELS` worth, 1 to 64."""
+    return max(1, min(64, CHUNK_PIXELS // max(1, images.shape[-1] * images.shape[-2])))
+
+
 class Embedder:
     """``embedder(images)``: uint8 ``(B, C, S, S)`` -> float32 ``(B, E)`` (or maps ``(B, D, h, w)``) on ``device``,
     by the runtime :func:`resolve_runtime` picks. Float input (already normalized) is embedded eagerly. Holds a
@@ -138,9 +147,11 @@ class Embedder:
         with self.lock:
             self.asked += len(images)
             run = self.fast(images) if images.dtype == torch.uint8 else None
+        step = len(images) if self.device.type != "cpu" else chunk_size(images)
         if run is None:
-            return self.eager(images)
-        return run(images.cpu()).to(self.device)
+            return torch.cat([self.eager(images[i:i + step]) for i in range(0, len(images), step)])
+        images = images.cpu()
+        return torch.cat([run(images[i:i + step]) for i in range(0, len(images), step)]).to(self.device)
 
     def eager(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.device, self.precision):

@@ -99,7 +99,7 @@ def export_torchscript(model: FewShotModel, fitted: FittedClassifier, example: t
         larger = torch.cat([support] * (1 + 3 // len(support)))[:3]  # another batch size than the traced one
         if not torch.allclose(traced(larger), module(larger), atol=1e-5):
             raise FewshotError("the traced model does not reproduce the model at another batch size")
-        checked = torch.jit.script(CheckedInput(traced, channels, image_size))
+        checked = torch.jit.freeze(torch.jit.script(CheckedInput(traced, channels, image_size)).eval())  # BN folded
     extra = {"class_names.json": json.dumps(names),
              "meta.json": json.dumps({"image_size": image_size, "channels": channels, "input": "uint8 (B, C, H, W)",
                                       "output": "probabilities (B, classes)"})}

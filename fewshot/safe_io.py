@@ -12,11 +12,22 @@ import torch
 from .errors import FewshotError
 
 
+def load_tensors(file: str | Path) -> Any:
+    """``torch.load(file, weights_only=True)`` on the CPU, memory-mapped when the file's format allows (torch's zip
+    format: tensors are read from the page cache as they are used, not copied into memory first)."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(file, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
+
+
 def safe_load(file: Path, what: str) -> Any:
     """``torch.load`` with ``weights_only=True``: tensors and plain Python values only, so a file can never
     run code while it is read. Anything else is a one-line error that does not suggest loosening this."""
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return load_tensors(file)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found is None:  # not a pickle torch can read at all

@@ -151,3 +151,19 @@ def test_the_cli_and_the_config_choose_the_runtime(tmp_path, capsys):
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
     with pytest.raises(FewshotError, match="eval.runtime must be one of auto, eager, jit, onnxruntime, got 'gpu'"):
         config_from_dict({}, ["eval.runtime=gpu"])
+
+
+@pytest.mark.parametrize("runtime", ["eager", "onnxruntime"])
+def test_large_batches_are_embedded_in_cache_sized_chunks(monkeypatch, runtime):
+    model = tiny_model(width=8)
+    batch = images(7)
+    whole = embedder(model, runtime)(batch)
+    monkeypatch.setattr(embedding, "CHUNK_PIXELS", 16 * 16 * 2)  # two 16-px images per call
+    calls = []
+    original = model.embed
+    monkeypatch.setattr(model, "embed", lambda x: (calls.append(len(x)), original(x))[1])
+    chunked = embedder(model, runtime)
+    torch.testing.assert_close(chunked(batch), whole, atol=TOLERANCE, rtol=0)
+    if runtime == "eager":
+        assert calls == [2, 2, 2, 1]
+    assert embedding.chunk_size(images(1, 16)) == 2 and embedding.chunk_size(images(1, 4)) == 32

