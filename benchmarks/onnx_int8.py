@@ -131,7 +131,7 @@ def main() -> None:
     paths, export_seconds = {}, {}
     for runtime, quantize in (("onnx-float32", False), ("onnx-int8", True)):
         started = time.perf_counter()
-        paths[runtime] = export_onnx(model, features, labels, names, args.size, 3,
+        paths[runtime] = export_onnx(model, model.fit(features, labels, len(names)), names, args.size, 3,
                                      out_dir / f"{args.backbone}-{runtime}.onnx", quantize=quantize,
                                      calibration_images=support)
         export_seconds[runtime] = time.perf_counter() - started

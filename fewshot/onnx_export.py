@@ -22,12 +22,14 @@ The file's ``metadata_props`` carry ``class_names`` (a JSON list, in output orde
     probabilities = session.run(None, {"images": np.stack([np.asarray(Image.open(f).convert("RGB"))])})[0]
 
 (any decoder will do; images of one size per batch, as ``np.stack`` needs). ``onnx-int8`` files are the same graph
-quantized by onnxruntime: statically (QDQ, unsigned 8-bit per-channel weights and activations, U8U8,
-activation ranges calibrated on the support images; convolutions, linear layers, activations and pooling).
-Measured in ``benchmarks/onnx_int8.py`` on an AVX2 CPU without VNNI: signed 8-bit weights (U8S8) saturate
-in its integer multiply-add and cost EfficientNet-Lite0 5 points; 7-bit signed weights (``reduce_range``)
-cost 1.2 points at float32's speed; U8U8 costs 0.3 points but runs about 10x slower than float32 there.
-U8U8 is used (accuracy first); the file is 3.7x smaller either way. When static quantization fails or no
+quantized by onnxruntime: statically (QDQ, 8-bit per-channel weights and activations, activation ranges
+calibrated on the support images; convolutions, linear layers, activations and pooling), for the CPU that
+exports it (``int8_weights`` in the metadata says which). Measured in ``benchmarks/onnx_int8.py``: on an AVX2
+CPU without VNNI, signed 8-bit weights (U8S8) saturate in its integer multiply-add and cost EfficientNet-Lite0 5
+points, while unsigned ones (U8U8) cost 0.3 points but run about 10x slower than float32; on an AVX-512 CPU with
+VNNI, U8S8 runs 1.7x faster than float32 and U8U8 6x slower. So U8S8 is made where the CPU has VNNI and U8U8
+elsewhere (accuracy first; ``fewshot export`` warns that it is slower than float there); the file is 3.7x smaller
+either way. When static quantization fails or no
 calibration images are given, the model is quantized dynamically instead (8-bit weights of convolutions
 and linear layers, activations quantized at run time; less accurate), as ``quantization`` records. Distances, normalizations, matrix
 products and softmax (the feature transform and most heads) stay float32.
@@ -49,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +67,7 @@ from .capabilities import require
 from .export import FittedImageClassifier
 from .model import FewShotModel, FittedClassifier
 from .onnx_graph import OPSET, first_line, quiet, traced_graph
+from .runtime import has_int8_dot_product
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's RGB -> L (ITU-R 601-2 luma)
 VERIFY_ATOL = 1e-4  # ONNX vs PyTorch probabilities at export, images at image_size
@@ -189,6 +193,9 @@ def export_onnx(model: FewShotModel, fitted: FittedClassifier, class_names: list
         model.train(was_training)
     if quantize:
         data = quantized(onnx, onnxruntime, data, target, metadata, calibration_images)
+        if not has_int8_dot_product():
+            warnings.warn("INT8 runs slower than float ONNX on this CPU (it has no VNNI 8-bit instructions; 6-10x "
+                          "slower measured): choose it for a 3.7x smaller file, not for speed", UserWarning, stacklevel=2)
     try:
         return atomic_write(target, lambda handle: handle.write(data))
     except FewshotError as exc:  # atomic_write's one-line message, as an ExportError
@@ -293,8 +300,10 @@ def verify(onnxruntime: Any, data: bytes, module: ImageClassifier, image_size: i
         raise ExportError(f"onnxruntime cannot run the exported model: {first_line(exc)}") from None
 
 
-def calibration_reader(images: np.ndarray, batch: int = 8) -> Any:
-    """An onnxruntime ``CalibrationDataReader`` giving ``images`` uint8 ``(N, S, S, 3)`` in batches of ``batch``."""
+def calibration_reader(images: np.ndarray, batch: int = 1) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` giving ``images`` uint8 ``(N, S, S, 3)`` in batches of ``batch``. One
+    image at a time: the calibration graph outputs every activation of a batch at once, so the default recipe peaked at
+    3.7 GB with batches of 8 and 1.5 GB with single images, in the same time and with the same ranges (min / max)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class CalibrationImages(CalibrationDataReader):
@@ -308,12 +317,26 @@ def calibration_reader(images: np.ndarray, batch: int = 8) -> Any:
     return CalibrationImages()
 
 
+def quantize_statically(source: Path, target: Path, images: np.ndarray) -> str:
+    """Quantize the float model ``source`` to ``target`` (QDQ, per-channel weights, activations calibrated on
+    ``images``); returns which weights: signed (U8S8) where the CPU has VNNI, whose 8-bit dot products do not
+    saturate (1.7x faster than float there, measured), else unsigned (U8U8: signed products saturate without VNNI,
+    costing 5 points; unsigned ones keep the accuracy but run slower than float)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    signed = has_int8_dot_product()
+    quantize_static(str(source), str(target), calibration_reader(images), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=QUANTIZED_OPS, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8 if signed else QuantType.QUInt8)
+    return "signed (U8S8, for CPUs with VNNI)" if signed else "unsigned (U8U8)"
+
+
 def quantized(onnx: Any, onnxruntime: Any, data: bytes, target: Path, metadata: dict[str, str],
               calibration_images: torch.Tensor | None) -> bytes:
     """The INT8 version of the float model ``data`` with ``metadata`` (and ``quantization``) set.
 
     The float and quantized models pass through temporary files beside ``target``, always removed."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     stem = target.parent / f".{target.name}.{os.getpid()}"
@@ -337,9 +360,7 @@ def quantized(onnx: Any, onnxruntime: Any, data: bytes, target: Path, metadata: 
             if calibration_images is not None and len(calibration_images):
                 images = check_images(calibration_images, int(metadata["image_size"])).numpy()
                 try:
-                    quantize_static(str(source), str(int8_path), calibration_reader(images),
-                                    quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
-                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+                    metadata = {**metadata, "int8_weights": quantize_statically(source, int8_path, images)}
                     method = "static"
                 except Exception as exc:  # noqa: BLE001 - fall back to dynamic quantization
                     failures.append(f"static: {first_line(exc)}")

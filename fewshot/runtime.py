@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +37,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU flags (``/proc/cpuinfo``; empty where it cannot be read), read once."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+def has_int8_dot_product() -> bool:
+    """Whether the CPU has VNNI, 8-bit dot products without saturation (``avx512_vnni``, ``avx_vnni``, AMX)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

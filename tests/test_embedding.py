@@ -167,3 +167,26 @@ def test_large_batches_are_embedded_in_cache_sized_chunks(monkeypatch, runtime):
     if runtime == "eager":
         assert calls == [2, 2, 2, 1]
     assert embedding.chunk_size(images(1, 16)) == 2 and embedding.chunk_size(images(1, 4)) == 32
+
+
+@pytest.mark.parametrize("faster", ["jit", "onnxruntime"])
+def test_auto_keeps_the_faster_of_onnxruntime_and_jit_on_this_machine(monkeypatch, faster):
+    model = tiny_model(width=8)
+    timings = {}
+    original = embedding.seconds
+
+    def timed(run, batch):
+        measured = original(run, batch)
+        kind = "jit" if isinstance(getattr(run, "__closure__", None), tuple) and any(
+            isinstance(c.cell_contents, torch.jit.ScriptModule) for c in run.__closure__) else "onnxruntime"
+        timings[kind] = measured
+        return 0.0 if kind == faster else 1.0
+
+    monkeypatch.setattr(embedding, "seconds", timed)
+    auto = embedder(model)
+    batch = images(CONVERT_AFTER)
+    torch.testing.assert_close(auto(batch), embedder(model, "eager")(batch), atol=TOLERANCE, rtol=0)
+    assert auto.runtime == faster and set(timings) == {"jit", "onnxruntime"}
+    explicit = embedder(model, "onnxruntime")
+    explicit(batch)
+    assert explicit.runtime == "onnxruntime"  # a runtime named explicitly is not raced

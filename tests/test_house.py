@@ -17,7 +17,7 @@ FLOORS = {  # 0 ground ... 7 the package's front door
     "fewshot.paths": 1, "fewshot.declared": 1,
     "fewshot.heads": 2, "fewshot.backbones": 2, "fewshot.recipes": 2, "fewshot.transforms": 2, "fewshot.config": 2,
     "fewshot.model": 3, "fewshot.checkpoint": 3, "fewshot.loading": 3, "fewshot.calibration": 3,
-    "fewshot.capabilities": 3, "fewshot.onnx_graph": 3,
+    "fewshot.capabilities": 3, "fewshot.onnx_graph": 3, "fewshot.open_set": 3,
     "fewshot.evaluate": 4, "fewshot.embedding": 4, "fewshot.data": 4, "fewshot.episode_sets": 4, "fewshot.refine": 4,
     "fewshot.classifier": 5, "fewshot.estimate": 5, "fewshot.explain": 5, "fewshot.export": 5, "fewshot.onnx_export": 5,
     "fewshot.predict": 5, "fewshot.lifecycle": 5, "fewshot.train": 5, "fewshot.pretrain": 5, "fewshot.demo": 5,

@@ -224,6 +224,27 @@ def test_int8_keeps_metadata_and_agrees_with_float(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]  # no temporary files left
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_weights_follow_the_cpu_that_exports(exported, tmp_path, monkeypatch, vnni):
+    import warnings
+
+    import fewshot.onnx_export
+
+    float_path, model, features, labels, support = exported
+    monkeypatch.setattr(fewshot.onnx_export, "has_int8_dot_product", lambda: vnni)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx",
+                           quantize=True, calibration_images=support)
+    meta = metadata(path)
+    assert meta["quantization"] == "static"
+    assert meta["int8_weights"] == ("signed (U8S8, for CPUs with VNNI)" if vnni else "unsigned (U8U8)")
+    slower = [w for w in caught if "INT8 runs slower than float ONNX on this CPU" in str(w.message)]
+    assert len(slower) == (0 if vnni else 1)
+    queries, _ = clustered_images(len(NAMES), 25, SIZE, seed=9)
+    assert (run(path, queries).argmax(1) == run(float_path, queries).argmax(1)).mean() >= INT8_AGREEMENT
+
+
 def test_int8_falls_back_to_dynamic_quantization(exported, tmp_path, monkeypatch):
     import onnxruntime.quantization
 
