@@ -8,8 +8,9 @@ with a non-adapting head, predict, estimate, the Python API, serve, export calib
   weights as constants); needs nothing beyond torch.
 * ``onnxruntime``: the same network exported to ONNX (TorchScript-based exporter, about a second) and run by
   onnxruntime with its graph optimisations and one intra-op thread per torch thread (the ``onnx`` extra).
-* ``auto`` (the default): ``eager`` on CUDA or in bfloat16; on the CPU, ``onnxruntime`` when it is installed (raced
-  against ``jit`` on the first images converted, the faster kept), else ``jit``. The conversion is made once the embedder has been asked for :data:`CONVERT_AFTER` images in all (about
+* ``auto`` (the default): ``eager`` on CUDA or in bfloat16; on the CPU, ``onnxruntime`` when it is installed and
+  ``jit`` too, the faster of the two timed on the first chunk of each batch shape (which wins flips with the model,
+  the image size and the batch), else ``jit``. The conversion is made once the embedder has been asked for :data:`CONVERT_AFTER` images in all (about
   where its cost is repaid), so a one-image prediction in a fresh process is not slowed by a conversion it cannot
   repay, while evaluation, estimate and a server convert at once or after a few requests.
 
@@ -138,8 +139,8 @@ def chunk_size(images: torch.Tensor) -> int:
 
 class Embedder:
     """``embedder(images)``: uint8 ``(B, C, S, S)`` -> float32 ``(B, E)`` (or maps ``(B, D, h, w)``) on ``device``,
-    by the runtime :func:`resolve_runtime` picks. Float input (already normalized) is embedded eagerly. Holds a
-    converted copy of the weights: make a new one after the model's weights change. Thread-safe."""
+    by the runtime :func:`resolve_runtime` picks. Float input (already normalized) is embedded eagerly. Holds
+    converted copies of the weights: make a new one after the model's weights change. Thread-safe."""
 
     def __init__(self, model: FewShotModel, runtime: str = "auto", device: torch.device | str = "cpu",
                  precision: str = "auto"):
@@ -148,58 +149,59 @@ class Embedder:
         self.tune = check_runtime(runtime) == "auto"
         self.convert_after = CONVERT_AFTER if self.tune else 0
         self.target = resolve_runtime(runtime, self.device, precision)
-        self.converted: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
-        self.asked, self.lock = 0, threading.Lock()
+        self.converted: dict[tuple[int, ...], dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {}
+        self.picked: dict[tuple[int, ...], str] = {}  # chunk shape -> the faster converted runtime
+        self.asked, self.last, self.lock = 0, "eager", threading.Lock()
 
     @property
     def runtime(self) -> str:
-        """The runtime that embeds now: ``eager`` until the conversion to :attr:`target` is made."""
-        return self.target if self.converted else "eager"
+        """The runtime of the latest call: ``eager`` until a conversion is made."""
+        return self.last
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with self.lock:
             self.asked += len(images)
-            run = self.fast(images) if images.dtype == torch.uint8 else None
+            runs = self.fast(images) if images.dtype == torch.uint8 else None
         step = len(images) if self.device.type != "cpu" else chunk_size(images)
-        if run is None:
-            return torch.cat([self.eager(images[i:i + step]) for i in range(0, len(images), step)])
-        images = images.cpu()
-        return torch.cat([run(images[i:i + step]) for i in range(0, len(images), step)]).to(self.device)
+        chunks = [images[i:i + step] for i in range(0, len(images), step)]
+        if not runs:
+            self.last = "eager"
+            return torch.cat([self.eager(chunk) for chunk in chunks])
+        return torch.cat([self.pick(runs, chunk.cpu())(chunk.cpu()) for chunk in chunks]).to(self.device)
 
     def eager(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.device, self.precision):
             return self.model.embed(images.to(self.device)).float()
 
-    def fast(self, images: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The converted network for this image shape (converting now if it is time), or None for eager."""
+    def pick(self, runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], chunk: torch.Tensor
+             ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The converted runtime for a chunk of this shape: the only one, or the faster of two, timed on the first
+        chunk of each shape (which is faster flips with the batch: EfficientNets at 84 px run 1.6x faster in ``jit``
+        than in onnxruntime in batches of 32, and the other way round one image at a time)."""
+        key = tuple(chunk.shape)
+        with self.lock:
+            if key not in self.picked:
+                self.picked[key] = min(runs, key=lambda name: seconds(runs[name], chunk)) if len(runs) > 1 \
+                    else next(iter(runs))
+            self.last = self.picked[key]
+        return runs[self.last]
+
+    def fast(self, images: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """The converted networks for this image shape (converting now if it is time), or None for eager."""
         shape = tuple(images.shape[1:])
         if self.target == "eager" or self.model.training or self.asked < self.convert_after:
             return None
         if shape not in self.converted:
-            self.converted[shape] = self.convert(images[:chunk_size(images)].cpu())
+            self.converted[shape] = self.convert(images[:2].cpu())
         return self.converted[shape]
 
-    def convert(self, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The network converted to :attr:`target` (or the next runtime that converts). Under ``auto``, the
-        onnxruntime conversion is raced against ``jit`` on ``example`` (a chunk of the images being embedded) and the
-        faster kept: EfficientNets at 84 px in batches of 32 run 1.6x faster in ``jit`` than in onnxruntime, most
-        other cases the other way round (benchmarks/RESULTS.md)."""
-        run = self.first_conversion(example)
-        if run is None or not self.tune or self.target != "onnxruntime":
-            return run
-        try:
-            other = CONVERTERS["jit"](self.model, example[:2])
-        except Exception:  # noqa: BLE001 - jit cannot trace this model: onnxruntime it is
-            return run
-        if seconds(other, example) < seconds(run, example):
-            self.target = "jit"
-            return other
-        return run
-
-    def first_conversion(self, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        while self.target != "eager":
+    def convert(self, example: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """The network converted to :attr:`target` (or the next runtime that converts), and under ``auto`` also to
+        ``jit`` when the target is onnxruntime, so that :meth:`pick` can keep the faster per chunk shape."""
+        runs = {}
+        while self.target != "eager" and not runs:
             try:
-                return CONVERTERS[self.target](self.model, example[:2])
+                runs[self.target] = CONVERTERS[self.target](self.model, example)
             except Exception as exc:  # noqa: BLE001 - any converter failure: the next runtime, said once
                 from .onnx_graph import first_line
 
@@ -207,7 +209,12 @@ class Embedder:
                 warnings.warn(f"embedding with {fallback} instead of {self.target}: the model could not be converted "
                               f"({first_line(exc)})", RuntimeWarning, stacklevel=4)
                 self.target = fallback
-        return None
+        if self.tune and self.target == "onnxruntime":
+            try:
+                runs["jit"] = CONVERTERS["jit"](self.model, example)
+            except Exception:  # noqa: BLE001 - jit cannot trace this model: onnxruntime alone
+                pass
+        return runs
 
 
 def embedder(model: FewShotModel, runtime: str = "auto", device: torch.device | str = "cpu",

@@ -67,7 +67,7 @@ def test_auto_converts_once_the_conversion_pays(monkeypatch):
     assert not converted and auto.runtime == "eager"
     batch = images(CONVERT_AFTER)
     torch.testing.assert_close(auto(batch), embedder(model, "eager")(batch), atol=TOLERANCE, rtol=0)
-    assert auto.runtime == "onnxruntime" and len(converted) == 1
+    assert auto.runtime in ("onnxruntime", "jit") and len(converted) == 1  # the faster of the two on this chunk
     auto(images(5))
     assert len(converted) == 1  # converted once per image shape
     torch.testing.assert_close(auto(images(1)), first, atol=TOLERANCE, rtol=0)
@@ -187,6 +187,10 @@ def test_auto_keeps_the_faster_of_onnxruntime_and_jit_on_this_machine(monkeypatc
     batch = images(CONVERT_AFTER)
     torch.testing.assert_close(auto(batch), embedder(model, "eager")(batch), atol=TOLERANCE, rtol=0)
     assert auto.runtime == faster and set(timings) == {"jit", "onnxruntime"}
+    timings.clear()
+    auto(images(5))  # a new chunk shape is timed again; a known one is not
+    auto(images(5))
+    assert set(timings) == {"jit", "onnxruntime"} and auto.runtime == faster and len(auto.picked) == 2
     explicit = embedder(model, "onnxruntime")
     explicit(batch)
     assert explicit.runtime == "onnxruntime"  # a runtime named explicitly is not raced
