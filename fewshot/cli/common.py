@@ -120,9 +120,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "each embedding with its mirror image's)")
     group.add_argument("--device", help="auto (default: CUDA if available, else CPU), cpu, cuda or cuda:N")
     group.add_argument("--runtime", choices=names("fewshot.embedding", "RUNTIMES"), default="auto",
-                       help="how the frozen backbone embeds images: auto (default: onnxruntime on the CPU when the "
-                            "onnx extra is installed, else a frozen TorchScript trace; PyTorch as written on CUDA), "
-                            "eager, jit or onnxruntime; all give the same embeddings within 1e-4")
+                       help="how the frozen backbone embeds images: auto (default: on the CPU the faster of "
+                            "onnxruntime, when the onnx extra is installed, and a frozen TorchScript trace, timed on "
+                            "this machine; PyTorch as written on CUDA), eager, jit or onnxruntime; all give the same "
+                            "embeddings within 1e-4")
 
 
 def model_from_args(args: argparse.Namespace):
