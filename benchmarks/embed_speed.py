@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import platform
 import sys
@@ -184,15 +183,16 @@ def measure_row(name: str, args, has_bf16: bool) -> dict:
 
 
 def cpu_description() -> dict:
+    from fewshot.runtime import cpu_flags
+
     info = {"machine": platform.machine(), "processor": platform.processor()}
     try:
         text = Path("/proc/cpuinfo").read_text()
-        model = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags"))
-        info["model"] = model
-        info["flags"] = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("vnni",)]
+        info["model"] = next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                             if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    info["flags"] = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     return info
 
 

@@ -167,7 +167,8 @@ class Embedder:
         if not runs:
             self.last = "eager"
             return torch.cat([self.eager(chunk) for chunk in chunks])
-        return torch.cat([self.pick(runs, chunk.cpu())(chunk.cpu()) for chunk in chunks]).to(self.device)
+        chunks = [chunk.cpu() for chunk in chunks]
+        return torch.cat([self.pick(runs, chunk)(chunk) for chunk in chunks]).to(self.device)
 
     def eager(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.device, self.precision):

@@ -22,6 +22,7 @@ import math
 import torch
 
 from .errors import FewshotError
+from .heads.base import class_means
 
 SCORES = ("msp", "energy", "distance", "knn", "mahalanobis")
 DEFAULT_SCORE = "distance"
@@ -32,12 +33,6 @@ def check_score(score: str) -> str:
     if score not in SCORES:
         raise FewshotError(f"unknown score must be one of {', '.join(SCORES)}, got '{score}'")
     return score
-
-
-def class_means(support: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """``(S, E)`` support, labels ``(S,)`` -> ``(ways, E)`` class means."""
-    sums = torch.zeros(ways, support.shape[1], dtype=support.dtype).index_add_(0, labels, support)
-    return sums / torch.bincount(labels, minlength=ways).clamp_min(1)[:, None].to(support.dtype)
 
 
 def fit_scores(support: torch.Tensor, labels: torch.Tensor, ways: int, score: str) -> dict[str, torch.Tensor]:
