@@ -8,6 +8,8 @@ everywhere. The rules:
   own: not a head that adapts the backbone per support set, not a transductive head (its episodic form needs
   a batch of queries; the inductive form it falls back to is not what it was chosen for), and the head
   declares ``exportable``.
+* ``open_set``: a "none of these" score (:mod:`fewshot.open_set`) needs the state the head fits once: not a head
+  that adapts the backbone per support set.
 * ``explain``: the head declares ``explainable`` and the backbone's feature maps at the model's image size
   are larger than 1x1 (a 1x1 map gives a flat heatmap: refused rather than drawn).
 
@@ -23,7 +25,7 @@ from .errors import CapabilityError
 from .heads import HEADS
 from .model import FewShotModel
 
-CAPABILITIES = ("export", "explain")
+CAPABILITIES = ("export", "explain", "open_set")
 
 
 def head_name(model: FewShotModel) -> str:
@@ -62,6 +64,11 @@ def unsupported(model: FewShotModel, capability: str, image_size: int | None = N
                     f"exported; {others}")
         if not head.exportable:
             return f"head '{name}' cannot be exported; {others}"
+        return None
+    if capability == "open_set":
+        if head.adapts_backbone:
+            return (f"head '{name}' adapts the network to each support set, so it has no fitted state to measure "
+                    "'none of these' against; use a head that fits once (e.g. protonet)")
         return None
     if capability == "explain":
         if not head.explainable:

@@ -23,11 +23,13 @@ import torch
 from tqdm import tqdm
 
 from .calibration import calibrated
-from .capabilities import require, single_image_note
+from .capabilities import require, single_image_note, unsupported
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
-from .estimate import Estimate, estimate, wilson_interval
+from .estimate import Estimate, OpenSetEstimate, estimate, wilson_interval
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel, FittedClassifier
+from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_score, check_unknown
+from .open_set_estimate import estimate_open_set
 from .paths import folder_classes
 
 SAVED_FORMAT = "fewshot-classifier"
@@ -52,6 +54,8 @@ class FewShotClassifier:
     file). ``transform`` / ``tta`` override the recipe's or checkpoint's; ``head_options`` / ``backbone_options``
     are dicts. ``device``: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``. ``runtime``: how the frozen backbone
     embeds images, ``auto`` (default), ``eager``, ``jit`` or ``onnxruntime`` (see :mod:`fewshot.embedding`).
+    ``unknown_score``: how "none of these" is measured (:data:`fewshot.open_set.SCORES`); :meth:`predict` answers
+    ``unknown`` only when asked (``unknown="auto"`` or a threshold).
 
     After :meth:`fit`: ``classes_`` (sorted class names: column ``j`` of :meth:`predict_proba` is
     ``classes_[j]``), ``model_`` (the :class:`~fewshot.model.FewShotModel`) and ``config_``.
@@ -61,7 +65,7 @@ class FewShotClassifier:
                  weights: str = "none", image_size: int | None = None, channels: int | None = None,
                  head_options: dict | None = None, backbone_options: dict | None = None,
                  transform: str | None = None, tta: str | None = None, device: str = "cpu", batch_size: int = 32,
-                 runtime: str = "auto"):
+                 runtime: str = "auto", unknown_score: str = DEFAULT_SCORE):
         from .loading import load_model
         from .recipes import RECIPES
 
@@ -72,17 +76,19 @@ class FewShotClassifier:
             backbone_options=backbone_options, transform=transform, tta=tta)
         source = (f"recipe '{model}'" if is_recipe else str(model) if model is not None
                   else f"{backbone} + {head}" if backbone or head else "recipe 'default'")
-        self._setup(built, config, source, device, batch_size, runtime)
+        self._setup(built, config, source, device, batch_size, runtime, unknown_score)
 
     @classmethod
     def from_model(cls, model: FewShotModel, config, source: str = "a model", device: str = "cpu",
-                   batch_size: int = 32, runtime: str = "auto") -> "FewShotClassifier":
+                   batch_size: int = 32, runtime: str = "auto", unknown_score: str = DEFAULT_SCORE
+                   ) -> "FewShotClassifier":
         """A classifier around an already built model and its config (what the CLI does after parsing flags)."""
         self = cls.__new__(cls)
-        self._setup(model, config, source, device, batch_size, runtime)
+        self._setup(model, config, source, device, batch_size, runtime, unknown_score)
         return self
 
-    def _setup(self, model: FewShotModel, config, source: str, device: str, batch_size: int, runtime: str) -> None:
+    def _setup(self, model: FewShotModel, config, source: str, device: str, batch_size: int, runtime: str,
+               unknown_score: str) -> None:
         from .embedding import check_runtime
         from .runtime import resolve_device
 
@@ -92,7 +98,8 @@ class FewShotClassifier:
         self.device, self.batch_size, self.runtime = resolve_device(device), batch_size, check_runtime(runtime)
         self.model_.to(self.device).eval()
         self._examples: dict[str, ClassExamples] = {}
-        self._fitted: FittedClassifier | None = None  # fitted on the current examples; None: fit when needed
+        self._unknown_score = check_score(unknown_score)
+        self._changed()
         self.progress = False  # progress bars on stderr while embedding many images (the CLI sets it)
         note = single_image_note(model)
         if note:
@@ -112,6 +119,21 @@ class FewShotClassifier:
         self._check_fitted()
         return sorted(self._examples)
 
+    @property
+    def unknown_score(self) -> str:
+        """How "none of these" is measured (one of :data:`fewshot.open_set.SCORES`); settable."""
+        return self._unknown_score
+
+    @unknown_score.setter
+    def unknown_score(self, score: str) -> None:
+        self._unknown_score = check_score(score)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Forget what was fitted on the examples (they or the score changed)."""
+        self._fitted: FittedClassifier | None = None  # fitted on the current examples; None: fit when needed
+        self._open_set: dict[tuple, OpenSetEstimate] = {}  # open-set estimates by their arguments
+
     def _check_fitted(self) -> None:
         if len(self._examples) < 2:
             raise NotFittedError("this classifier has not been fitted: call fit(support) with at least two classes "
@@ -130,7 +152,7 @@ class FewShotClassifier:
         for name, items in grouped.items():
             examples[name] = self._prepare_class(name, items)
         self._examples = examples
-        self._fitted = None
+        self._changed()
         self._warn_duplicates()
         return self
 
@@ -145,7 +167,7 @@ class FewShotClassifier:
             new = ClassExamples(torch.cat([old.images, new.images]), features, old.names + new.names,
                                  old.digests + new.digests)
         self._examples[class_name] = new
-        self._fitted = None
+        self._changed()
         self._warn_duplicates()
         return self
 
@@ -165,7 +187,7 @@ class FewShotClassifier:
         except ValueError as exc:
             raise SupportSetError(str(exc)) from None
         self._examples = dict(examples)
-        self._fitted = None
+        self._changed()
         self._warn_duplicates()
         return self
 
@@ -234,14 +256,67 @@ class FewShotClassifier:
         return features, labels
 
     # ------------------------------------------------------------------ predicting
-    def predict_proba(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
-        """Class probabilities ``(N, len(classes_))`` for one image or a sequence of them."""
-        return self.probabilities_for(as_batch(self._prepare_queries(images))).numpy()
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike], return_unknown_score: bool = False
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``(N, len(classes_))`` for one image or a sequence of them; with
+        ``return_unknown_score``, also each image's "none of these" score ``(N,)`` (higher: less like any class;
+        :meth:`unknown_threshold` says where ``unknown`` starts)."""
+        queries = as_batch(self._prepare_queries(images))
+        if not return_unknown_score:
+            return self.probabilities_for(queries).numpy()
+        require(self.model_, "open_set")
+        probabilities, scores = self.scores_for(self._embed(queries))
+        return probabilities.numpy(), scores.numpy()
 
-    def predict(self, images: ImageLike | Sequence[ImageLike]) -> list[str]:
-        """The most probable class name of each image."""
+    def predict(self, images: ImageLike | Sequence[ImageLike], unknown: str | float | None = None,
+                unknown_name: str = UNKNOWN_NAME) -> list[str]:
+        """The most probable class name of each image; with ``unknown`` (``"auto"``: the threshold
+        :meth:`open_set_estimate` chose from the examples, or a score threshold), ``unknown_name`` for images whose
+        unknown score is above the threshold: they look like none of the classes."""
         names = self.classes_
-        return [names[i] for i in self.predict_proba(images).argmax(axis=1)]
+        threshold = self.unknown_threshold(unknown, unknown_name=unknown_name)
+        if threshold is None:
+            return [names[i] for i in self.predict_proba(images).argmax(axis=1)]
+        probabilities, scores = self.predict_proba(images, return_unknown_score=True)
+        return [unknown_name if score > threshold else names[i] for i, score in zip(probabilities.argmax(1), scores)]
+
+    def unknown_threshold(self, unknown: str | float | None = "auto", recall: float = DEFAULT_RECALL,
+                          unknown_name: str = UNKNOWN_NAME) -> float | None:
+        """The unknown score above which :meth:`predict` answers ``unknown_name``: None for ``unknown=None``, the
+        number given, or for ``"auto"`` the threshold of :meth:`open_set_estimate` (it keeps ``recall`` of the
+        known classes' images). ``unknown_name`` must not be one of the classes."""
+        unknown = check_unknown(unknown)
+        if unknown is None:
+            return None
+        if not isinstance(unknown_name, str) or not unknown_name.strip() or unknown_name in self.classes_:
+            raise FewshotError(f"the answer for 'none of these' must be a name that is not a class, got "
+                               f"{unknown_name!r}: choose another unknown name")
+        require(self.model_, "open_set")
+        return self.open_set_estimate(recall).threshold if unknown == "auto" else unknown
+
+    def open_set_estimate(self, recall: float = DEFAULT_RECALL, repeats: int = 50, holdout: float = 0.2,
+                          seed: int = 0, progress: bool = False,
+                          step: Callable[[], ContextManager] | None = None) -> OpenSetEstimate:
+        """How well this classifier tells images of unseen classes apart, and the ``auto`` threshold, from its own
+        examples, each class held out in turn (:func:`fewshot.open_set_estimate.estimate_open_set`); computed
+        once per set of examples and arguments."""
+        self._check_fitted()
+        require(self.model_, "open_set")
+        key = (recall, repeats, holdout, seed)
+        if key not in self._open_set:
+            self._open_set[key] = estimate_open_set(self, recall, repeats, holdout, seed, progress or self.progress,
+                                                    step)
+        return self._open_set[key]
+
+    def scores_for(self, query_features: torch.Tensor, support: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities ``(Q, ways)``, unknown scores ``(Q,)``) of embedded queries ``(Q, E)`` against
+        ``support`` = (embeddings ``(S, E)``, labels ``(S,)``), default all examples (through :attr:`fitted_`)."""
+        require(self.model_, "open_set")
+        fitted = self.fitted_ if support is None else self._fit_state(*support)
+        with torch.inference_mode():
+            probabilities, scores = self.model_.fitted_scores(fitted, query_features.to(self.device))
+        return probabilities.float().cpu(), scores.float().cpu()
 
     def _prepare_queries(self, images: Any) -> list[PreparedImage]:
         self._check_fitted()
@@ -264,7 +339,8 @@ class FewShotClassifier:
         """Fit the model's transform and head on embeddings ``(S, E)`` with labels ``(S,)``, and calibrate."""
         ways = int(labels.max()) + 1
         with torch.inference_mode():
-            fitted = self.model_.fit(features.to(self.device), labels.to(self.device), ways)
+            fitted = self.model_.fit(features.to(self.device), labels.to(self.device), ways,
+                                     unknown_score=self.unknown_score)
         return calibrated(fitted, labels, self.config_.model.temperature)
 
     def probabilities_for(self, queries: torch.Tensor | None, support: tuple | None = None,
@@ -320,10 +396,24 @@ class FewShotClassifier:
                                           len(self.classes_), queries.to(self.device), fitted=self.fitted_)
         return queries, heatmaps.cpu(), probabilities.cpu()
 
-    def details(self, images: ImageLike | Sequence[ImageLike]) -> list[dict]:
-        """For each image: ``{"query": name, "predicted": class, "probabilities": {class: p}}``."""
+    def details(self, images: ImageLike | Sequence[ImageLike], unknown: str | float | None = None,
+                unknown_name: str = UNKNOWN_NAME) -> list[dict]:
+        """For each image: ``{"query": name, "predicted": class, "probabilities": {class: p}}``, with
+        ``"unknown_score"`` when the head has one; with ``unknown`` (as for :meth:`predict`) also
+        ``"unknown_threshold"`` and ``"unknown"`` (true when ``predicted`` is ``unknown_name``)."""
         prepared = self._prepare_queries(images)
-        return self._details(prepared, self.probabilities_for(as_batch(prepared)))
+        threshold = self.unknown_threshold(unknown, unknown_name=unknown_name)
+        queries = as_batch(prepared)
+        if unsupported(self.model_, "open_set"):
+            return self._details(prepared, self.probabilities_for(queries))
+        probabilities, scores = self.scores_for(self._embed(queries))
+        found = self._details(prepared, probabilities)
+        for item, score in zip(found, scores.tolist()):
+            item["unknown_score"] = score
+            if threshold is not None:
+                item.update(unknown=score > threshold, unknown_threshold=threshold)
+                item["predicted"] = unknown_name if item["unknown"] else item["predicted"]
+        return found
 
     def _details(self, prepared: list[PreparedImage], probabilities: torch.Tensor) -> list[dict]:
         names = self.classes_
@@ -333,10 +423,22 @@ class FewShotClassifier:
 
     # ------------------------------------------------------------------ estimating
     def estimate(self, repeats: int = 50, holdout: float = 0.2, seed: int = 0, progress: bool = False,
-                 step: Callable[[], ContextManager] | None = None) -> Estimate:
+                 step: Callable[[], ContextManager] | None = None, open_set: bool = True,
+                 recall: float = DEFAULT_RECALL) -> Estimate:
         """How accurate this classifier is likely to be on new images of its classes, from its own examples
-        (episodic cross-validation with an honest interval: :func:`fewshot.estimate.estimate`)."""
-        return estimate(self, repeats, holdout, seed, progress, step)
+        (episodic cross-validation with an honest interval: :func:`fewshot.estimate.estimate`); with ``open_set``,
+        also how well it says "none of these" and the ``auto`` threshold for ``recall`` (:meth:`open_set_estimate`;
+        ``open_set_refused`` says why not when the classes or the head cannot give one)."""
+        check_recall(recall)
+        found = estimate(self, repeats, holdout, seed, progress, step)
+        if open_set:
+            found.open_set_refused = unsupported(self.model_, "open_set") or ""
+            if not found.open_set_refused:
+                try:
+                    found.open_set = self.open_set_estimate(recall, repeats, holdout, seed, progress, step)
+                except SupportSetError as exc:
+                    found.open_set_refused = str(exc)
+        return found
 
     # ------------------------------------------------------------------ saving and exporting
     def save(self, path: str | os.PathLike) -> Path:
@@ -348,7 +450,7 @@ class FewShotClassifier:
         self._check_fitted()
         model = self.model_
         state = {"format": SAVED_FORMAT, "version": SAVED_VERSION, "fewshot": __version__,
-                 "config": self.config_.to_dict(), "source": self.source,
+                 "config": self.config_.to_dict(), "source": self.source, "unknown_score": self.unknown_score,
                  "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "normalization": [list(model.mean), list(model.std)],
                  "classes": {name: {"images": e.images, "features": e.features, "names": e.names, "digests": e.digests}
@@ -387,7 +489,8 @@ class FewShotClassifier:
             raise SavedFileError(f"{file} is damaged or incomplete ({type(exc).__name__}: {exc}); save it again")
         except FewshotError as exc:
             raise SavedFileError(f"{file}: {exc}") from None
-        self = cls.from_model(model, config, state.get("source", str(file)), device, runtime=runtime)
+        self = cls.from_model(model, config, state.get("source", str(file)), device, runtime=runtime,
+                              unknown_score=state.get("unknown_score", DEFAULT_SCORE))
         self._examples = examples
         return self
 

@@ -73,6 +73,18 @@ def names(module: str, registry: str) -> list[str]:
         return list(getattr(importlib.import_module(module), registry))
 
 
+def constant(module: str, name: str) -> Any:
+    """The literal module-level constant ``module.name``, without importing ``module`` unless it already is."""
+    if module not in sys.modules:
+        try:
+            value = assigned(module_tree(module)[0].body, name)
+            if value is not None:
+                return ast.literal_eval(value)
+        except (NotLiteral, OSError, SyntaxError, ValueError):
+            pass
+    return getattr(importlib.import_module(module), name)
+
+
 def capability(module: str, registry: str, name: str, attribute: str) -> Any:
     """``getattr(module.registry[name], attribute)``, read from the sources when ``module`` is not imported."""
     if module not in sys.modules:

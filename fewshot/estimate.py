@@ -26,6 +26,7 @@ class Classifier(Protocol):
 
     classes_: list[str]
     examples_: dict
+    unknown_score: str
 
     def support_images(self, rows: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -33,6 +34,42 @@ class Classifier(Protocol):
 
     def probabilities_for(self, queries: torch.Tensor | None, support: tuple | None = None,
                           query_features: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def scores_for(self, query_features: torch.Tensor, support: tuple | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class OpenSetEstimate:
+    """What :func:`estimate_open_set` measured (percentages in 0-100)."""
+
+    score: str  # the unknown score (fewshot.open_set.SCORES)
+    auroc: float  # how often an image of an unseen class scores above one of a known class
+    low: float  # the AUROC's 95% interval
+    high: float
+    threshold: float  # the ``auto`` threshold: scores above it are answered ``unknown``
+    recall: float  # the target fraction of known images kept (0-1)
+    known_kept: float  # held-out images of known classes scored at or below the threshold
+    known_accuracy: float  # held-out images of known classes kept and named right
+    unknown_rejected: float  # images of held-out classes scored above the threshold
+    folds: int
+    known_images: int  # distinct images held out as knowns
+    unknown_images: int  # distinct images held out as unknowns
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"'none of these': AUROC {self.auroc:.1f} % (95% interval {self.low:.1f}-{self.high:.1f} %, "
+                f"{self.score} score); threshold {self.threshold:.4g} keeps {self.known_kept:.1f} % of your classes' "
+                f"images ({self.known_accuracy:.1f} % kept and named right) and answers 'unknown' for "
+                f"{self.unknown_rejected:.1f} % of images of a class it was not shown ({self.folds} folds, each "
+                "class held out in turn)")
+
+    def to_json(self) -> dict:
+        return {"score": self.score, "auroc": self.auroc, "low": self.low, "high": self.high,
+                "threshold": self.threshold, "recall": self.recall, "known_kept": self.known_kept,
+                "known_accuracy": self.known_accuracy, "unknown_rejected": self.unknown_rejected,
+                "folds": self.folds, "known_images": self.known_images, "unknown_images": self.unknown_images,
+                "warnings": self.warnings}
 
 
 @dataclass
@@ -47,16 +84,23 @@ class Estimate:
     shots: dict[str, int]  # support images per class in each split
     report: dict  # per-class precision / recall / F1 and the confusion matrix (see per_class_report)
     warnings: list[str] = field(default_factory=list)
+    open_set: OpenSetEstimate | None = None  # how well "none of these" works (None: not estimated, see below)
+    open_set_refused: str = ""  # why there is no open-set estimate, when one was asked for
 
     def summary(self) -> str:
         return (f"estimated accuracy {self.accuracy:.1f} % (95% interval {self.low:.1f}-{self.high:.1f} %, from "
                 f"{self.images} held-out images over {self.repeats} random splits)")
 
     def to_json(self) -> dict:
-        return {"accuracy": self.accuracy, "low": self.low, "high": self.high, "repeats": self.repeats,
-                "images": self.images,
-                "shots": self.shots, "per_class": self.report["classes"], "confusion": self.report["confusion"],
-                "class_names": self.report["class_names"], "warnings": self.warnings}
+        found = {"accuracy": self.accuracy, "low": self.low, "high": self.high, "repeats": self.repeats,
+                 "images": self.images,
+                 "shots": self.shots, "per_class": self.report["classes"], "confusion": self.report["confusion"],
+                 "class_names": self.report["class_names"], "warnings": self.warnings}
+        if self.open_set is not None:
+            found["open_set"] = self.open_set.to_json()
+        elif self.open_set_refused:
+            found["open_set"] = {"refused": self.open_set_refused}
+        return found
 
 
 def estimate(classifier: Classifier, repeats: int = 50, holdout: float = 0.2, seed: int = 0,

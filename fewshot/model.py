@@ -19,6 +19,7 @@ from .config import ModelConfig
 from .errors import FewshotError
 from .heads import Head, build_head
 from .heads.base import HeadState, Network
+from .open_set import fit_scores, unknown_scores
 from .transforms import TRANSFORMS, TTA, TransformState, apply_transform, fit_transform, transform_features
 
 
@@ -33,18 +34,22 @@ class FittedClassifier:
     ways: int
     temperature: float = 1.0
     info: dict = field(default_factory=dict)  # how the temperature was chosen, for reports
+    unknown_score: str = ""  # the "none of these" score fitted in ``unknown`` (see fewshot.open_set); "" for none
+    unknown: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def detached(self) -> "FittedClassifier":
         """A copy whose tensors are fresh clones outside autograd and inference mode (usable in a backward pass)."""
         with torch.inference_mode(False):
             return FittedClassifier({k: v.detach().clone() for k, v in self.transform.items()},
                                     {k: v.detach().clone() for k, v in self.head.items()}, self.ways,
-                                    self.temperature, dict(self.info))
+                                    self.temperature, dict(self.info), self.unknown_score,
+                                    {k: v.detach().clone() for k, v in self.unknown.items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor of the state, named ``transform.<key>`` / ``head.<key>`` (what an export stores)."""
+        """Every tensor of the state, named ``transform.<key>`` / ``head.<key>`` / ``unknown.<key>``."""
         return {**{f"transform.{k}": v for k, v in self.transform.items()},
-                **{f"head.{k}": v for k, v in self.head.items()}}
+                **{f"head.{k}": v for k, v in self.head.items()},
+                **{f"unknown.{k}": v for k, v in self.unknown.items()}}
 
 
 class FewShotModel(nn.Module):
@@ -89,13 +94,17 @@ class FewShotModel(nn.Module):
         return self.head(support, support_labels, query, ways)
 
     def fit(self, support_features: torch.Tensor, support_labels: torch.Tensor, ways: int,
-            temperature: float = 1.0) -> FittedClassifier:
+            temperature: float = 1.0, unknown_score: str = "") -> FittedClassifier:
         """Fit the transform and the head once on embedded support features ``(S, *F)``, labels ``(S,)``
-        (the head's inductive form for a transductive head); see :meth:`fitted_logits`."""
+        (the head's inductive form for a transductive head), and the ``unknown_score``'s state when one is named
+        (:func:`fewshot.open_set.fit_scores`); see :meth:`fitted_logits` and :meth:`fitted_scores`."""
         support = support_features.float()
         transform = fit_transform(self.transform, support)
-        head = self.head.fit(transform_features(self.transform, transform, support), support_labels, ways)
-        return FittedClassifier(transform, {k: v.detach() for k, v in head.items()}, ways, float(temperature))
+        transformed = transform_features(self.transform, transform, support)
+        head = self.head.fit(transformed, support_labels, ways)
+        unknown = fit_scores(transformed, support_labels, ways, unknown_score) if unknown_score else {}
+        return FittedClassifier(transform, {k: v.detach() for k, v in head.items()}, ways, float(temperature),
+                                unknown_score=unknown_score, unknown=unknown)
 
     def fitted_logits(self, fitted: FittedClassifier, query_features: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits ``(Q, ways)`` of embedded queries ``(Q, *F)``, each classified on its own."""
@@ -105,6 +114,16 @@ class FewShotModel(nn.Module):
     def fitted_probabilities(self, fitted: FittedClassifier, query_features: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities ``(Q, ways)`` of embedded queries ``(Q, *F)``."""
         return self.head.probabilities(self.fitted_logits(fitted, query_features) * fitted.temperature)
+
+    def fitted_scores(self, fitted: FittedClassifier, query_features: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(calibrated class probabilities ``(Q, ways)``, "none of these" scores ``(Q,)``, higher = less like any
+        class) of embedded queries ``(Q, *F)``; the probabilities are :meth:`fitted_probabilities`'."""
+        if not fitted.unknown_score:
+            raise FewshotError("this classifier was fitted without an unknown score")
+        query = transform_features(self.transform, fitted.transform, query_features.float())
+        logits = self.head.classify(fitted.head, query) * fitted.temperature
+        return self.head.probabilities(logits), unknown_scores(fitted.unknown_score, fitted.unknown, query, logits)
 
     def set_test_time(self, transform: str, tta: str) -> None:
         """Set the feature transform and test-time augmentation (neither changes any weight), checked."""

@@ -27,6 +27,29 @@ from .heads.base import class_means
 SCORES = ("msp", "energy", "distance", "knn", "mahalanobis")
 DEFAULT_SCORE = "distance"
 SHRINKAGE = 0.5  # weight of the isotropic part of the Mahalanobis covariance
+DEFAULT_RECALL = 0.95  # the fraction of known-class images an ``auto`` threshold keeps
+UNKNOWN_NAME = "unknown"  # what predict answers for an image past the threshold
+
+
+def check_unknown(unknown: object) -> str | float | None:
+    """``unknown`` as :meth:`fewshot.FewShotClassifier.predict` takes it: None (always name a class), ``"auto"``
+    (the threshold chosen from the support images) or a score threshold (a finite number); one-line error else."""
+    if unknown is None or unknown == "auto":
+        return unknown
+    if isinstance(unknown, str):
+        try:
+            unknown = float(unknown)
+        except ValueError:
+            pass
+    if isinstance(unknown, bool) or not isinstance(unknown, (int, float)) or not math.isfinite(unknown):
+        raise FewshotError(f"unknown must be None, 'auto' or a score threshold (a number), got {unknown!r}")
+    return float(unknown)
+
+
+def check_recall(recall: object) -> float:
+    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall < 1:
+        raise FewshotError(f"the known-class recall must be a fraction between 0 and 1 (e.g. 0.95), got {recall!r}")
+    return float(recall)
 
 
 def check_score(score: str) -> str:
@@ -103,7 +126,6 @@ def auroc_interval(area: float, known: int, unknown: int) -> float:
 
 
 def threshold_for_recall(known_scores: torch.Tensor, recall: float) -> float:
-    """The score below which a fraction ``recall`` of known queries fall (those are kept as known)."""
-    if not 0 < recall <= 1:
-        raise FewshotError(f"known-class recall must be in (0, 1], got {recall}")
+    """The score at or below which a fraction ``recall`` of known queries fall (those are kept as known)."""
+    check_recall(recall)
     return float(torch.quantile(known_scores.double(), recall))

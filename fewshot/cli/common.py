@@ -49,6 +49,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def open_fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    value = fraction(text)
+    if value in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
+    return value
+
+
 def positive_number(text: str) -> float:
     """An argparse type: a number > 0."""
     try:
@@ -126,6 +134,47 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "embeddings within 1e-4")
 
 
+def unknown_threshold(text: str) -> str | float:
+    """``--unknown``: ``auto`` or a number."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a score threshold (a number), got '{text}'") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite threshold, got '{text}'")
+    return value
+
+
+def add_open_set_arguments(parser: argparse.ArgumentParser, answers: bool = False, estimates: bool = False) -> None:
+    """"None of these" flags: the score (every command with a classifier), the ``auto`` threshold's known-class
+    recall, and for commands that answer (``answers``) ``--unknown`` and ``--unknown-name``."""
+    from ..declared import constant, names
+
+    group = parser.add_argument_group("'none of these' (open set)")
+    if answers:
+        group.add_argument("--unknown", type=unknown_threshold, metavar="auto|THRESHOLD",
+                           help="answer UNKNOWN_NAME for an image that looks like none of the classes: 'auto' "
+                                "chooses the threshold from the support images (each class held out in turn as the "
+                                "unknown, keeping --recall of the known images), a number is a score threshold; "
+                                "without it every image gets one of the classes")
+        group.add_argument("--unknown-name", default=constant("fewshot.open_set", "UNKNOWN_NAME"), metavar="NAME",
+                           help="the answer for an image past the threshold (default: %(default)s)")
+    default = constant("fewshot.open_set", "DEFAULT_SCORE")
+    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORES"), default=default,
+                       help=f"how 'none of these' is measured (default: {default}, the best in "
+                            "benchmarks/open_set.py): msp (1 - top probability), energy (-logsumexp of the logits), "
+                            "distance (to the nearest class mean), knn (to the nearest support image), mahalanobis "
+                            "(shrunk pooled covariance)")
+    group.add_argument("--recall", type=open_fraction, default=constant("fewshot.open_set", "DEFAULT_RECALL"),
+                       help="the fraction of the known classes' images the auto threshold keeps (default: "
+                            "%(default)s)")
+    if estimates:
+        group.add_argument("--no-open-set", action="store_true",
+                           help="skip the 'none of these' estimate (each class held out in turn as the unknown)")
+
+
 def model_from_args(args: argparse.Namespace):
     """(model, config) from the model flags (see :func:`fewshot.loading.load_model`)."""
     from ..loading import load_model
@@ -199,7 +248,9 @@ def classifier_from_args(args: argparse.Namespace):
 
     model, config = model_from_args(args)
     classifier = FewShotClassifier.from_model(model, config, model_source(args, config), device=args.device or "auto",
-                                              runtime=args.runtime)
+                                              runtime=args.runtime,
+                                              **({"unknown_score": args.unknown_score}
+                                                 if getattr(args, "unknown_score", None) else {}))
     classifier.progress = not getattr(args, "no_progress", False)
     return classifier
 

@@ -7,7 +7,7 @@ import argparse
 
 from .. import json_io
 from . import common
-from .common import add_model_arguments, fraction, int_at_least, print_per_class, write_outputs
+from .common import add_model_arguments, add_open_set_arguments, fraction, int_at_least, print_per_class, write_outputs
 
 
 NAME = "estimate"
@@ -16,7 +16,9 @@ PARSER = dict(
     description="Episodic cross-validation on your own labelled images: REPEATS random splits hold out a "
                 "fraction of every class's images and classify them with the rest as support. Prints the mean "
                 "accuracy with a 95%% interval over the held-out images, per-class precision / recall / F1, "
-                "and warns about classes with too few images. Every class needs at least 2 images.",
+                "and warns about classes with too few images. Every class needs at least 2 images. With 3 or more "
+                "classes it also holds each class out in turn as an unseen one: how well 'none of these' works "
+                "(AUROC with a 95%% interval) and the threshold predict --unknown auto uses.",
 )
 
 
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG")
     parser.add_argument("--json", metavar="OUT", help="write the estimate, per-class scores and matrix as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_open_set_arguments(parser, estimates=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +44,14 @@ def run(args: argparse.Namespace) -> int:
     common.check_inputs(args)
     classifier = common.classifier_from_args(args).fit(args.support)
     estimate = classifier.estimate(repeats=args.repeats, holdout=args.holdout, seed=args.seed,
-                                   progress=classifier.progress)
+                                   progress=classifier.progress, open_set=not args.no_open_set, recall=args.recall)
     print(f"{estimate.summary()} with {classifier.source} on {args.support}")
     print("support images per class in each split: " + ", ".join(f"{k} {v}" for k, v in estimate.shots.items()))
     print_per_class(estimate.report, None)
+    if estimate.open_set is not None:
+        print(estimate.open_set.summary())
+    elif estimate.open_set_refused:
+        print(f"no 'none of these' estimate: {estimate.open_set_refused}")
 
     def write_confusion():
         if plot_confusion(estimate.report, confusion, "estimated confusion (fraction of each true class)"):

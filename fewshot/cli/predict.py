@@ -8,14 +8,15 @@ import sys
 
 from .. import json_io
 from . import common
-from .common import add_model_arguments
+from .common import add_model_arguments, add_open_set_arguments
 
 
 NAME = "predict"
 PARSER = dict(
     help="classify images of new classes from a few support images per class",
     description="SUPPORT holds one subfolder per new class with a few images each. For each query image "
-                "(or each image of a query folder) print the predicted class and every class's probability.",
+                "(or each image of a query folder) print the predicted class and every class's probability; "
+                "with --unknown auto, 'unknown' for images that look like none of the classes.",
 )
 
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain", metavar="OUT_DIR",
                          help="also write a Grad-CAM heatmap over each query as OUT_DIR/<query>.gradcam.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_open_set_arguments(parser, answers=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,13 +42,30 @@ def run(args: argparse.Namespace) -> int:
 
         require(classifier.model_, "explain", classifier.image_size)
     classifier.fit(args.support)
-    results = classifier.explain(files, explain_dir) if explain_dir else classifier.details(files)
-    if explain_dir:
+    threshold = unknown_threshold(classifier, args)
+    results = classifier.details(files, threshold, args.unknown_name)
+    if explain_dir:  # the heatmaps' pass gives the probabilities; the unknown answer stays the details'
+        results = [{**shown, **{k: v for k, v in item.items() if k.startswith("unknown")},
+                    "predicted": item["predicted"] if item.get("unknown") else shown["predicted"]}
+                   for item, shown in zip(results, classifier.explain(files, explain_dir))]
         print(f"Grad-CAM heatmaps: {len(results)} PNG files in {explain_dir}", file=sys.stderr)
     if args.json:
         print(json_io.dumps(results, indent=1))
         return 0
     for item in results:
         ranked = sorted(item["probabilities"].items(), key=lambda kv: -kv[1])
-        print(f"{item['query']}: {item['predicted']}  (" + ", ".join(f"{k} {v:.3f}" for k, v in ranked) + ")")
+        unknown = (f"; unknown score {item['unknown_score']:.4g} {'>' if item['unknown'] else '<='} {threshold:.4g}"
+                   if threshold is not None else "")
+        print(f"{item['query']}: {item['predicted']}  (" + ", ".join(f"{k} {v:.3f}" for k, v in ranked)
+              + unknown + ")")
     return 0
+
+
+def unknown_threshold(classifier, args: argparse.Namespace) -> float | None:
+    """The ``--unknown`` threshold (None without it); for ``auto``, says on stderr how it was chosen."""
+    if args.unknown is None:
+        return None
+    threshold = classifier.unknown_threshold(args.unknown, args.recall, args.unknown_name)
+    if args.unknown == "auto":
+        print(classifier.open_set_estimate(args.recall).summary(), file=sys.stderr)
+    return threshold
