@@ -360,27 +360,31 @@ class FewShotClassifier:
         with torch.inference_mode():
             return model.fitted_probabilities(fitted, query_features.to(self.device)).float().cpu()
 
-    def explain(self, images: ImageLike | Sequence[ImageLike], out_dir: str | os.PathLike) -> list[dict]:
+    def explain(self, images: ImageLike | Sequence[ImageLike], out_dir: str | os.PathLike,
+                unknown: str | float | None = None, unknown_name: str = UNKNOWN_NAME) -> list[dict]:
         """Like :meth:`details`, with a Grad-CAM heatmap PNG per image written to ``out_dir``; the
         probabilities come from the same pass as the heatmaps."""
         from .explain import save_explanations
 
         prepared = self._prepare_queries(images)
+        threshold = self.unknown_threshold(unknown, unknown_name=unknown_name)
         queries, heatmaps, probabilities = self._heatmaps(prepared)
         save_explanations(queries, heatmaps, probabilities, self.classes_, [Path(p.name) for p in prepared], out_dir)
-        return self._details(prepared, probabilities)
+        return self._scored(self._details(prepared, probabilities), queries, threshold, unknown_name)
 
     def heatmaps(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """Grad-CAM heatmaps ``(N, S, S)`` float32 in [0, 1] of one image or a sequence of them, at the model's
         image size ``S``: where the model looked for its prediction (see :mod:`fewshot.explain`)."""
         return self._heatmaps(self._prepare_queries(images))[1].numpy()
 
-    def explained(self, images: ImageLike | Sequence[ImageLike]) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+    def explained(self, images: ImageLike | Sequence[ImageLike], unknown: str | float | None = None,
+                  unknown_name: str = UNKNOWN_NAME) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
         """(:meth:`details` of each image, the model-size images ``(Q, C, S, S)`` uint8, their heatmaps
         ``(Q, S, S)`` in [0, 1]); the probabilities come from the same pass as the heatmaps."""
         prepared = self._prepare_queries(images)
+        threshold = self.unknown_threshold(unknown, unknown_name=unknown_name)
         queries, heatmaps, probabilities = self._heatmaps(prepared)
-        return self._details(prepared, probabilities), queries, heatmaps
+        return self._scored(self._details(prepared, probabilities), queries, threshold, unknown_name), queries, heatmaps
 
     def _heatmaps(self, prepared: list[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from .explain import explain
@@ -407,7 +411,16 @@ class FewShotClassifier:
         if unsupported(self.model_, "open_set"):
             return self._details(prepared, self.probabilities_for(queries))
         probabilities, scores = self.scores_for(self._embed(queries))
-        found = self._details(prepared, probabilities)
+        return self._scored(self._details(prepared, probabilities), scores, threshold, unknown_name)
+
+    def _scored(self, found: list[dict], scores: torch.Tensor, threshold: float | None, unknown_name: str
+                ) -> list[dict]:
+        """``found`` (:meth:`_details`) with each image's ``unknown_score`` (``scores`` ``(Q,)``, or the uint8
+        queries ``(Q, C, S, S)`` to score), and past ``threshold`` the answer ``unknown_name``."""
+        if unsupported(self.model_, "open_set"):
+            return found
+        if scores.dtype == torch.uint8:
+            scores = self.scores_for(self._embed(scores))[1]
         for item, score in zip(found, scores.tolist()):
             item["unknown_score"] = score
             if threshold is not None:
@@ -507,27 +520,38 @@ class FewShotClassifier:
             raise ExportError(f"unknown export format '{format}': choose one of {', '.join(EXPORT_FORMATS)}")
         require(self.model_, "export")
         images, _, _ = self.support()
-        fitted, model = self.fitted_, self.model_.cpu()
+        fitted, threshold = self.fitted_, self.threshold_record()
+        model = self.model_.cpu()
         try:
-            return export_fitted(model, fitted, images, self.classes_, self.config_, Path(path), format)
+            return export_fitted(model, fitted, images, self.classes_, self.config_, Path(path), format, threshold)
         finally:
             model.to(self.device)
 
+    def threshold_record(self) -> dict | None:
+        """The ``auto`` unknown threshold as an export stores it (:meth:`OpenSetEstimate.to_json`), ``{"refused":
+        reason}`` when the examples cannot give one, None when the head has no unknown score."""
+        if unsupported(self.model_, "open_set"):
+            return None
+        try:
+            return self.open_set_estimate().to_json()
+        except SupportSetError as exc:
+            return {"refused": str(exc)}
+
 
 def export_fitted(model: FewShotModel, fitted: FittedClassifier, images: torch.Tensor, names: list[str], config,
-                  path: Path, format: str) -> Path:  # noqa: A002
+                  path: Path, format: str, threshold: dict | None = None) -> Path:  # noqa: A002
     """Write ``model`` with its ``fitted`` classifier built in (what :meth:`FewShotClassifier.export` and the
     server's export worker run): ``images`` ``(N, C, S, S)`` uint8 support images are the TorchScript trace's
-    example and the INT8 calibration set."""
+    example and the INT8 calibration set; ``threshold``: :meth:`FewShotClassifier.threshold_record`."""
     size, channels = config.data.image_size, config.data.channels
     if format == "torchscript":
         from .export import export_torchscript
 
-        return export_torchscript(model, fitted, images, names, path, size, channels)
+        return export_torchscript(model, fitted, images, names, path, size, channels, threshold)
     from .onnx_export import export_onnx
 
     return export_onnx(model, fitted, names, size, channels, path, quantize=format == "onnx-int8",
-                       calibration_images=images)
+                       calibration_images=images, threshold=threshold)
 
 
 EXPORT_FORMATS = ("onnx", "onnx-int8", "torchscript")

@@ -9,7 +9,10 @@ filtering, antialiased when it is shrunk (ONNX ``Resize`` with ``antialias=1``, 
 ``F.interpolate(..., mode="bilinear", antialias=True)``, the triangle filter of PIL's ``Image.BILINEAR``;
 enlarging is plain bilinear in all three); normalized with the model's mean and std; then embedded (averaged with the
 mirrored image under ``tta: flip``), transformed and classified against the support embeddings stored in
-the file. The single output ``probabilities`` is float32 ``(B, classes)``. Unlike ``fewshot predict``, the
+the file. The output ``probabilities`` is float32 ``(B, classes)``; a classifier with a "none of these" score
+(``FewShotClassifier`` always has one) has a second output ``unknown_score``, float32 ``(B,)``, higher = less like
+any class, with ``unknown_score`` (its name), ``unknown_threshold`` (the ``auto`` threshold: answer "unknown" above
+it), ``unknown_recall`` and ``unknown_auroc`` in the metadata. Unlike ``fewshot predict``, the
 resized pixels are not rounded to integers, a difference of less than half a grey level; images already at
 ``image_size`` give the PyTorch model's probabilities (checked at export, to 1e-4).
 
@@ -64,7 +67,7 @@ from torch.overrides import TorchFunctionMode
 from .atomic import atomic_write, writable_folder
 from .errors import ExportError, FewshotError
 from .capabilities import require
-from .export import FittedImageClassifier
+from .export import FittedImageClassifier, ScoredImageClassifier, outputs, unknown_metadata
 from .model import FewShotModel, FittedClassifier
 from .onnx_graph import OPSET, first_line, quiet, traced_graph
 from .runtime import has_int8_dot_product
@@ -150,8 +153,8 @@ def import_onnx() -> tuple[Any, Any]:
 
 
 def export_onnx(model: FewShotModel, fitted: FittedClassifier, class_names: list[str], image_size: int, channels: int,
-                path: str | os.PathLike, quantize: bool = False, calibration_images: torch.Tensor | None = None
-                ) -> Path:
+                path: str | os.PathLike, quantize: bool = False, calibration_images: torch.Tensor | None = None,
+                threshold: dict | None = None) -> Path:
     """Write ``model`` with its ``fitted`` classifier built in to ``path`` as ONNX (atomically); return the path.
 
     ``fitted``: :meth:`FewShotModel.fit` on the support embeddings, ``fitted.ways == len(class_names)``. The file
@@ -160,7 +163,8 @@ def export_onnx(model: FewShotModel, fitted: FittedClassifier, class_names: list
     image_size, image_size)``, the support images; without them, dynamic quantization). Raises
     :class:`ExportError` when the onnx packages are missing, the head cannot be exported, the path cannot be
     written, or the exported graph does not reproduce the model. ``model`` is moved to the CPU (and left
-    there); its training mode is restored.
+    there); its training mode is restored. ``threshold``: the unknown threshold's record (see
+    :func:`fewshot.export.unknown_metadata`).
     """
     onnx, onnxruntime = import_onnx()
     require(model, "export")
@@ -179,13 +183,19 @@ def export_onnx(model: FewShotModel, fitted: FittedClassifier, class_names: list
     model = model.cpu().eval()
     try:
         classifier = FittedImageClassifier(model, fitted).eval()
-        classifier.head = PortableHead(model.head)
-        proto, antialias = build_graph(classifier, image_size, channels)
+        classifier.head, classifier.ops = PortableHead(model.head), PortableOps
+        if fitted.unknown_score:
+            classifier = ScoredImageClassifier(classifier).eval()
+        names = ("probabilities", "unknown_score") if fitted.unknown_score else ("probabilities",)
+        proto, antialias = build_graph(classifier, image_size, channels, names,
+                                       f"{type(model.backbone).__name__} + {type(model.head).__name__}")
         module = ImageClassifier(classifier, image_size, channels, antialias).eval()
         resize = f"to {image_size}x{image_size}, bilinear{', antialiased when shrinking' if antialias else ''}"
         metadata = {"class_names": json.dumps(list(class_names)), "image_size": str(image_size),
                     "channels": str(channels), "input": INPUT_DESCRIPTION, "output": OUTPUT_DESCRIPTION,
-                    "resize": resize, "quantization": "none", "fewshot_version": fewshot_version()}
+                    "resize": resize, "quantization": "none", "fewshot_version": fewshot_version(),
+                    **{k: v if isinstance(v, str) else json.dumps(v)
+                       for k, v in unknown_metadata(fitted, threshold).items()}}
         set_metadata(proto, metadata)
         data = proto.SerializeToString()
         verify(onnxruntime, data, module, image_size, calibration_images)
@@ -208,9 +218,11 @@ def fewshot_version() -> str:
     return __version__
 
 
-def build_graph(classifier: FittedImageClassifier, image_size: int, channels: int) -> tuple[Any, bool]:
-    """The ONNX ``ModelProto`` of :class:`ImageClassifier` around ``classifier`` (whose head is a
-    :class:`PortableHead`), and whether its resize is antialiased. By the dynamo exporter; when that fails,
+def build_graph(classifier: nn.Module, image_size: int, channels: int, names: tuple[str, ...], label: str
+                ) -> tuple[Any, bool]:
+    """The ONNX ``ModelProto`` of :class:`ImageClassifier` around ``classifier`` (a :class:`FittedImageClassifier`
+    whose head is a :class:`PortableHead`, or a :class:`ScoredImageClassifier` around one) with the outputs
+    ``names``, and whether its resize is antialiased (``label`` names the model in errors). By the dynamo exporter; when that fails,
     by the TorchScript-based one, antialiased through :func:`antialiased_resize`, else plain bilinear."""
     example = torch.randint(0, 256, (2, image_size + 3, image_size + 5, 3), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
@@ -221,28 +233,28 @@ def build_graph(classifier: FittedImageClassifier, image_size: int, channels: in
             dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("height"), 2: torch.export.Dim("width")}
             program = torch.export.export(module, (example,), dynamic_shapes=(dims,), strict=False)
             exported = torch.onnx.export(program, (example,), dynamo=True, input_names=["images"],
-                                         output_names=["probabilities"], opset_version=OPSET, verbose=False,
+                                         output_names=list(names), opset_version=OPSET, verbose=False,
                                          optimize=True, external_data=False)
             return exported.model_proto, True
         except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
             failures.append(f"dynamo exporter: {first_line(exc)}")
         for antialias in (True, False):
             try:
-                return torchscript_graph(classifier, image_size, channels, antialias, example), antialias
+                return torchscript_graph(classifier, image_size, channels, antialias, example, names), antialias
             except Exception as exc:  # noqa: BLE001
                 failures.append(f"TorchScript exporter{'' if antialias else ' (plain bilinear)'}: {first_line(exc)}")
-    raise ExportError(f"cannot export {type(classifier.backbone).__name__} + {type(classifier.head.head).__name__} "
-                      f"to ONNX: {'; '.join(failures)}")
+    raise ExportError(f"cannot export {label} to ONNX: {'; '.join(failures)}")
 
 
-def torchscript_graph(classifier: FittedImageClassifier, image_size: int, channels: int, antialias: bool,
-                      example: torch.Tensor) -> Any:
+def torchscript_graph(classifier: nn.Module, image_size: int, channels: int, antialias: bool,
+                      example: torch.Tensor, names: tuple[str, ...]) -> Any:
     """The ONNX ``ModelProto`` made by the TorchScript-based exporter."""
     import onnx
 
     module = ImageClassifier(classifier, image_size, channels, antialias).eval()
-    data = traced_graph(module, example, ("images", "probabilities"),
-                        {"images": {0: "batch", 1: "height", 2: "width"}, "probabilities": {0: "batch"}}, antialias)
+    data = traced_graph(module, example, ("images", *names),
+                        {"images": {0: "batch", 1: "height", 2: "width"}, **{n: {0: "batch"} for n in names}},
+                        antialias)
     return onnx.load_from_string(data)
 
 
@@ -287,13 +299,14 @@ def verify(onnxruntime: Any, data: bytes, module: ImageClassifier, image_size: i
         with quiet():
             runner = session(onnxruntime, data)
             for batch in (images, other):
-                got = runner.run(None, {"images": batch.numpy()})[0]
                 with torch.no_grad():
-                    expected = module(batch).numpy()
-                if got.shape != expected.shape or not np.allclose(got, expected, atol=VERIFY_ATOL, rtol=0):
-                    difference = np.abs(got - expected).max() if got.shape == expected.shape else got.shape
-                    raise ExportError(f"the exported ONNX model does not reproduce the PyTorch model "
-                                      f"(largest difference {difference} on {list(batch.shape)} images)")
+                    wanted = [t.numpy() for t in outputs(module(batch))]
+                for got, expected in zip(runner.run(None, {"images": batch.numpy()}), wanted):
+                    if got.shape != expected.shape or not np.allclose(got, expected, atol=VERIFY_ATOL,
+                                                                      rtol=VERIFY_ATOL):
+                        difference = np.abs(got - expected).max() if got.shape == expected.shape else got.shape
+                        raise ExportError(f"the exported ONNX model does not reproduce the PyTorch model "
+                                          f"(largest difference {difference} on {list(batch.shape)} images)")
     except ExportError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the graph

@@ -39,10 +39,10 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def traced_graph(module: nn.Module, example: torch.Tensor, names: tuple[str, str], dynamic_axes: dict,
+def traced_graph(module: nn.Module, example: torch.Tensor, names: tuple[str, ...], dynamic_axes: dict,
                  antialias: bool = True) -> bytes:
     """``module(example)`` as a serialized ONNX model by the TorchScript-based exporter (opset :data:`OPSET`, no
-    autograd), one input and one output named ``names``; ``antialias``: export ``F.interpolate(...,
+    autograd), one input and the outputs named ``names`` (input first); ``antialias``: export ``F.interpolate(...,
     antialias=True)`` with :func:`antialiased_resize` (else that operation fails to export)."""
     buffer = io.BytesIO()
     if antialias:
@@ -50,7 +50,7 @@ def traced_graph(module: nn.Module, example: torch.Tensor, names: tuple[str, str
     try:
         with torch.no_grad():
             torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=[names[0]],
-                              output_names=[names[1]], opset_version=OPSET, dynamic_axes=dynamic_axes)
+                              output_names=list(names[1:]), opset_version=OPSET, dynamic_axes=dynamic_axes)
     finally:
         if antialias:
             torch.onnx.unregister_custom_op_symbolic("aten::_upsample_bilinear2d_aa", OPSET)

@@ -25,7 +25,7 @@ from .errors import FewshotError
 from .heads.base import class_means
 
 SCORES = ("msp", "energy", "distance", "knn", "mahalanobis")
-DEFAULT_SCORE = "distance"
+DEFAULT_SCORE = "energy"
 SHRINKAGE = 0.5  # weight of the isotropic part of the Mahalanobis covariance
 DEFAULT_RECALL = 0.95  # the fraction of known-class images an ``auto`` threshold keeps
 UNKNOWN_NAME = "unknown"  # what predict answers for an image past the threshold

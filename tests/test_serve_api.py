@@ -558,3 +558,30 @@ def test_store_schema_versions(tmp_path):
     (tmp_path / "b" / "fewshot.sqlite3").write_bytes(b"this is not a database" * 100)
     with pytest.raises(FewshotError, match="not a readable fewshot database"):
         Store(tmp_path / "b")
+
+
+def test_predict_answers_none_of_these_and_exports_carry_the_threshold(client, tmp_path):
+    pid, _ = make_project(client, "open set", per_class=3, seed=5)
+    query = files(("q.png", colour_png("yellow", 99)))
+    url = f"/api/v1/projects/{pid}/predict"
+    plain = client.post(url, files=query).json()["predictions"][0]
+    scored = client.post(url, params={"unknown": "auto"}, files=query).json()["predictions"][0]
+    assert "unknown" not in plain and plain["probabilities"] == scored["probabilities"]
+    assert scored["unknown"] == (scored["unknown_score"] > scored["unknown_threshold"])
+    assert scored["predicted"] == ("unknown" if scored["unknown"] else plain["predicted"])
+    low = client.post(url, params={"unknown": "-1e9"}, files=query).json()["predictions"][0]
+    assert low["predicted"] == "unknown" and low["unknown_threshold"] == -1e9
+    assert_error(client.post(url, params={"unknown": "maybe"}, files=query), 400, "unknown must be")
+    two, _ = make_project(client, "two classes", classes=("red", "blue"), per_class=3, seed=6)
+    note = client.post(f"/api/v1/projects/{two}/predict", params={"unknown": "auto"}, files=query).json()
+    assert "at least 3 classes" in note["predictions"][0]["unknown_note"]
+    script = client.get(f"/api/v1/projects/{pid}/export", params={"format": "torchscript"})
+    (tmp_path / "m.pt").write_bytes(script.content)
+    extra = {"meta.json": ""}
+    module = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    meta = __import__("json").loads(extra["meta.json"])
+    assert meta["unknown_threshold"] == pytest.approx(scored["unknown_threshold"])
+    pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(colour_png("yellow", 99))))).permute(2, 0, 1)[None]
+    probabilities, score = module.with_unknown_score(pixels)
+    assert float(score[0]) == pytest.approx(scored["unknown_score"], rel=1e-3, abs=1e-4)
+    assert torch.equal(probabilities, module(pixels))

@@ -43,11 +43,9 @@ def run(args: argparse.Namespace) -> int:
         require(classifier.model_, "explain", classifier.image_size)
     classifier.fit(args.support)
     threshold = unknown_threshold(classifier, args)
-    results = classifier.details(files, threshold, args.unknown_name)
-    if explain_dir:  # the heatmaps' pass gives the probabilities; the unknown answer stays the details'
-        results = [{**shown, **{k: v for k, v in item.items() if k.startswith("unknown")},
-                    "predicted": item["predicted"] if item.get("unknown") else shown["predicted"]}
-                   for item, shown in zip(results, classifier.explain(files, explain_dir))]
+    results = (classifier.explain(files, explain_dir, threshold, args.unknown_name) if explain_dir
+               else classifier.details(files, threshold, args.unknown_name))
+    if explain_dir:
         print(f"Grad-CAM heatmaps: {len(results)} PNG files in {explain_dir}", file=sys.stderr)
     if args.json:
         print(json_io.dumps(results, indent=1))

@@ -249,25 +249,46 @@ class Engine:
         upload instead of the full-size image (the classifier prepares it exactly as it would the image)."""
         return pil_to_array(image, self.base.image_size, self.base.channels)
 
-    def predict(self, project_id: int, images: list, explain: bool,
-                cancel: threading.Event | None = None) -> list[dict]:
-        """``[{name, predicted, probabilities}]`` (plus ``heatmap`` PNG bytes with ``explain``) for images (PIL
-        images, or arrays from :meth:`model_input`). Explained images are background passes, one at a time."""
+    def predict(self, project_id: int, images: list, explain: bool, cancel: threading.Event | None = None,
+                unknown: str | float | None = None) -> list[dict]:
+        """``[{name, predicted, probabilities, unknown_score}]`` (plus ``heatmap`` PNG bytes with ``explain``) for
+        images (PIL images, or arrays from :meth:`model_input`); with ``unknown`` (``"auto"`` or a threshold) also
+        ``unknown`` and ``unknown_threshold``, or ``unknown_note`` saying why ``auto`` has no threshold. Explained
+        images are background passes, one at a time."""
         from ..explain import heatmap_overlay_png
 
         classifier, _ = self.classifier(project_id)
+        threshold, note = self.unknown_threshold(classifier, unknown, cancel)
         if not explain:
             with self.compute.interactive():
-                return classifier.details(images)
-        results = []
-        for image in images:
-            with self.compute.background(cancel):
-                details, queries, heatmaps = classifier.explained([image])
-            details[0]["heatmap"] = heatmap_overlay_png(queries[0], heatmaps[0])
-            results += details
-            del queries, heatmaps  # an explanation's tensors are released before the next image
-        release_memory()
-        return results
+                results = classifier.details(images, threshold)
+        else:
+            results = []
+            for image in images:
+                with self.compute.background(cancel):
+                    details, queries, heatmaps = classifier.explained([image], threshold)
+                details[0]["heatmap"] = heatmap_overlay_png(queries[0], heatmaps[0])
+                results += details
+                del queries, heatmaps  # an explanation's tensors are released before the next image
+            release_memory()
+        return [{**item, "unknown_note": note} if note else item for item in results]
+
+    def unknown_threshold(self, classifier: FewShotClassifier, unknown: str | float | None,
+                          cancel: threading.Event | None) -> tuple[float | None, str]:
+        """(the score threshold for ``unknown``, why there is none): ``auto`` is chosen once per project revision
+        (each class held out in turn, as background passes); too few classes or a head without a score give no
+        threshold and the reason instead of an error, so predictions still come."""
+        reason = unsupported(self.base.model_, "open_set") if unknown is not None else ""
+        if unknown is None or reason:
+            return None, reason or ""
+        if unknown == "auto":
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the estimate carries its warnings
+                    classifier.open_set_estimate(step=lambda: self.compute.background(cancel))
+            except SupportSetError as exc:
+                return None, str(exc)
+        return classifier.unknown_threshold(unknown), ""
 
     def estimate(self, project_id: int, repeats: int, holdout: float, seed: int,
                  cancel: threading.Event | None = None) -> Estimate:
@@ -295,13 +316,16 @@ class Engine:
         with self.jobs.hold("export"):
             with self.compute.background(cancel):
                 fitted = classifier.fitted_
+            with self.compute.background(cancel), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                threshold = classifier.threshold_record()
             count = len(classifier.support_features()[1])
             chosen = torch.linspace(0, count - 1, min(count, CALIBRATION_IMAGES)).round().long()
             with tempfile.TemporaryDirectory(dir=self.store.root / "tmp") as work:
                 job = Path(work) / "job.pt"
                 write_export_job(job, self.weights_file(), self.base.config_.to_dict(),
                                  [list(self.base.model_.mean), list(self.base.model_.std)], fitted,
-                                 classifier.classes_, classifier.support_images(chosen), path, format)
+                                 classifier.classes_, classifier.support_images(chosen), path, format, threshold)
                 run_export_process(job, cancel or threading.Event())
         return path
 

@@ -18,6 +18,7 @@ idle latency. Hence:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -171,12 +172,14 @@ def run_export_process(job_file: Path, cancel: threading.Event, timeout: float =
 
 
 def write_export_job(job_file: Path, weights_file: Path, config: dict, normalization: list, fitted, names: list[str],
-                     images: torch.Tensor, out: Path, format: str) -> None:  # noqa: A002
+                     images: torch.Tensor, out: Path, format: str, threshold: dict | None = None) -> None:  # noqa: A002
     """Everything the child needs, in one file: the config, where the weights are, the fitted classifier's
-    tensors, the class names, a few support images (the trace example and INT8 calibration), the target."""
+    tensors (its unknown score's too), the class names, a few support images (the trace example and INT8
+    calibration), the target, the unknown threshold's record."""
     torch.save({"config": config, "weights": str(weights_file), "normalization": normalization,
                 "transform": fitted.transform, "head": fitted.head, "ways": fitted.ways,
-                "temperature": fitted.temperature, "names": names, "images": images, "out": str(out),
+                "temperature": fitted.temperature, "unknown_score": fitted.unknown_score, "unknown": fitted.unknown,
+                "threshold": json.dumps(threshold), "names": names, "images": images, "out": str(out),
                 "format": format}, job_file)
 
 
@@ -190,8 +193,10 @@ def export_job(job_file: str) -> None:
     job = safe_load(Path(job_file), "export job")
     weights = safe_load(Path(job["weights"]), "model weights")
     model, config = rebuild_model(job["config"], weights, job["normalization"], job["weights"])
-    fitted = FittedClassifier(job["transform"], job["head"], job["ways"], job["temperature"])
-    export_fitted(model.eval(), fitted, job["images"], job["names"], config, Path(job["out"]), job["format"])
+    fitted = FittedClassifier(job["transform"], job["head"], job["ways"], job["temperature"],
+                              unknown_score=job["unknown_score"], unknown=job["unknown"])
+    export_fitted(model.eval(), fitted, job["images"], job["names"], config, Path(job["out"]), job["format"],
+                  json.loads(job["threshold"]))
 
 
 if __name__ == "__main__":  # python -m fewshot.serve.jobs JOB_FILE

@@ -80,7 +80,19 @@ export function renderEstimate(r) {
     }));
   }
 
-  const warnings = Array.isArray(r.warnings) ? r.warnings : [];
+  const open = r.open_set;
+  if (open && typeof open.auroc === "number") {
+    box.append(el("p", {
+      id: "open-set-estimate",
+      text: `“None of these”: an image of a class you did not add scores above one of yours ${open.auroc.toFixed(1)} % ` +
+        `of the time (95% interval ${open.low.toFixed(1)}–${open.high.toFixed(1)} %). The page answers “none of these” ` +
+        `for ${open.unknown_rejected.toFixed(1)} % of such images and keeps ${open.known_kept.toFixed(1)} % of yours.`,
+    }));
+  } else if (open && open.refused) {
+    box.append(el("p", { id: "open-set-estimate", className: "muted", text: `No “none of these” estimate: ${open.refused}` }));
+  }
+  const openWarnings = open && Array.isArray(open.warnings) ? open.warnings : [];
+  const warnings = (Array.isArray(r.warnings) ? r.warnings : []).concat(openWarnings);
   if (warnings.length) {
     box.append(el("h3", { text: "Warnings" }));
     box.append(el("ul", { className: "warnings" }, warnings.map((w) => el("li", { text: w }))));

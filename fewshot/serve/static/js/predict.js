@@ -7,6 +7,7 @@ import { $, API, el, setStatus, showError, state } from "./util.js";
 export function clearPrediction() {
   $("#prediction").hidden = true;
   $("#prediction-label").textContent = "";
+  $("#unknown-note").hidden = true;
   $("#probabilities").replaceChildren();
   const heat = $("#heatmap");
   heat.removeAttribute("src");
@@ -40,12 +41,12 @@ export async function predictFile(files) {
     await busy([explainBox], async () => {
       const form = new FormData();
       form.append("files", file, file.name);
-      const result = await api(`${API}/projects/${pid}/predict?explain=${explain ? "true" : "false"}`, { method: "POST", form });
+      const result = await api(`${API}/projects/${pid}/predict?explain=${explain ? "true" : "false"}&unknown=auto`, { method: "POST", form });
       const prediction = result && result.predictions && result.predictions[0];
       if (!prediction) throw new Error("The server returned no prediction.");
       if (!state.project || state.project.id !== pid) return;
       renderPrediction(prediction);
-      setStatus(`Prediction for ${file.name}: ${prediction.predicted}.`, "ok");
+      setStatus(`Prediction for ${file.name}: ${prediction.unknown ? NONE_OF_THESE : prediction.predicted}.`, "ok");
     });
   } catch (err) {
     $("#prediction").classList.remove("pending");
@@ -73,9 +74,31 @@ export function showPreview(file) {
   box.hidden = false;
 }
 
+const NONE_OF_THESE = "none of these";
+
+/* The answer line: the class, or "none of these" (with the closest class) when the image's unknown score is past
+   the project's threshold; the note says why there is no threshold (fewer than three classes). */
+function renderAnswer(prediction) {
+  const entries = Object.entries(prediction.probabilities || {}).sort((a, b) => b[1] - a[1]);
+  const closest = entries.length ? entries[0][0] : "";
+  $("#prediction-label").textContent = prediction.unknown ? NONE_OF_THESE : prediction.predicted;
+  const note = $("#unknown-note");
+  if (prediction.unknown) {
+    note.textContent = `It is unlike every class you added (score ${Number(prediction.unknown_score).toFixed(3)} > ` +
+      `threshold ${Number(prediction.unknown_threshold).toFixed(3)}); the closest is ${closest}.`;
+  } else if (prediction.unknown_note) {
+    note.textContent = `“None of these” is not available yet: ${prediction.unknown_note}`;
+  } else {
+    note.textContent = "";
+  }
+  note.hidden = !note.textContent;
+  $("#prediction").classList.toggle("unknown", Boolean(prediction.unknown));
+  return prediction.unknown ? null : prediction.predicted;
+}
+
 export function renderPrediction(prediction) {
   $("#prediction").classList.remove("pending");
-  $("#prediction-label").textContent = prediction.predicted;
+  const top = renderAnswer(prediction);
 
   const bars = $("#probabilities");
   bars.replaceChildren();
@@ -84,7 +107,7 @@ export function renderPrediction(prediction) {
     const percent = Math.max(0, Math.min(100, Number(p) * 100));
     const bar = el("div", { className: "prob-bar" });
     bar.style.width = `${percent.toFixed(1)}%`;
-    const row = el("div", { className: "prob-row" + (name === prediction.predicted ? " top" : ""), role: "listitem" }, [
+    const row = el("div", { className: "prob-row" + (name === top ? " top" : ""), role: "listitem" }, [
       el("span", { className: "prob-name", text: name }),
       el("div", { className: "prob-track", "aria-hidden": "true" }, [bar]),
       el("span", { className: "prob-value", text: `${percent.toFixed(1)} %` }),
