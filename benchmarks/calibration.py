@@ -34,11 +34,12 @@ FITTED_SHOTS = (1, 2, 5, 10)
 TESTED_SHOTS = (1, 2, 3, 5, 10)
 
 
-def split_features(folder: Path, per_class: int, members: list[str], work: Path):
-    """(features of every image ``(N, E)``, class sizes) of a split, ensemble members normalized and joined."""
+def split_features(folder: Path, per_class: int, members: list[str], work: Path, classes: int | None = None):
+    """(features of every image ``(N, E)``, class sizes) of a split (``classes`` of its classes, spread over the
+    sorted list, when given), ensemble members normalized and joined."""
     from episodes import SplitSpec, open_split
 
-    root = subset(folder, per_class, work)
+    root = subset(folder, per_class, work, classes)
     parts = []
     for member in members:
         split = open_split(SplitSpec((str(root),)), image_size=BACKBONES[member][1], channels=3, progress=False)

@@ -9,6 +9,8 @@ the 150 queries. Reported: AUROC (known vs unknown) averaged over episodes with 
 closed-set accuracy on the known queries. Embeddings come from ``benchmarks/accuracy.py``'s cache. Run::
 
     python benchmarks/open_set.py --data ../shared/data/tinyimagenet-fs --episodes 600
+    python benchmarks/open_set.py --data ../shared/data/omniglot --split images_evaluation --per-class 20 \
+        --classes 200 --recipes default   # characters ImageNet never saw
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/tinyimagenet-fs", help="folder with test/")
     parser.add_argument("--split", default="test")
     parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--classes", type=int, help="use this many classes of the split, spread over its sorted list")
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--recipes", nargs="+", default=["default", "fast", "transductive"])
@@ -119,7 +122,7 @@ def main() -> None:
             members = [{"efficientnet_lite0": "lite0", "efficientnet_lite2": "lite2"}[m]
                        for m in backbone.removeprefix("ensemble:").split("+")]
             features, sizes = split_features(Path(args.data) / args.split, args.per_class, members,
-                                             Path(work) / name)
+                                             Path(work) / name, args.classes)
             for shots in args.shots:
                 row = run(name, features, sizes, shots, args.episodes, args.scores)
                 print(f"| {name} | {shots} | {row['accuracy']:.2f} ± {row['accuracy_ci95']:.2f} | " + " | ".join(

@@ -183,3 +183,29 @@ def test_onnx_export_outputs_the_unknown_score_and_carries_the_threshold(separab
     two = tiny().fit({name: sorted((separable / name).iterdir()) for name in ("class00", "class01")})
     refused = ort.InferenceSession(str(two.export(tmp_path / "two.onnx")), providers=["CPUExecutionProvider"])
     assert "at least 3 classes" in refused.get_modelmeta().custom_metadata_map["unknown_threshold_refused"]
+
+
+def test_eval_open_set_reports_closed_set_accuracy_and_auroc_with_intervals(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_image_folder(data, classes=8, per_class=8, size=16, noise=4.0)
+    model = ["--backbone", "conv4", "--head", "protonet", "--image-size", "16", "--backbone-option", "width=8",
+             "--data", str(data), "--ways", "3", "--shots", "1", "--queries", "3", "--episodes", "12", "--no-progress"]
+    out = tmp_path / "open.json"
+    torch.manual_seed(0)
+    assert main(["eval", *model, "--open-set", "4", "--unknown-score", "distance", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "closed-set 3-way 1-shot" in printed and "unseen vs known AUROC" in printed
+    found = json.loads(out.read_text())
+    assert found["protocol"] == "open-set" and found["episodes"] == 12 and found["ci95"] is not None
+    open_set = found["open_set"]
+    assert open_set["unknown_ways"] == 4 and len(open_set["per_episode_auroc"]) == 12
+    assert open_set["auroc"] > 80 and open_set["auroc_ci95"] >= 0  # tight, distinct patterns: unseen ones stand out
+    assert open_set["auroc"] == pytest.approx(np.mean(open_set["per_episode_auroc"]))
+    assert main(["eval", *model, "--open-set", "6"]) == 2  # 3 + 6 classes > 8
+    assert "needs 3 known + 6 unseen classes" in capsys.readouterr().err
+    assert main(["eval", *model, "--open-set", "2", "--refine", "soft_kmeans"]) == 2
+    assert "drop --refine" in capsys.readouterr().err
+    maml = ["--backbone", "conv4", "--head", "finetune", "--image-size", "16", "--backbone-option", "width=8",
+            "--head-option", "steps=1", *model[8:]]
+    assert main(["eval", *maml, "--open-set", "2"]) == 2
+    assert "adapts the network" in capsys.readouterr().err

@@ -63,6 +63,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                               "~/.cache/fewshot)")
     parser.add_argument("--skip-corrupt", action="store_true", help="leave corrupt images out with a warning")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from ..declared import constant, names
+
+    group = parser.add_argument_group("open set ('none of these')")
+    group.add_argument("--open-set", type=POSITIVE, metavar="U",
+                       help="add U unseen classes to every episode (disjoint from its N, same queries per class, no "
+                            "support images) and report, with 95%% intervals, the closed-set accuracy and the AUROC of "
+                            "the unknown score separating unseen from known queries (PEELER / SnaTCHer protocol; "
+                            "each query scored on its own, a transductive head by its inductive form)")
+    default = constant("fewshot.open_set", "DEFAULT_SCORE")
+    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORES"), default=default,
+                       help=f"the unknown score with --open-set (default: {default}, the best in "
+                            "benchmarks/open_set.py)")
 
 
 def eval_split_spec(args: argparse.Namespace, config) -> SplitSpec:
@@ -121,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         config.data.cache_dir = args.cache_dir
     config.data.skip_corrupt = args.skip_corrupt
     config.data.protocol = args.protocol or config.data.protocol
+    if args.open_set:
+        check_open_set_flags(args, config)
     if config.data.protocol == "metadataset":
         given = [flag for flag, value in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries))
                  if value]
@@ -133,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if args.per_class and len(sources) > 1:
         raise FewshotError("--per-class reports one split: add --data DIR (or evaluate one source at a time)")
     opened = [(source, open_source(config, source, shape, progress=not args.no_progress)) for source in sources]
+    if args.open_set:
+        return run_open_set(args, model, config, opened, shape, episodes_count, device, json_path)
     sets = draw_episodes(config, opened, shape, episodes_count, args.seed, model.head)
     result = evaluate_sources(model, sets, seed=args.seed, device=device, batch_size=args.batch_size,
                               progress=not args.no_progress, fast=False if args.plain else None,
@@ -151,4 +167,35 @@ def run(args: argparse.Namespace) -> int:
     if json_path:
         outputs.append(("--json", lambda: atomic_write_text(json_path, json_io.dumps(result.to_json() | described,
                                                                                   indent=1))))
+    return write_outputs(outputs)
+
+
+def check_open_set_flags(args: argparse.Namespace, config) -> None:
+    """``--open-set`` runs N-way K-shot episodes of one split without refinement or per-class report."""
+    clash = next((flag for flag, used in (("--protocol metadataset", config.data.protocol == "metadataset"),
+                                          ("--refine", args.refine != "none"), ("--per-class", args.per_class),
+                                          ("--plain", args.plain), ("--precision bf16", args.precision == "bf16"))
+                  if used), None)
+    if clash:
+        raise FewshotError(f"--open-set scores N-way K-shot episodes of fitted classifiers: drop {clash}")
+
+
+def run_open_set(args: argparse.Namespace, model, config, opened: list, shape: tuple, episodes: int, device,
+                 json_path) -> int:
+    """``fewshot eval --open-set U``: :func:`fewshot.evaluate_open_set.evaluate_open_set` on the one split."""
+    from ..atomic import atomic_write_text
+    from ..evaluate_open_set import evaluate_open_set, open_set_summary
+
+    if len(opened) > 1:
+        raise FewshotError("--open-set evaluates one split: add --data DIR (or evaluate one source at a time)")
+    source, split = opened[0]
+    result = evaluate_open_set(model, split, *shape, episodes, args.open_set, args.seed, device, args.batch_size,
+                               not args.no_progress, args.runtime, args.unknown_score, config.model.temperature)
+    where = source.spec.describe()
+    print(f"{model_source(args, config)} on {where}: closed-set {result.summary()}")
+    print(open_set_summary(result))
+    described = {"backbone": config.model.backbone, "head": config.model.head, "protocol": "open-set",
+                 "data": where, "checkpoint": config_checkpoint(args)}
+    outputs = [("--json", lambda: atomic_write_text(json_path, json_io.dumps(result.to_json() | described,
+                                                                              indent=1)))] if json_path else []
     return write_outputs(outputs)
