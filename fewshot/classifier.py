@@ -370,7 +370,8 @@ class FewShotClassifier:
         threshold = self.unknown_threshold(unknown, unknown_name=unknown_name)
         queries, heatmaps, probabilities = self._heatmaps(prepared)
         save_explanations(queries, heatmaps, probabilities, self.classes_, [Path(p.name) for p in prepared], out_dir)
-        return self._scored(self._details(prepared, probabilities), queries, threshold, unknown_name)
+        return self._scored(self._details(prepared, probabilities), self._query_scores(queries), threshold,
+                            unknown_name)
 
     def heatmaps(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """Grad-CAM heatmaps ``(N, S, S)`` float32 in [0, 1] of one image or a sequence of them, at the model's
@@ -384,7 +385,9 @@ class FewShotClassifier:
         prepared = self._prepare_queries(images)
         threshold = self.unknown_threshold(unknown, unknown_name=unknown_name)
         queries, heatmaps, probabilities = self._heatmaps(prepared)
-        return self._scored(self._details(prepared, probabilities), queries, threshold, unknown_name), queries, heatmaps
+        found = self._scored(self._details(prepared, probabilities), self._query_scores(queries), threshold,
+                             unknown_name)
+        return found, queries, heatmaps
 
     def _heatmaps(self, prepared: list[PreparedImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from .explain import explain
@@ -413,14 +416,16 @@ class FewShotClassifier:
         probabilities, scores = self.scores_for(self._embed(queries))
         return self._scored(self._details(prepared, probabilities), scores, threshold, unknown_name)
 
-    def _scored(self, found: list[dict], scores: torch.Tensor, threshold: float | None, unknown_name: str
+    def _query_scores(self, queries: torch.Tensor) -> torch.Tensor | None:
+        """Unknown scores ``(Q,)`` of uint8 queries ``(Q, C, S, S)``; None when the head has none."""
+        return None if unsupported(self.model_, "open_set") else self.scores_for(self._embed(queries))[1]
+
+    def _scored(self, found: list[dict], scores: torch.Tensor | None, threshold: float | None, unknown_name: str
                 ) -> list[dict]:
-        """``found`` (:meth:`_details`) with each image's ``unknown_score`` (``scores`` ``(Q,)``, or the uint8
-        queries ``(Q, C, S, S)`` to score), and past ``threshold`` the answer ``unknown_name``."""
-        if unsupported(self.model_, "open_set"):
+        """``found`` (:meth:`_details`) with each image's ``unknown_score`` (``scores`` ``(Q,)``; None: the head
+        has none) and, past ``threshold``, the answer ``unknown_name``."""
+        if scores is None:
             return found
-        if scores.dtype == torch.uint8:
-            scores = self.scores_for(self._embed(scores))[1]
         for item, score in zip(found, scores.tolist()):
             item["unknown_score"] = score
             if threshold is not None:

@@ -11,10 +11,11 @@ The module takes ``(B, C, H, W)`` uint8 images already resized to the training s
 ``(B, classes)`` probabilities (no autograd graph); any other dtype, channel count or size is refused
 with a message saying what it expects. A classifier with a "none of these" score (``FewShotClassifier`` always
 has one) also gets the method ``with_unknown_score(images)`` -> ``(probabilities, unknown_score (B,))``; the
-score's name and the ``auto`` threshold (answer "unknown" above it) are in ``meta.json``. Class names and the expected image size are stored as extra
-files ``class_names.json`` and ``meta.json`` in the archive. An application prepares an image exactly
-as ``fewshot predict`` does: decode, convert to RGB (or L for 1 channel), resize to ``image_size`` x
-``image_size`` with bilinear filtering (PIL's ``Image.BILINEAR``), then ``(H, W, C) -> (C, H, W)``.
+score's name and the ``auto`` threshold (answer "unknown" above it) are in ``meta.json``. Class names and the
+expected image size are stored as extra files ``class_names.json`` and ``meta.json`` in the archive. An
+application prepares an image exactly as ``fewshot predict`` does: decode, convert to RGB (or L for 1
+channel), resize to ``image_size`` x ``image_size`` with bilinear filtering (PIL's ``Image.BILINEAR``), then
+``(H, W, C) -> (C, H, W)``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class CheckedInput(nn.Module):
         super().__init__()
         self.classifier, self.channels, self.image_size = traced, channels, image_size
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def check(self, images: torch.Tensor) -> None:
+        """Raise ValueError saying what is expected unless ``images`` is uint8 ``(B, C, S, S)``."""
         if images.dtype != torch.uint8:
             raise ValueError(f"expected uint8 images (B, {self.channels}, {self.image_size}, {self.image_size}) "
                              "with values 0-255, got another dtype (scale to 0-255 and convert with .to(torch.uint8))")
@@ -52,6 +54,9 @@ class CheckedInput(nn.Module):
             raise ValueError(f"expected uint8 images (B, {self.channels}, {self.image_size}, {self.image_size}) "
                              f"(decode, resize to {self.image_size}x{self.image_size}, channels first), got shape "
                              f"{list(images.shape)}")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.check(images)
         with torch.no_grad():
             return self.classifier(images)
 
@@ -65,11 +70,7 @@ class CheckedScoredInput(CheckedInput):
 
     @torch.jit.export
     def with_unknown_score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != self.channels or \
-                images.shape[2] != self.image_size or images.shape[3] != self.image_size:
-            raise ValueError(f"expected uint8 images (B, {self.channels}, {self.image_size}, {self.image_size}) "
-                             f"with values 0-255 (decode, resize to {self.image_size}x{self.image_size}, channels "
-                             "first)")
+        self.check(images)
         with torch.no_grad():
             return self.classifier(images)
 

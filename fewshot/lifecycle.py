@@ -325,10 +325,15 @@ def _validate(job: Job, run: RunDirectory, state: TrainingState, context: DistCo
     if run.is_main:
         result = job.validate()
         per_source = {name: r.accuracy for name, r in getattr(result, "results", {}).items()}
+        open_set = getattr(result, "extra", {}).get("open_set")
         run.write_metrics({"kind": "val", "episode": state.step, **job.record(state.step),
                            "accuracy": result.accuracy, "ci95": result.ci95,
-                           **({"sources": per_source} if per_source else {})})
-        bar.write(f"{job.label(state.step)}: validation {result.summary()}")
+                           **({"sources": per_source} if per_source else {}),
+                           **({"auroc": open_set["auroc"], "auroc_ci95": open_set["auroc_ci95"]}
+                              if open_set else {})})
+        unseen = (f"; unseen vs known AUROC {open_set['auroc']:.2f} ± {open_set['auroc_ci95']:.2f} %"
+                  if open_set else "")
+        bar.write(f"{job.label(state.step)}: validation {result.summary()}{unseen}")
         if result.accuracy > state.best["accuracy"]:
             state.best = {"accuracy": result.accuracy, "ci95": result.ci95, "episode": state.step,
                           **job.record(state.step)}
@@ -431,14 +436,37 @@ def validation(model: torch.nn.Module, config: Config, episodes: int, context: D
     opened = [(s, open_source(config, s, shape, progress)) for s in sources] if context.is_main else []
     for source, split in opened:  # before training starts, not at the first validation
         check_head_ways(model.head, episode_sampler(config, split, shape, 0), source.name or source.spec.describe())
+        check_open_set_validation(model, config, split, source.name or source.spec.describe())
     sets: list = []
 
     def validate():
         if not sets:
             path = run.path / "val_episodes.jsonl" if run is not None and run.is_main else None
             sets.extend(validation_episodes(config, opened, shape, episodes, config.seed + VAL_SEED_OFFSET, path))
-        return evaluate_sources(model, sets, seed=config.seed + VAL_SEED_OFFSET, device=device,
-                                batch_size=ecfg.batch_size, progress=False,
-                                precision="auto" if config.train.amp else "fp32", runtime=ecfg.runtime)
+        result = evaluate_sources(model, sets, seed=config.seed + VAL_SEED_OFFSET, device=device,
+                                  batch_size=ecfg.batch_size, progress=False,
+                                  precision="auto" if config.train.amp else "fp32", runtime=ecfg.runtime)
+        if ecfg.open_set:
+            from .evaluate_open_set import evaluate_open_set
+
+            for (_, split), part in zip(opened, getattr(result, "results", {"": result}).values()):
+                found = evaluate_open_set(model, split, *shape, episodes, ecfg.open_set,
+                                          config.seed + VAL_SEED_OFFSET, device, ecfg.batch_size, False, ecfg.runtime,
+                                          ecfg.unknown_score, config.model.temperature).extra["open_set"]
+                part.extra["open_set"] = {k: v for k, v in found.items() if k != "per_episode_auroc"}
+        return result
 
     return validate
+
+
+def check_open_set_validation(model: torch.nn.Module, config: Config, split, where: str) -> None:
+    """With ``eval.open_set``, before training starts: the head can score unknowns and the split has the classes."""
+    if not config.eval.open_set:
+        return
+    from .capabilities import require
+
+    require(model, "open_set")
+    need = config.eval.ways + config.eval.open_set
+    if len(split.class_sizes) < need:
+        raise FewshotError(f"eval.open_set={config.eval.open_set}: validation episodes need {config.eval.ways} "
+                           f"known + {config.eval.open_set} unseen classes, {where} has {len(split.class_sizes)}")

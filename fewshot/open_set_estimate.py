@@ -7,9 +7,9 @@ of every other class's images; the classifier is fitted on the rest of the other
 images of the known classes (they should stay below the threshold) and every image of the held-out class (they
 should rise above it). Pooled over the folds: the AUROC of known against unknown with Hanley & McNeil's 95%
 interval over the distinct images (widened to Wilson's interval for a proportion over the smaller of the two
-counts, so that a perfect separation of a few images does not claim certainty), and the threshold that keeps ``recall`` of the known images. Each fold's
-classifier has one class and a fifth of the images fewer than the fitted one, so the threshold leans cautious
-(fewer images answered ``unknown``)."""
+counts, so that a perfect separation of a few images does not claim certainty), and the threshold that keeps
+``recall`` of the known images. Each fold's classifier has one class and a fifth of the images fewer than the
+fitted one, so the threshold leans cautious (fewer images answered ``unknown``)."""
 
 from __future__ import annotations
 

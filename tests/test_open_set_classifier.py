@@ -151,8 +151,10 @@ def test_predict_and_estimate_commands(separable, tmp_path, capsys):
     assert answer["unknown_score"] > answer["unknown_threshold"]
     assert "'none of these': AUROC" in captured.err
     assert main(["predict", *model, "--support", str(separable), "--query", str(unseen[0]), "--unknown",
-                 "1e9"]) == 0
-    assert "unknown score" in capsys.readouterr().out
+                 "-1e9", "--explain", str(tmp_path / "heat"), "--json"]) == 0  # the heatmaps' pass keeps the answer
+    explained = json.loads(capsys.readouterr().out)[0]
+    assert explained["predicted"] == "unknown" and explained["unknown_threshold"] == -1e9
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 1
     out = tmp_path / "estimate.json"
     assert main(["estimate", *model, "--support", str(separable), "--repeats", "10", "--recall", "0.9",
                  "--unknown-score", "mahalanobis", "--json", str(out)]) == 0
@@ -209,3 +211,28 @@ def test_eval_open_set_reports_closed_set_accuracy_and_auroc_with_intervals(tmp_
             "--head-option", "steps=1", *model[8:]]
     assert main(["eval", *maml, "--open-set", "2"]) == 2
     assert "adapts the network" in capsys.readouterr().err
+
+
+def test_validation_reports_the_open_set_auroc_and_checks_it_before_training(tmp_path):
+    from fewshot.config import config_from_dict
+    from fewshot.train import train
+
+    root = tmp_path / "fs"
+    make_image_folder(root / "train", classes=6, per_class=8, size=16, seed=1)
+    make_image_folder(root / "val", classes=4, per_class=8, size=16, seed=2, noise=4.0)
+    raw = {"data": {"root": str(root), "split": {"train": "train", "val": "val"}, "image_size": 16},
+           "model": {"backbone": "conv4", "head": "protonet", "backbone_options": {"width": 8}},
+           "train": {"ways": 3, "shots": 1, "queries": 2, "episodes": 4, "val_every": 2, "val_episodes": 6,
+                     "log_every": 2},
+           "eval": {"ways": 2, "shots": 1, "queries": 3, "open_set": 2, "unknown_score": "distance"}, "seed": 0}
+    train(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    validations = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["kind"] == "val"]
+    assert len(validations) == 2 and all(0 <= v["auroc"] <= 100 and v["auroc_ci95"] >= 0 for v in validations)
+    raw["eval"]["open_set"] = 3  # 2 known + 3 unseen > the 4 val classes: refused before any training step
+    with pytest.raises(FewshotError, match="validation episodes need 2 known \\+ 3 unseen classes"):
+        train(config_from_dict(raw), tmp_path / "run2", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "run2" / "metrics.jsonl").exists()
+    raw["eval"].update(open_set=2, unknown_score="entropy")
+    with pytest.raises(FewshotError, match="eval.unknown_score must be one of"):
+        config_from_dict(raw)
