@@ -90,12 +90,14 @@ def test_three_classes_upload_estimate_drop_predict(server, page, tmp_path):
     page.click("#estimate-button")
     page.wait_for_selector("#confusion td")
     assert "%" in page.locator("#estimate-result").inner_text()
+    assert "None of these" in page.locator("#open-set-estimate").inner_text()  # three classes: it is estimated
 
     drop_file(page, "#test-drop", "mystery.png", colour_png("green", 4242))
     label = page.locator("#prediction-label")
     label.wait_for()
     page.wait_for_function("document.querySelector('#prediction-label').textContent.trim() !== ''")
     assert label.inner_text().strip() == "green"
+    assert page.locator("#unknown-note").is_hidden()  # a known colour: no "none of these" note
     page.wait_for_selector("#heatmap[src^='data:image/png']")
     assert page.locator("#probabilities").inner_text().count("%") >= 3
     shot = tmp_path / "serve-page.png"
