@@ -11,11 +11,14 @@ from ..errors import FewshotError
 from .anil import ANIL
 from .base import Head, class_means
 from .bd_cspn import BDCSPN
+from .dn4 import DN4
 from .finetune import FineTune
 from .linear_probe import LinearProbe
 from .maml import MAML
+from .matching import MatchingNet
 from .protonet import ProtoNet
 from .pt_map import PTMAP
+from .r2d2 import R2D2
 from .relation import RelationNet
 from .tim import TIM
 
@@ -29,6 +32,9 @@ HEADS: dict[str, type[Head]] = {
     "pt_map": PTMAP,
     "tim": TIM,
     "bd_cspn": BDCSPN,
+    "matching": MatchingNet,
+    "r2d2": R2D2,
+    "dn4": DN4,
 }
 
 

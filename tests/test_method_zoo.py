@@ -1,0 +1,85 @@
+"""The method zoo (#28): each new head against its paper's formula on a small case, and each trained, evaluated,
+used for prediction and exported through the same paths as the others."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import make_image_folder
+from fewshot import FewShotClassifier
+from fewshot.heads import build_head
+
+
+def test_r2d2_is_the_ridge_regression_solution():
+    torch.manual_seed(0)
+    head = build_head("r2d2", 6, (6,), regularization=0.5, scale=2.0)
+    with torch.no_grad():
+        head.bias.fill_(0.25)
+    support, labels, query = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1]), torch.randn(4, 6)
+    x, y = support.double(), torch.nn.functional.one_hot(labels, 3).double()
+    primal = torch.linalg.solve(x.T @ x + 0.5 * torch.eye(6, dtype=torch.float64), x.T @ y)  # (E, ways)
+    state = head.fit(support, labels, 3)
+    assert torch.allclose(state["weight"].double(), primal, atol=1e-5)
+    assert torch.allclose(head.classify(state, query).double(), 2.0 * query.double() @ primal + 0.25, atol=1e-4)
+    head(support, labels, query, 3).sum().backward()  # the regulariser is learned through the solve
+    assert head.log_lambda.grad is not None and head.log_lambda.grad.abs() > 0
+
+
+def test_matching_networks_vote_by_cosine_attention():
+    head = build_head("matching", 2, (2,), temperature=3.0)
+    support, labels = torch.tensor([[2.0, 0.0], [0.0, 5.0]]), torch.tensor([0, 1])
+    probabilities = head.probabilities(head(support, labels, torch.tensor([[1.0, 0.0], [1.0, 1.0]]), 2))
+    assert probabilities[0, 0].item() == pytest.approx(math.exp(3) / (math.exp(3) + 1), rel=1e-5)
+    assert probabilities[1].tolist() == pytest.approx([0.5, 0.5], rel=1e-5)
+    two_shots = head.probabilities(head(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0, 1]),
+                                        torch.tensor([[1.0, 1.0]]), 2))
+    assert two_shots[0].tolist() == pytest.approx([2 / 3, 1 / 3], rel=1e-5), "each support image votes once"
+
+
+def test_matching_networks_full_context_classifies_each_query_alone_and_learns():
+    torch.manual_seed(0)
+    head = build_head("matching", 8, (8,), full_context=True, steps=2)
+    support, labels, query = torch.randn(6, 8), torch.arange(3).repeat_interleave(2), torch.randn(5, 8)
+    state = head.fit(support, labels, 3)
+    together = head.classify(state, query)
+    alone = torch.cat([head.classify(state, query[i:i + 1]) for i in range(5)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    torch.nn.functional.cross_entropy(head(support, labels, query, 3), torch.tensor([0, 1, 2, 0, 1])).backward()
+    assert head.query_cell.weight_ih.grad.abs().sum() > 0 and head.support_lstm.weight_ih_l0.grad.abs().sum() > 0
+
+
+def test_dn4_sums_the_k_nearest_local_descriptors_of_each_class():
+    head = build_head("dn4", 2, (2, 1, 2), neighbors=1, temperature=1.0)
+    s = 2 ** -0.5
+    support = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]],  # class 0: descriptors (1, 0) and (0, 1)
+                            [[[s, -1.0]], [[s, 0.0]]]])  # class 1: (s, s) and (-1, 0)
+    query = torch.tensor([[[[3.0, 1.0]], [[0.0, 0.0]]]])  # two descriptors, both along (1, 0)
+    logits = head(support, torch.tensor([0, 1]), query, 2)
+    assert logits[0].tolist() == pytest.approx([1.0, s], rel=1e-5)  # mean over the query's descriptors
+    head.neighbors = 2
+    assert head(support, torch.tensor([0, 1]), query, 2)[0].tolist() == pytest.approx([1.0, s - 1.0], rel=1e-5)
+
+
+@pytest.mark.parametrize("head, options", [("r2d2", {}), ("matching", {"full_context": True}), ("dn4", {})])
+def test_new_heads_train_evaluate_predict_and_export(tmp_path, head, options):
+    from fewshot.config import config_from_dict
+    from fewshot.train import train
+
+    root = tmp_path / "fs"
+    make_image_folder(root / "train", classes=6, per_class=8, size=32, seed=1)
+    make_image_folder(root / "val", classes=4, per_class=8, size=32, seed=2)
+    backbone = {"width": 8, **({"pooled_blocks": 2} if head == "dn4" else {})}
+    raw = {"data": {"root": str(root), "split": {"train": "train", "val": "val"}, "image_size": 32},
+           "model": {"backbone": "conv4", "head": head, "backbone_options": backbone, "head_options": options},
+           "train": {"ways": 3, "shots": 2, "queries": 3, "episodes": 6, "val_every": 6, "val_episodes": 5,
+                     "log_every": 2},
+           "eval": {"ways": 3, "shots": 1, "queries": 3}, "seed": 0}
+    summary = train(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    assert summary["episodes"] == 6 and 0 <= summary["best_validation"]["accuracy"] <= 100
+    clf = FewShotClassifier(tmp_path / "run").fit(root / "val")
+    query = sorted((root / "val" / "class01").iterdir())[0]
+    assert clf.predict_proba(query).shape == (1, 4)
+    assert clf.export(tmp_path / f"{head}.pt", "torchscript").is_file()
