@@ -14,6 +14,7 @@ _LOCATIONS = {  # public name -> the submodule that defines it (imported on firs
     "episodes_from_taskset": "learn2learn_tasks", "task_to_episode": "learn2learn_tasks",
     "MetaDatasetConfig": "metadataset", "MetaDatasetSampler": "metadataset", "VariableEpisodeIndices": "metadataset",
     "parents_of": "metadataset", "EpisodeIndices": "sampler", "EpisodeSampler": "sampler",
+    "DirichletQuerySampler": "sampler", "query_counts": "sampler",
     "MultiSourceSplit": "sources", "SourceMixture": "sources", "SourcedIndices": "sources", "SplitSpec": "splits",
     "resolve_split": "splits",
 }
@@ -35,7 +36,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "CorruptImageError", "Episode", "EpisodeDataset", "EpisodeIndices", "EpisodeSampler",
+    "IMAGE_EXTENSIONS", "CorruptImageError", "DirichletQuerySampler", "Episode", "EpisodeDataset", "EpisodeIndices",
+    "EpisodeSampler", "query_counts",
     "EpisodesError", "EpisodesWarning", "FewShotSplit", "LabelledImages", "ImageClass", "SplitSpec", "decode_image",
     "default_cache_dir", "discover_classes", "drop_small_classes", "load_decoded", "normalization", "normalize",
     "episodes_from_taskset", "open_split", "resolve_split", "task_to_episode", "train_augmentation",

@@ -127,16 +127,18 @@ class FewShotSplit:
     def episode(self, indices: EpisodeIndices | VariableEpisodeIndices) -> Episode:
         """Gather the tensors of an episode (fixed, or with a support count per class): one indexed copy of
         its rows, no decoding."""
-        ways, queries = len(indices.classes), indices.query.shape[1]
+        ways = len(indices.classes)
         shots = [len(positions) for positions in indices.support]
+        queries = [len(positions) for positions in indices.query]
         class_rows = [self.class_rows[c] for c in indices.classes]
         support_rows = np.concatenate([rows[pos] for rows, pos in zip(class_rows, indices.support)])
         query_rows = np.concatenate([rows[pos] for rows, pos in zip(class_rows, indices.query)])
         pixels = np.take(self.pixels, np.concatenate([support_rows, query_rows]), axis=0)
         starts = np.concatenate([[0], np.cumsum(shots)[:-1]])
+        query_starts = len(support_rows) + np.concatenate([[0], np.cumsum(queries)[:-1]])
         for label, class_id in enumerate(indices.classes):
             if self.rotations[class_id]:
-                for start, count in ((starts[label], shots[label]), (len(support_rows) + label * queries, queries)):
+                for start, count in ((starts[label], shots[label]), (query_starts[label], queries[label])):
                     block = pixels[start:start + count]
                     block[:] = rotate(block.copy(), self.rotations[class_id])
         images = torch.from_numpy(pixels)
@@ -146,7 +148,7 @@ class FewShotSplit:
             support=images[: len(support_rows)],
             support_labels=labels.repeat_interleave(torch.as_tensor(shots)),
             query=images[len(support_rows):],
-            query_labels=labels.repeat_interleave(queries),
+            query_labels=labels.repeat_interleave(torch.as_tensor(queries)),
             class_names=[self.classes[c].name for c in indices.classes],
         )
 

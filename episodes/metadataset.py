@@ -74,13 +74,14 @@ class VariableEpisodeIndices:
     """Which images form a variable episode.
 
     ``classes``: ``(ways,)`` class ids (label ``j`` is ``classes[j]``); ``support``: one array of positions per
-    class, of lengths ``shots`` (they differ); ``query``: ``(ways, queries)`` positions (one count per episode).
+    class, of lengths ``shots`` (they differ); ``query``: ``(ways, queries)`` positions (one count per episode),
+    or one array per class when the query counts differ too (:class:`~episodes.sampler.DirichletQuerySampler`).
     """
 
     index: int
     classes: np.ndarray
     support: tuple[np.ndarray, ...]
-    query: np.ndarray
+    query: np.ndarray | tuple[np.ndarray, ...]
 
     @property
     def shots(self) -> np.ndarray:

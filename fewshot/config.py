@@ -81,6 +81,7 @@ class DataConfig:
     skip_corrupt: bool = False
     workers: int = ranged(0, 0, 64)  # DataLoader workers for training episodes
     protocol: str = choice("fixed", "metadataset")  # fixed N-way K-shot episodes, or Meta-Dataset's variable ones
+    query_sampling: str = "balanced"  # balanced, or dirichlet:A (query class proportions ~ Dirichlet(A), fixed total)
     sources: list[SourceConfig] = field(default_factory=list)  # several datasets, one per episode (instead of root)
 
 
@@ -369,6 +370,7 @@ def check_config(config: Config) -> None:
         if value not in allowed:
             raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     check_temperature(config.model.temperature)
+    query_concentration(config.data)
     check_sources(config.data)
     if config.data.channels not in (1, 3):
         raise FewshotError(f"data.channels must be 1 or 3, got {config.data.channels}")
@@ -427,3 +429,27 @@ def check_sources(data: DataConfig) -> None:
 def dump_config(config: Config) -> str:
     """The full resolved config as YAML."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def parse_query_sampling(sampling: str, key: str = "data.query_sampling") -> float | None:
+    """The Dirichlet concentration of ``dirichlet:A``, None for ``balanced``; a one-line error naming ``key``."""
+    if sampling == "balanced":
+        return None
+    kind, _, value = str(sampling).partition(":")
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if kind != "dirichlet" or not alpha > 0 or alpha == float("inf"):
+        raise FewshotError(f"{key} must be balanced or dirichlet:A with a concentration A > 0 (e.g. dirichlet:2, "
+                           f"Veilleux et al.'s setting), got '{sampling}'")
+    return alpha
+
+
+def query_concentration(data: DataConfig) -> float | None:
+    """The Dirichlet concentration of ``data.query_sampling``, None for ``balanced``, checked against the
+    protocol."""
+    alpha = parse_query_sampling(data.query_sampling)
+    if alpha is not None and data.protocol != "fixed":
+        raise FewshotError("data.query_sampling: dirichlet works with data.protocol: fixed (N-way K-shot episodes)")
+    return alpha

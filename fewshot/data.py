@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from episodes import (EpisodeSampler, FewShotSplit, MetaDatasetSampler, MultiSourceSplit, SourceMixture, SplitSpec,
-                      open_split, parents_of)
+from episodes import (DirichletQuerySampler, EpisodeSampler, FewShotSplit, MetaDatasetSampler, MultiSourceSplit,
+                      SourceMixture, SplitSpec, open_split, parents_of)
 
-from .config import Config, DataConfig, source_name
+from .config import Config, DataConfig, query_concentration, source_name
 from .errors import FewshotError
 
 
@@ -92,10 +92,14 @@ def open_source(config: Config, source: Source, shape: Shape, progress: bool = T
 
 
 def episode_sampler(config: Config, split: FewShotSplit, shape: Shape, seed: int, where: str = "the split"):
-    """The sampler of the config's protocol for ``split``: :class:`EpisodeSampler` (``shape``) or
+    """The sampler of the config's protocol for ``split``: :class:`EpisodeSampler` (``shape``),
+    :class:`DirichletQuerySampler` (``shape`` with ``data.query_sampling: dirichlet:A``) or
     :class:`MetaDatasetSampler` (``metadataset.*``, classes grouped by their parent folder when there is one)."""
     if config.data.protocol == "metadataset":
         return MetaDatasetSampler(split.class_sizes, seed, config.metadataset, parents_of(split.class_names), where)
+    alpha = query_concentration(config.data)
+    if alpha is not None:
+        return DirichletQuerySampler(split.class_sizes, *shape, alpha, seed)
     return EpisodeSampler(split.class_sizes, *shape, seed)
 
 

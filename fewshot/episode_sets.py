@@ -79,8 +79,10 @@ def load_episodes(path: Path, opened: list[tuple[Source, FewShotSplit]]) -> Sour
                for p, c in zip(positions, np.concatenate([class_ids, class_ids]))):
             raise FewshotError(f"{path} line {number}: a class of the val split now has fewer images: {advice}")
         support_arrays = tuple(np.asarray(p, dtype=np.int64) for p in support)
-        query_array = np.asarray(query, dtype=np.int64).reshape(len(classes), -1)
-        if len({len(s) for s in support_arrays}) == 1:  # one shape: the batched path can take it
+        query_arrays = tuple(np.asarray(p, dtype=np.int64) for p in query)
+        same_queries = len({len(q) for q in query_arrays}) == 1
+        query_array = np.stack(query_arrays) if same_queries else query_arrays
+        if len({len(s) for s in support_arrays}) == 1 and same_queries:  # one shape: the batched path can take it
             found[name].append(EpisodeIndices(record["index"], class_ids, np.stack(support_arrays), query_array))
         else:
             found[name].append(VariableEpisodeIndices(record["index"], class_ids, support_arrays, query_array))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from episodes import Episode, EpisodeIndices, EpisodeSampler, FewShotSplit
+from episodes import Episode, EpisodeIndices, EpisodeSampler, FewShotSplit, query_counts
 
 from .embedding import Embedder, embedder
 from .errors import FewshotError
@@ -116,7 +116,7 @@ def shape_stats(drawn: list) -> dict:
     """Ranges of ways, shots per class, queries per class and support size over drawn episodes."""
     ways = np.array([len(d.classes) for d in drawn])
     shots = np.concatenate([[len(s) for s in d.support] for d in drawn])
-    queries = np.array([d.query.shape[1] for d in drawn])
+    queries = np.concatenate([query_counts(d) for d in drawn])
     support = np.array([sum(len(s) for s in d.support) for d in drawn])
     stat = lambda a: {"min": int(a.min()), "mean": float(a.mean()), "max": int(a.max())}  # noqa: E731
     return {"ways": stat(ways), "shots": stat(shots), "queries": stat(queries), "support_size": stat(support)}
@@ -303,14 +303,14 @@ def _evaluate_embedded_variable(model, split, drawn, device, batch_size, progres
 
     offsets = class_offsets(split)
     support_slots = [np.concatenate([offsets[c] + s for c, s in zip(d.classes, d.support)]) for d in drawn]
-    query_slots = [(offsets[d.classes][:, None] + d.query).ravel() for d in drawn]
+    query_slots = [np.concatenate([offsets[c] + q for c, q in zip(d.classes, d.query)]) for d in drawn]
     slots, features = embedded_slots(embedder(model, runtime, device, precision), split,
                                      np.concatenate(support_slots + query_slots), offsets, batch_size, progress, embedded)
     accuracies = np.zeros(len(drawn))
     truth, predicted = [], []
     for i, d in enumerate(tqdm(drawn, desc="evaluating", unit="episode", disable=None if progress else True,
                                leave=False)):
-        ways, queries = len(d.classes), d.query.shape[1]
+        ways, queries = len(d.classes), query_counts(d)
         support = features[torch.from_numpy(np.searchsorted(slots, support_slots[i])).to(device)]
         query = features[torch.from_numpy(np.searchsorted(slots, query_slots[i])).to(device)]
         labels = torch.arange(ways, device=device).repeat_interleave(torch.as_tensor([len(s) for s in d.support],

@@ -49,6 +49,23 @@ def fraction(text: str) -> float:
     return value
 
 
+def query_sampling(text: str) -> str:
+    """``--query-sampling``: ``balanced`` or ``dirichlet:A``."""
+    from ..config import parse_query_sampling
+
+    try:
+        parse_query_sampling(text, "--query-sampling")
+    except FewshotError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--query-sampling ")) from None
+    return text
+
+
+QUERY_SAMPLING_HELP = ("balanced (default): the same number of queries per class; dirichlet:A: the episode's "
+                       "ways*queries queries spread over its classes by proportions from a symmetric Dirichlet with "
+                       "concentration A (Veilleux et al. 2021 use A=2; small A: a few classes take most queries), the "
+                       "realistic setting for transductive heads; reproducible by seed")
+
+
 def open_fraction(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1."""
     value = fraction(text)

@@ -7,7 +7,8 @@ import sys
 
 from .. import json_io
 from ..errors import FewshotError
-from .common import NON_NEGATIVE, POSITIVE, add_data_arguments, int_at_least, split_spec_from_args
+from .common import (NON_NEGATIVE, POSITIVE, QUERY_SAMPLING_HELP, add_data_arguments, int_at_least, query_sampling,
+                     split_spec_from_args)
 
 
 NAME = "episodes"
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=POSITIVE, metavar="K", help="support images per class (fixed protocol)")
     parser.add_argument("--queries", type=NON_NEGATIVE, metavar="Q",
                           help="query images per class (fixed protocol; default 15)")
+    parser.add_argument("--query-sampling", type=query_sampling, default="balanced", metavar="balanced|dirichlet:A",
+                        help=QUERY_SAMPLING_HELP)
     parser.add_argument("--episodes", type=POSITIVE, default=600, metavar="E", help="number of episodes (default 600)")
     parser.add_argument("--seed", type=NON_NEGATIVE, default=0, metavar="S", help="episode seed (default 0)")
     parser.add_argument("--start", type=NON_NEGATIVE, default=0, metavar="I", help="index of the first episode (default 0)")
@@ -37,13 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print episodes as JSON lines: image paths only, nothing is decoded."""
-    from episodes import EpisodeSampler, drop_small_classes, resolve_split
+    from episodes import DirichletQuerySampler, EpisodeSampler, drop_small_classes, resolve_split
+
+    from ..config import parse_query_sampling
 
     spec = split_spec_from_args(args)
     if args.protocol == "metadataset":
         from episodes.metadataset import MetaDatasetConfig, MetaDatasetSampler, parents_of
 
-        given = [flag for flag, value in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries))
+        given = [flag for flag, value in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries),
+                                          ("--query-sampling", args.query_sampling != "balanced" or None))
                  if value is not None]
         if given:
             raise FewshotError(f"--protocol metadataset draws ways, shots and queries per episode: drop {', '.join(given)}")
@@ -55,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
             raise FewshotError("give --ways N and --shots K (or --protocol metadataset for variable episodes)")
         queries = 15 if args.queries is None else args.queries
         classes = drop_small_classes(resolve_split(spec), args.shots + queries, args.ways, spec.describe())
-        sampler = EpisodeSampler([len(c) for c in classes], args.ways, args.shots, queries, args.seed)
+        alpha = parse_query_sampling(args.query_sampling, "--query-sampling")
+        sizes = [len(c) for c in classes]
+        sampler = (EpisodeSampler(sizes, args.ways, args.shots, queries, args.seed) if alpha is None
+                   else DirichletQuerySampler(sizes, args.ways, args.shots, queries, alpha, args.seed))
     out = sys.stdout
     for index in range(args.start, args.start + args.episodes):
         drawn = sampler.sample(index)

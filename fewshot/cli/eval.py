@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="fixed: N-way K-shot episodes (--ways/--shots/--queries); metadataset: Meta-Dataset's "
                                "variable ways and unbalanced shots (limits from the config's metadataset section). "
                                "Default: the config's data.protocol, else fixed")
+    parser.add_argument("--query-sampling", type=common.query_sampling, metavar="balanced|dirichlet:A",
+                        help=common.QUERY_SAMPLING_HELP + " (default: the config's data.query_sampling, else balanced)")
     parser.add_argument("--seed", type=NON_NEGATIVE, default=0,
                           help="episode seed (default 0); same seed, same episodes")
     parser.add_argument("--json", metavar="OUT", help="write accuracy, ci95, per-episode accuracies... as JSON")
@@ -133,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         config.data.cache_dir = args.cache_dir
     config.data.skip_corrupt = args.skip_corrupt
     config.data.protocol = args.protocol or config.data.protocol
+    config.data.query_sampling = args.query_sampling or config.data.query_sampling
+    from ..config import query_concentration
+
+    query_concentration(config.data)
     if args.open_set:
         check_open_set_flags(args, config)
     if config.data.protocol == "metadataset":
@@ -159,8 +165,12 @@ def run(args: argparse.Namespace) -> int:
     described = {"backbone": config.model.backbone, "head": config.model.head, "protocol": config.data.protocol,
                  "data": [s.spec.describe() for s in sources] if len(sources) > 1 else where,
                  "checkpoint": config_checkpoint(args)}
+    sampling = config.data.query_sampling
+    if sampling != "balanced":
+        described["query_sampling"] = sampling
     print(f"{source} on {where}: " + result.summary().replace(f"mean over {len(sources)} sources: ", "mean ")
-          + (f" [refined: {args.refine}]" if args.refine != "none" else ""))
+          + (f" [refined: {args.refine}]" if args.refine != "none" else "")
+          + (f" [queries per class: {sampling}]" if sampling != "balanced" else ""))
     outputs = []
     if args.per_class:
         outputs.append(("--confusion", lambda: print_per_class(result.extra["per_class"], str(confusion_path))))
@@ -174,7 +184,8 @@ def check_open_set_flags(args: argparse.Namespace, config) -> None:
     """``--open-set`` runs N-way K-shot episodes of one split without refinement or per-class report."""
     clash = next((flag for flag, used in (("--protocol metadataset", config.data.protocol == "metadataset"),
                                           ("--refine", args.refine != "none"), ("--per-class", args.per_class),
-                                          ("--plain", args.plain), ("--precision bf16", args.precision == "bf16"))
+                                          ("--plain", args.plain), ("--precision bf16", args.precision == "bf16"),
+                                          ("--query-sampling", config.data.query_sampling != "balanced"))
                   if used), None)
     if clash:
         raise FewshotError(f"--open-set scores N-way K-shot episodes of fitted classifiers: drop {clash}")
