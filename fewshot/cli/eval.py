@@ -7,6 +7,7 @@ import argparse
 from episodes import SplitSpec
 
 from .. import json_io
+from ..config import query_concentration
 from ..errors import FewshotError
 from . import common
 from .common import (NON_NEGATIVE, POSITIVE, add_data_arguments, add_model_arguments, config_checkpoint, fraction,
@@ -136,8 +137,6 @@ def run(args: argparse.Namespace) -> int:
     config.data.skip_corrupt = args.skip_corrupt
     config.data.protocol = args.protocol or config.data.protocol
     config.data.query_sampling = args.query_sampling or config.data.query_sampling
-    from ..config import query_concentration
-
     query_concentration(config.data)
     if args.open_set:
         check_open_set_flags(args, config)
