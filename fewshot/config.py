@@ -122,6 +122,7 @@ class TrainConfig:
     checkpoint_every: int = ranged(0, 0)  # episodes between checkpoints/last.pt (0: only at validations and the end)
     checkpoint_minutes: float = ranged(10.0, 0)  # and at least this often (0: never by time)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    loggers: list[str] = field(default_factory=list)  # mirrors of metrics.jsonl: tensorboard (fewshot/loggers.py)
 
 
 @dataclass
@@ -371,6 +372,9 @@ def check_config(config: Config) -> None:
             raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     check_temperature(config.model.temperature)
     query_concentration(config.data)
+    from .loggers import check_loggers
+
+    check_loggers(config.train.loggers)
     check_sources(config.data)
     if config.data.channels not in (1, 3):
         raise FewshotError(f"data.channels must be 1 or 3, got {config.data.channels}")

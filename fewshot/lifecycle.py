@@ -30,6 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, dump_config
 from .distributed import DistContext, all_sum, any_rank, broadcast_flag, init_distributed, shutdown
 from .errors import FewshotError
+from .loggers import open_loggers
 from .plots import plot_training_curves
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")
@@ -75,12 +76,14 @@ class MetricsLog:
                 self.logged[record["kind"]] = max(self.logged.get(record["kind"], 0), record["episode"])
         self.handle = open(path, "a", encoding="utf-8")
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict) -> bool:
+        """Append ``record``; False when a resumed run had already logged its step (nothing written)."""
         if record["episode"] <= self.logged.get(record["kind"], -1):
-            return
+            return False
         self.handle.write(json_io.dumps(record) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
+        return True
 
     def close(self) -> None:
         self.handle.close()
@@ -117,6 +120,7 @@ class RunDirectory:
         self.path, self.resume, self.is_main = Path(path), resume, is_main
         self.checkpoints = self.path / "checkpoints"
         self.metrics: MetricsLog | None = None
+        self.loggers: list = []  # mirrors of the metrics (train.loggers, fewshot.loggers)
 
     def check(self, model: torch.nn.Module) -> None:
         """Before any work: resumable (or new), not a foreign folder, writable, room for two checkpoints."""
@@ -180,10 +184,12 @@ class RunDirectory:
             for name in ("metrics.jsonl", "val_episodes.jsonl"):  # validation episodes belong to their run
                 (self.path / name).unlink(missing_ok=True)
         self.metrics = MetricsLog(self.path / "metrics.jsonl")
+        self.loggers = open_loggers(config.train.loggers, self.path)
 
     def write_metrics(self, record: dict) -> None:
-        if self.metrics:
-            self.metrics.write(record)
+        if self.metrics and self.metrics.write(record):
+            for logger in self.loggers:
+                logger.write(record)
 
     def save(self, name: str, state: dict) -> None:
         if self.is_main:
@@ -199,6 +205,9 @@ class RunDirectory:
         if self.metrics:
             self.metrics.close()
             self.metrics = None
+        for logger in self.loggers:
+            logger.close()
+        self.loggers = []
 
 
 class TrainingState:

@@ -3,6 +3,7 @@ used for prediction and exported through the same paths as the others."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -83,3 +84,33 @@ def test_new_heads_train_evaluate_predict_and_export(tmp_path, head, options):
     query = sorted((root / "val" / "class01").iterdir())[0]
     assert clf.predict_proba(query).shape == (1, 4)
     assert clf.export(tmp_path / f"{head}.pt", "torchscript").is_file()
+
+
+def test_tensorboard_logger_mirrors_the_metrics(tmp_path):
+    pytest.importorskip("tensorboard", reason="needs the fewshot[tensorboard] extra (.ci/run installs it)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fewshot.cli import main
+    from fewshot.config import config_from_dict
+    from fewshot.errors import FewshotError
+
+    root = tmp_path / "fs"
+    make_image_folder(root / "train", classes=5, per_class=8, size=16, seed=1)
+    make_image_folder(root / "val", classes=4, per_class=8, size=16, seed=2)
+    args = ["train", "--data", str(root), "--backbone", "conv4", "--head", "protonet", "--image-size", "16",
+            "--set", "model.backbone_options={width: 8}", "--set", "train.episodes=4", "--set", "train.ways=3",
+            "--set", "train.shots=1", "--set", "train.queries=2", "--set", "train.val_every=2",
+            "--set", "train.val_episodes=4", "--set", "train.log_every=2", "--set", "eval.ways=3",
+            "--set", "eval.shots=1", "--set", "eval.queries=2", "--logger", "tensorboard", "--no-progress",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/accuracy", "train/lr", "val/accuracy", "val/ci95"} <= tags
+    assert [e.step for e in events.Scalars("val/accuracy")] == [2, 4]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx(
+        [r["accuracy"] for r in logged if r["kind"] == "val"])
+    with pytest.raises(FewshotError, match="unknown logger 'wandb'"):
+        config_from_dict({"train": {"loggers": ["wandb"]}})

@@ -37,6 +37,11 @@ def config_and_run_dir(args: argparse.Namespace):
         if getattr(args, flag) is not None:
             flags.append(f"{key}={getattr(args, flag)}")
     config = load_config(args.config, flags + args.set)
+    if getattr(args, "logger", None):
+        from ..loggers import check_loggers
+
+        config.train.loggers = sorted(set(config.train.loggers) | set(args.logger))
+        check_loggers(config.train.loggers)
     if args.device:
         config.train.device = args.device
     return config, args.out or default_run_dir(args.config)
@@ -114,4 +119,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from checkpoints/last.pt, exactly where it stopped")
     parser.add_argument("--device", help="override train.device: auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--logger", action="append", default=[], choices=names("fewshot.loggers", "LOGGERS"),
+                        help="also log the metrics to tensorboard (RUN_DIR/tensorboard; needs pip install "
+                             "'fewshot[tensorboard]'); added to train.loggers; metrics.jsonl stays the record")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
