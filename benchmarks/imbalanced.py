@@ -31,8 +31,11 @@ WAYS, QUERIES = 5, 15
 CANDIDATES = {  # name -> (head, head options, refinement)
     "protonet (inductive)": ("protonet", {}, "none"),
     "soft k-means": ("protonet", {}, "soft_kmeans"),
-    "pt_map": ("pt_map", {}, "none"),
-    "tim": ("tim", {}, "none"),
+    "pt_map (joint centring, old default)": ("pt_map", {"centring": "joint"}, "none"),
+    "pt_map (separate centring)": ("pt_map", {"centring": "separate"}, "none"),
+    "tim (l2 logits)": ("tim", {"logits": "l2"}, "none"),
+    "tim (cosine logits)": ("tim", {"logits": "cosine"}, "none"),
+    "alpha_tim": ("alpha_tim", {}, "none"),
     "bd_cspn (T=10, old default)": ("bd_cspn", {"temperature": 10.0}, "none"),
     "bd_cspn (T=1)": ("bd_cspn", {"temperature": 1.0}, "none"),
 }

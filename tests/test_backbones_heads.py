@@ -160,7 +160,8 @@ def test_registries_build_every_pair():
     for backbone in ("conv4", "resnet12"):
         for head in HEADS:
             options = {"pooled_blocks": 2} if (backbone, head) == ("conv4", "relation") else {}
-            model = build_model(ModelConfig(backbone=backbone, head=head, backbone_options=options), 1, 28)
+            model = build_model(ModelConfig(backbone=backbone, head=head, backbone_options=options,
+                                            head_options=dict(HEADS[head].quick_options)), 1, 28)
             logits = model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1]),
                            torch.zeros(3, 1, 28, 28, dtype=torch.uint8), 2)
             assert logits.shape == (3, 2)

@@ -12,6 +12,7 @@ import torch
 from conftest import make_image_folder
 from fewshot import FewShotClassifier
 from fewshot.heads import build_head
+from fewshot.heads.pt_map import sinkhorn
 
 
 def test_r2d2_is_the_ridge_regression_solution():
@@ -114,3 +115,39 @@ def test_tensorboard_logger_mirrors_the_metrics(tmp_path):
         [r["accuracy"] for r in logged if r["kind"] == "val"])
     with pytest.raises(FewshotError, match="unknown logger 'wandb'"):
         config_from_dict({"train": {"loggers": ["wandb"]}})
+
+
+def test_alpha_tim_uses_tsallis_entropies_and_tends_to_tim_as_alpha_tends_to_one():
+    head = build_head("alpha_tim", 4, (4,), alpha=2.0)
+    uniform, certain = torch.full((3,), 1 / 3), torch.tensor([1.0, 0.0, 0.0])
+    assert head.entropy(uniform).item() == pytest.approx(1 - 1 / 3) and head.entropy(certain).item() == 0.0
+    torch.manual_seed(0)
+    support, labels, query = torch.randn(6, 4), torch.arange(3).repeat_interleave(2), torch.randn(9, 4)
+    options = dict(steps=20, lr=1e-2, ce_weight=0.1, conditional_weight=0.1, marginal_weight=1.0)
+    near_shannon = build_head("alpha_tim", 4, (4,), alpha=1.0001, **options)(support, labels, query, 3)
+    tim = build_head("tim", 4, (4,), **options)(support, labels, query, 3)
+    assert torch.allclose(near_shannon, tim, atol=1e-2)
+    with pytest.raises(Exception, match="other than 1"):
+        build_head("alpha_tim", 4, (4,), alpha=1.0)
+
+
+def test_pt_map_centres_support_and_queries_separately_by_default_and_tim_offers_cosine_logits():
+    torch.manual_seed(0)
+    support, labels = torch.randn(6, 5) + 2.0, torch.arange(3).repeat_interleave(2)
+    query = torch.randn(9, 5) - 2.0  # a shift between support and queries: the two centrings differ
+    still = dict(steps=1, alpha=1e-9)  # the prototypes stay where they start: the logits are the first plan's
+    separate = build_head("pt_map", 5, (5,), **still)(support, labels, query, 3)
+    joint = build_head("pt_map", 5, (5,), centring="joint", **still)(support, labels, query, 3)
+    assert build_head("pt_map", 5, (5,)).centring == "separate" and not torch.allclose(separate, joint)
+    norm = torch.nn.functional.normalize
+    s, q = norm(support, dim=-1), norm(query, dim=-1)
+    s, q = norm(s - s.mean(0), dim=-1), norm(q - q.mean(0), dim=-1)
+    prototypes = torch.stack([s[labels == c].mean(0) for c in range(3)])
+    distances = torch.cdist(q, prototypes).pow(2)
+    plan = sinkhorn(torch.exp(-10.0 * (distances - distances.amin(-1, keepdim=True))), 3.0, 50)
+    assert torch.allclose(separate, plan.clamp_min(1e-12).log(), atol=1e-4)
+    tim = build_head("tim", 5, (5,), steps=0, logits="cosine", temperature=4.0)
+    cosine = norm(q, dim=-1) @ norm(torch.stack([norm(support, dim=-1)[labels == c].mean(0) for c in range(3)]),
+                                    dim=-1).T
+    assert torch.allclose(tim.logits(q[None], tim.fit(support, labels, 3)["prototypes"][None])[0], 4.0 * cosine,
+                          atol=1e-5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..backbones import check_options
 from ..errors import FewshotError
+from .alpha_tim import AlphaTIM
 from .anil import ANIL
 from .base import Head, class_means
 from .bd_cspn import BDCSPN
@@ -35,6 +36,7 @@ HEADS: dict[str, type[Head]] = {
     "matching": MatchingNet,
     "r2d2": R2D2,
     "dn4": DN4,
+    "alpha_tim": AlphaTIM,
 }
 
 

@@ -1,7 +1,9 @@
 """TIM (Boudiaf et al. 2020), the gradient-descent form: transductive information maximization.
 
 A classifier ``W`` ``(ways, D)``, initialized with the support class means of the L2-normalized
-embeddings, gives logits ``-temperature / 2 * ||z - w||^2``. It is fitted per episode by Adam on
+embeddings, gives logits ``-temperature / 2 * ||z - w||^2`` (``logits: l2``, the paper's form) or
+``temperature * cos(z, w)`` (``logits: cosine``, the authors' code's other option; measured in
+``benchmarks/imbalanced.py``). It is fitted per episode by Adam on
 ``ce_weight * cross-entropy(support) + conditional_weight * mean entropy of the query predictions -
 marginal_weight * entropy of their mean``: confident query predictions, spread over all classes.
 Transductive: a query's prediction depends on the other queries. Batched over episodes.
@@ -23,12 +25,12 @@ class TIM(Head):
     meta_trainable = False
     exportable = False
     transductive = True  # explained, predicted and estimated one image at a time by its inductive form
-    inductive_form = "its starting classifier: normalized support class means, logits -temperature/2 * distance^2"
+    inductive_form = "its starting classifier: normalized support class means, with its logits (l2 or cosine)"
     quick_options = {"steps": 5}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], steps: int = 300, lr: float = 1e-3,
                  temperature: float = 15.0, ce_weight: float = 0.1, marginal_weight: float = 1.0,
-                 conditional_weight: float = 0.1):
+                 conditional_weight: float = 0.1, logits: str = "l2"):
         super().__init__(embedding_dim, feature_shape)
         from ..errors import FewshotError
 
@@ -36,11 +38,15 @@ class TIM(Head):
             raise FewshotError(f"tim steps must be an integer >= 0, got {steps!r}")
         if not (lr > 0 and temperature > 0 and min(ce_weight, marginal_weight, conditional_weight) >= 0):
             raise FewshotError("tim needs lr > 0, temperature > 0 and non-negative loss weights")
-        self.steps, self.lr, self.temperature = steps, float(lr), float(temperature)
+        if logits not in ("l2", "cosine"):
+            raise FewshotError(f"tim logits must be l2 or cosine, got {logits!r}")
+        self.steps, self.lr, self.temperature, self.logit_form = steps, float(lr), float(temperature), logits
         self.weights = (float(ce_weight), float(marginal_weight), float(conditional_weight))
 
     def logits(self, features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
         """``(E, N, D)`` features, ``(E, ways, D)`` classifier -> ``(E, N, ways)``."""
+        if self.logit_form == "cosine":
+            return self.temperature * F.normalize(features, dim=-1) @ F.normalize(classifier, dim=-1).transpose(-1, -2)
         return -self.temperature / 2 * torch.cdist(features, classifier).pow(2)
 
     def fit(self, support, support_labels, ways):
@@ -49,6 +55,10 @@ class TIM(Head):
 
     def classify(self, state, query):
         return self.logits(F.normalize(query.float(), dim=-1), state["prototypes"])
+
+    def entropy(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The entropy the loss uses, ``(...)`` of distributions ``(..., ways)``: Shannon's."""
+        return entropy(probabilities)
 
     def forward(self, support, support_labels, query, ways):
         return self.forward_episodes(support[None], support_labels, query[None], ways)[0]
@@ -68,8 +78,8 @@ class TIM(Head):
                 cross_entropy = F.cross_entropy(self.logits(support, classifier).flatten(0, 1),
                                                 labels.repeat(len(support)))
                 probabilities = self.logits(query, classifier).softmax(-1)  # (E, Q, ways)
-                loss = (ce_weight * cross_entropy + conditional_weight * entropy(probabilities).mean()
-                        - marginal_weight * entropy(probabilities.mean(1)).mean())
+                loss = (ce_weight * cross_entropy + conditional_weight * self.entropy(probabilities).mean()
+                        - marginal_weight * self.entropy(probabilities.mean(1)).mean())
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
