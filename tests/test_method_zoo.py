@@ -65,7 +65,8 @@ def test_dn4_sums_the_k_nearest_local_descriptors_of_each_class():
     assert head(support, torch.tensor([0, 1]), query, 2)[0].tolist() == pytest.approx([1.0, s - 1.0], rel=1e-5)
 
 
-@pytest.mark.parametrize("head, options", [("r2d2", {}), ("matching", {"full_context": True}), ("dn4", {})])
+@pytest.mark.parametrize("head, options", [("r2d2", {}), ("matching", {"full_context": True}), ("dn4", {}),
+                                           ("metaoptnet", {"max_steps": 20})])
 def test_new_heads_train_evaluate_predict_and_export(tmp_path, head, options):
     from fewshot.config import config_from_dict
     from fewshot.train import train
@@ -151,3 +152,37 @@ def test_pt_map_centres_support_and_queries_separately_by_default_and_tim_offers
                                     dim=-1).T
     assert torch.allclose(tim.logits(q[None], tim.fit(support, labels, 3)["prototypes"][None])[0], 4.0 * cosine,
                           atol=1e-5)
+
+
+def test_metaoptnet_svm_solves_the_crammer_singer_dual_to_a_zero_duality_gap():
+    torch.manual_seed(0)
+    head = build_head("metaoptnet", 6, (6,), C=0.5, max_steps=5000, tolerance=1e-9)
+    labels = torch.arange(3).repeat_interleave(3)
+    x = (3 * torch.randn(3, 6)[labels] + torch.randn(9, 6)).double()  # three separable clusters
+    head = head.double()
+    targets = torch.nn.functional.one_hot(labels, 3).double()
+    dual = head.solve(x @ x.T, targets)
+    assert torch.allclose(dual.sum(-1), torch.zeros(9, dtype=torch.float64), atol=1e-9)  # feasible
+    assert (dual <= 0.5 * targets + 1e-9).all()
+    weight = x.T @ dual  # (E, ways)
+    scores = x @ weight  # (S, ways)
+    margins = 1 - targets + scores - (scores * targets).sum(-1, keepdim=True)
+    primal = 0.5 * weight.pow(2).sum() + 0.5 * margins.amax(-1).clamp_min(0).sum()
+    dual_value = -(0.5 * (dual * (x @ x.T @ dual)).sum() - (targets * dual).sum())
+    assert abs(float(primal - dual_value)) < 1e-4 * max(1.0, abs(float(primal)))
+    assert (scores.argmax(-1) == labels).all()  # separable clusters: the SVM classifies its own support right
+    fast = build_head("metaoptnet", 6, (6,), max_steps=30)
+    fast(torch.randn(6, 6), torch.arange(3).repeat_interleave(2), torch.randn(4, 6), 3).sum().backward()
+    assert fast.log_scale.grad is not None  # differentiable through the unrolled solver
+
+
+def test_laplacianshot_pulls_a_query_to_its_neighbours_label():
+    head = build_head("laplacianshot", 2, (2,), lam=0.0, temperature=1.0)
+    support, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    queries = torch.tensor([[1.0, 0.9], [1.0, 0.05], [1.0, 0.1], [1.0, 0.0]])  # the first is nearly in between
+    alone = head(support, labels, queries, 2)
+    assert torch.allclose(alone, head.classify(head.fit(support, labels, 2), queries).log_softmax(-1), atol=1e-5)
+    assert alone[0].argmax() == 0
+    head.lam, head.neighbors = 5.0, 2  # its two nearest queries are clearly class 0, and so the tie tips further
+    pulled = head(support, labels, queries, 2).softmax(-1)
+    assert pulled[0, 0] > alone.softmax(-1)[0, 0] and pulled[1:, 0].min() > 0.5

@@ -14,9 +14,11 @@ from .base import Head, class_means
 from .bd_cspn import BDCSPN
 from .dn4 import DN4
 from .finetune import FineTune
+from .laplacianshot import LaplacianShot
 from .linear_probe import LinearProbe
 from .maml import MAML
 from .matching import MatchingNet
+from .metaoptnet import MetaOptNetSVM
 from .protonet import ProtoNet
 from .pt_map import PTMAP
 from .r2d2 import R2D2
@@ -37,6 +39,8 @@ HEADS: dict[str, type[Head]] = {
     "r2d2": R2D2,
     "dn4": DN4,
     "alpha_tim": AlphaTIM,
+    "metaoptnet": MetaOptNetSVM,
+    "laplacianshot": LaplacianShot,
 }
 
 

@@ -1,0 +1,55 @@
+"""LaplacianShot (Ziko et al., ICML 2020): transductive inference that adds a Laplacian term to nearest-prototype
+classification, so that nearby queries take the same label; it assumes nothing about the class proportions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Head, episode_class_means
+
+
+class LaplacianShot(Head):
+    """Minimises ``sum_q y_q . d_q + lam/2 sum_qp w_qp ||y_q - y_p||^2`` over soft labels ``y`` by the paper's
+    bound optimisation: ``y <- softmax(-temperature * d + lam * W y)`` for ``iterations`` rounds, where ``d`` are
+    squared distances of the L2-normalized queries to the L2-normalized support class means and ``W`` links each
+    query to its ``neighbors`` nearest queries (symmetrised). Logits ``log y``. Without other queries (or when
+    ``lam`` is 0) it is the nearest class mean: its inductive form."""
+
+    meta_trainable = False
+    exportable = False
+    transductive = True
+    inductive_form = "nearest normalized support class mean, logits -temperature * squared distance"
+
+    def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], lam: float = 0.7, neighbors: int = 3,
+                 iterations: int = 20, temperature: float = 10.0):
+        super().__init__(embedding_dim, feature_shape)
+        self.lam, self.neighbors, self.iterations = float(lam), int(neighbors), int(iterations)
+        self.temperature = float(temperature)
+
+    def fit(self, support, support_labels, ways):
+        """The inductive form: ``{"prototypes": (..., ways, D)}``, class means of the L2-normalized support."""
+        return {"prototypes": F.normalize(episode_class_means(F.normalize(support.float(), dim=-1), support_labels,
+                                                              ways), dim=-1)}
+
+    def classify(self, state, query):
+        return -self.temperature * torch.cdist(F.normalize(query.float(), dim=-1), state["prototypes"]).pow(2)
+
+    def affinity(self, query: torch.Tensor) -> torch.Tensor:
+        """``(..., Q, Q)`` symmetric 0/1 links between each normalized query and its nearest other queries."""
+        count = query.shape[-2]
+        k = min(self.neighbors, count - 1)
+        if k < 1:
+            return query.new_zeros(*query.shape[:-1], count)
+        similarity = query @ query.transpose(-1, -2) - 2 * torch.eye(count, device=query.device)  # no self-links
+        nearest = similarity.topk(k, dim=-1).indices
+        links = torch.zeros_like(similarity).scatter_(-1, nearest, 1.0)
+        return ((links + links.transpose(-1, -2)) > 0).to(query.dtype)
+
+    def forward(self, support, support_labels, query, ways):
+        unary = -self.classify(self.fit(support, support_labels, ways), query)  # (..., Q, ways)
+        links = self.affinity(F.normalize(query.float(), dim=-1))
+        labels = (-unary).softmax(-1)
+        for _ in range(self.iterations):
+            labels = (-unary + self.lam * links @ labels).softmax(-1)
+        return labels.clamp_min(1e-12).log()
