@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_image_folder
 from fewshot import FewShotClassifier
-from fewshot.heads import build_head
+from fewshot.heads import HEADS, build_head
 from fewshot.heads.pt_map import sinkhorn
 
 
@@ -66,7 +66,7 @@ def test_dn4_sums_the_k_nearest_local_descriptors_of_each_class():
 
 
 @pytest.mark.parametrize("head, options", [("r2d2", {}), ("matching", {"full_context": True}), ("dn4", {}),
-                                           ("metaoptnet", {"max_steps": 20})])
+                                           ("metaoptnet", {"max_steps": 20}), ("frn", {}), ("feat", {})])
 def test_new_heads_train_evaluate_predict_and_export(tmp_path, head, options):
     from fewshot.config import config_from_dict
     from fewshot.train import train
@@ -74,7 +74,7 @@ def test_new_heads_train_evaluate_predict_and_export(tmp_path, head, options):
     root = tmp_path / "fs"
     make_image_folder(root / "train", classes=6, per_class=8, size=32, seed=1)
     make_image_folder(root / "val", classes=4, per_class=8, size=32, seed=2)
-    backbone = {"width": 8, **({"pooled_blocks": 2} if head == "dn4" else {})}
+    backbone = {"width": 8, **HEADS[head].quick_backbone_options}
     raw = {"data": {"root": str(root), "split": {"train": "train", "val": "val"}, "image_size": 32},
            "model": {"backbone": "conv4", "head": head, "backbone_options": backbone, "head_options": options},
            "train": {"ways": 3, "shots": 2, "queries": 3, "episodes": 6, "val_every": 6, "val_episodes": 5,
@@ -186,3 +186,53 @@ def test_laplacianshot_pulls_a_query_to_its_neighbours_label():
     head.lam, head.neighbors = 5.0, 2  # its two nearest queries are clearly class 0, and so the tie tips further
     pulled = head(support, labels, queries, 2).softmax(-1)
     assert pulled[0, 0] > alone.softmax(-1)[0, 0] and pulled[1:, 0].min() > 0.5
+
+
+def test_frn_reconstructs_a_query_map_by_ridge_regression_on_each_class():
+    torch.manual_seed(0)
+    head = build_head("frn", 4, (4, 2, 2)).double()
+    with torch.no_grad():
+        head.alpha.fill_(0.3)
+        head.beta.fill_(-0.2)
+    support = torch.randn(3, 4, 2, 2, dtype=torch.float64)  # class 0: images 0 and 1, class 1: image 2 (unbalanced)
+    labels, query = torch.tensor([0, 0, 1]), torch.randn(1, 4, 2, 2, dtype=torch.float64)
+    logits = head(support, labels, query, 2)
+    q = query[0].flatten(1).T  # (hw, D)
+    for c, images in ((0, support[:2]), (1, support[2:])):
+        s = images.permute(0, 2, 3, 1).reshape(-1, 4)  # (n_c, D)
+        ridge = len(s) / 4 * torch.exp(torch.tensor(0.3, dtype=torch.float64))
+        rebuilt = torch.exp(torch.tensor(-0.2, dtype=torch.float64)) * q @ s.T @ torch.linalg.solve(
+            s @ s.T + ridge * torch.eye(len(s), dtype=torch.float64), s)
+        assert logits[0, c].item() == pytest.approx(-(q - rebuilt).pow(2).sum(-1).mean().item(), rel=1e-6)
+
+
+def test_feat_starts_as_protonet_and_adapts_prototypes_equivariantly_once_trained():
+    torch.manual_seed(0)
+    feat, protonet = build_head("feat", 8, (8,), temperature=1.0), build_head("protonet", 8, (8,))
+    support, labels, query = torch.randn(6, 8), torch.arange(3).repeat_interleave(2), torch.randn(4, 8)
+    assert torch.allclose(feat(support, labels, query, 3), protonet(support, labels, query, 3), atol=1e-5)
+    torch.nn.functional.cross_entropy(feat(support, labels, query, 3), torch.tensor([0, 1, 2, 0])).backward()
+    assert feat.attention.out_proj.weight.grad.abs().sum() > 0  # the set-to-set function learns
+    with torch.no_grad():
+        torch.nn.init.normal_(feat.attention.out_proj.weight)
+        feat.norm_gain.fill_(0.5)
+    adapted = feat.fit(support, labels, 3)["prototypes"]
+    order = torch.tensor([2, 0, 1])  # relabel the classes: the adapted prototypes follow them
+    swapped = feat.fit(support, order[labels], 3)["prototypes"]
+    assert torch.allclose(swapped[order], adapted, atol=1e-5)
+    assert not torch.allclose(adapted, protonet.fit(support, labels, 3)["prototypes"], atol=1e-3)
+
+
+def test_baseline_pp_fits_a_cosine_classifier_that_separates_its_support():
+    torch.manual_seed(0)
+    head = build_head("baseline_pp", 8, (8,), steps=50, lr=0.05, scale=10.0)
+    centres = torch.randn(3, 8) * 2
+    labels = torch.arange(3).repeat_interleave(4)
+    support = centres[labels] + torch.randn(12, 8)
+    state = head.fit(support, labels, 3)
+    logits = head.classify(state, support)
+    norm = torch.nn.functional.normalize
+    assert torch.allclose(logits, 10.0 * norm(support, dim=-1) @ norm(state["weight"], dim=-1).T, atol=1e-5)
+    start = build_head("baseline_pp", 8, (8,), steps=0).fit(support, labels, 3)
+    loss = lambda s: torch.nn.functional.cross_entropy(head.classify(s, support), labels)  # noqa: E731
+    assert loss(state) < loss(start) and (logits.argmax(-1) == labels).all()

@@ -11,9 +11,12 @@ from ..errors import FewshotError
 from .alpha_tim import AlphaTIM
 from .anil import ANIL
 from .base import Head, class_means
+from .baseline_pp import BaselinePP
 from .bd_cspn import BDCSPN
 from .dn4 import DN4
+from .feat import FEAT
 from .finetune import FineTune
+from .frn import FRN
 from .laplacianshot import LaplacianShot
 from .linear_probe import LinearProbe
 from .maml import MAML
@@ -41,6 +44,9 @@ HEADS: dict[str, type[Head]] = {
     "alpha_tim": AlphaTIM,
     "metaoptnet": MetaOptNetSVM,
     "laplacianshot": LaplacianShot,
+    "frn": FRN,
+    "feat": FEAT,
+    "baseline_pp": BaselinePP,
 }
 
 
