@@ -38,6 +38,7 @@ CANDIDATES = {  # name -> (head, head options, refinement)
     "alpha_tim": ("alpha_tim", {}, "none"),
     "bd_cspn (T=10, old default)": ("bd_cspn", {"temperature": 10.0}, "none"),
     "bd_cspn (T=1)": ("bd_cspn", {"temperature": 1.0}, "none"),
+    "laplacianshot": ("laplacianshot", {}, "none"),
 }
 
 
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--alpha", type=float, default=2.0, help="Dirichlet concentration (default 2)")
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
+    parser.add_argument("--methods", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                        help="the candidates to run (default: all)")
     parser.add_argument("--json", default="benchmarks/results/imbalanced.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -96,7 +99,8 @@ def main() -> None:
             balanced = [EpisodeSampler(sizes, WAYS, shots, QUERIES, 0).sample(i) for i in range(args.episodes)]
             skewed = [DirichletQuerySampler(sizes, WAYS, shots, QUERIES, args.alpha, 0).sample(i)
                       for i in range(args.episodes)]
-            for name, (head, options, refine) in CANDIDATES.items():
+            for name in args.methods:
+                head, options, refine = CANDIDATES[name]
                 model = candidate_model(head, options, features.shape[1])
                 (even, even_ci), (real, real_ci) = (accuracy(model, refine, features, drawn, offsets)
                                                     for drawn in (balanced, skewed))
