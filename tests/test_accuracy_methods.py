@@ -60,7 +60,8 @@ def clustered_episode(seed: int, ways: int = 5, shots: int = 1, queries: int = 1
     return support, torch.arange(ways).repeat_interleave(shots), query, torch.arange(ways).repeat_interleave(queries)
 
 
-@pytest.mark.parametrize("head, margin", [("pt_map", 0.05), ("tim", 0.05), ("bd_cspn", 0.02)])
+@pytest.mark.parametrize("head, margin", [("pt_map", 0.05), ("tim", 0.05), ("bd_cspn", 0.02), ("laplacianshot", 0.02),
+                                          ("alpha_tim", 0.02)])
 def test_transductive_heads_beat_prototypes_at_one_shot(head, margin):
     inductive, transductive = [], []
     proto, other = build_head("protonet", 32, (32,)), build_head(head, 32, (32,))
