@@ -7,9 +7,10 @@ pseudo-labelled queries, every one weighted by ``exp(temperature * cosine)`` to 
 Logits are ``temperature * cosine`` to the rectified prototypes. ``temperature`` defaults to 1: at 10 (this
 head's earlier default) the weights ``exp(10 * cosine)`` let the single support image of a 1-shot class outweigh
 its pseudo-labelled queries and the rectification does almost nothing; 1 is +5.3 points at 1 shot on balanced
-and +4.2 on Dirichlet(2) query sets (benchmarks/imbalanced.py, 400 episodes; easyfsl's cross-check found 4.7). Unlike PT-MAP it assumes nothing about
-how the queries spread over the classes, but a query's prediction still depends on the other queries
-(with fewer queries than classes the shift is skipped: it would move a lone query onto the support mean).
+and +4.2 on Dirichlet(2) query sets (benchmarks/imbalanced.py, 400 episodes; easyfsl's cross-check found 4.7).
+Unlike PT-MAP it assumes nothing about how the queries spread over the classes, but a query's prediction still
+depends on the other queries (with fewer queries than classes the shift is skipped: it would move a lone query
+onto the support mean).
 """
 
 from __future__ import annotations
