@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     config.data.query_sampling = args.query_sampling or config.data.query_sampling
     query_concentration(config.data)
     if args.open_set:
-        check_open_set_flags(args, config)
+        check_open_set_flags(args, config, model)
     if config.data.protocol == "metadataset":
         given = [flag for flag, value in (("--ways", args.ways), ("--shots", args.shots), ("--queries", args.queries))
                  if value]
@@ -179,8 +179,12 @@ def run(args: argparse.Namespace) -> int:
     return write_outputs(outputs)
 
 
-def check_open_set_flags(args: argparse.Namespace, config) -> None:
-    """``--open-set`` runs N-way K-shot episodes of one split without refinement or per-class report."""
+def check_open_set_flags(args: argparse.Namespace, config, model) -> None:
+    """Before any data is opened: ``--open-set`` runs N-way K-shot episodes of one split without refinement or
+    per-class report, with a head that can score unknowns."""
+    from ..capabilities import require
+
+    require(model, "open_set")
     clash = next((flag for flag, used in (("--protocol metadataset", config.data.protocol == "metadataset"),
                                           ("--refine", args.refine != "none"), ("--per-class", args.per_class),
                                           ("--plain", args.plain), ("--precision bf16", args.precision == "bf16"),
