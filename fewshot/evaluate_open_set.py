@@ -20,7 +20,7 @@ from .calibration import calibrated
 from .capabilities import require
 from .embedding import embedder
 from .errors import FewshotError
-from .evaluate import EvalResult, class_offsets, confidence_interval, embed_slots, episode_slots
+from .evaluate import EvalResult, class_offsets, confidence_interval, embedded_slots, episode_slots
 from .model import FewShotModel
 from .open_set import DEFAULT_SCORE, auroc, check_score
 
@@ -48,8 +48,9 @@ def evaluate_open_set(model: FewShotModel, split: FewShotSplit, ways: int, shots
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            slots = np.unique(np.concatenate([support_slots.ravel(), query_slots.ravel()]))
-            features = embed_slots(embedder(model, runtime, device), split, slots, offsets, batch_size, progress)
+            slots, features = embedded_slots(embedder(model, runtime, device), split,
+                                             np.concatenate([support_slots.ravel(), query_slots.ravel()]), offsets,
+                                             batch_size, progress)
             accuracies, areas = score_episodes(model, features, np.searchsorted(slots, support_slots),
                                                np.searchsorted(slots, query_slots), ways, shots, queries, score,
                                                temperature or {}, progress)
