@@ -39,6 +39,7 @@ CANDIDATES = {  # name -> (head, head options, refinement)
     "bd_cspn (T=10, old default)": ("bd_cspn", {"temperature": 10.0}, "none"),
     "bd_cspn (T=1)": ("bd_cspn", {"temperature": 1.0}, "none"),
     "laplacianshot": ("laplacianshot", {}, "none"),
+    "laplacianshot (rectified prototypes)": ("laplacianshot", {"rectify": True}, "none"),
 }
 
 

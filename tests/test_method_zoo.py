@@ -11,6 +11,7 @@ import torch
 
 from conftest import make_image_folder
 from fewshot import FewShotClassifier
+from fewshot.errors import FewshotError
 from fewshot.heads import HEADS, build_head
 from fewshot.heads.pt_map import sinkhorn
 
@@ -186,6 +187,27 @@ def test_laplacianshot_pulls_a_query_to_its_neighbours_label():
     head.lam, head.neighbors = 5.0, 2  # its two nearest queries are clearly class 0, and so the tie tips further
     pulled = head(support, labels, queries, 2).softmax(-1)
     assert pulled[0, 0] > alone.softmax(-1)[0, 0] and pulled[1:, 0].min() > 0.5
+
+
+def test_laplacianshot_rectify_starts_from_bd_cspn_prototypes_computed_by_hand():
+    torch.manual_seed(3)
+    support, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    queries = torch.randn(6, 3)
+    head = build_head("laplacianshot", 3, (3,), lam=0.0, temperature=2.0, rectify=True)
+    unit = torch.nn.functional.normalize
+    s, q = unit(support, dim=-1), unit(queries, dim=-1)
+    shifted = q + s.mean(0) - q.mean(0)  # BD-CSPN's cross-class shift, 6 queries >= 2 classes
+    means = unit(torch.stack([s[:2].mean(0), s[2:].mean(0)]), dim=-1)
+    rectified = []
+    for c in range(2):  # exp(cosine)-weighted mean of the class's support and of the queries pseudo-labelled c
+        members = [x for x, y in zip(s, labels) if y == c]
+        members += [x for x in shifted if int((unit(x, dim=0) @ means.T).argmax()) == c]
+        weights = torch.stack([(unit(x, dim=0) @ means[c]).exp() for x in members])
+        rectified.append(unit((weights[:, None] * torch.stack(members)).sum(0) / weights.sum(), dim=0))
+    expected = (-2.0 * torch.cdist(q, torch.stack(rectified)).pow(2)).log_softmax(-1)
+    assert torch.allclose(head(support, labels, queries, 2), expected, atol=1e-5)
+    with pytest.raises(FewshotError, match="rectify must be true or false"):
+        build_head("laplacianshot", 3, (3,), rectify="yes")
 
 
 def test_frn_reconstructs_a_query_map_by_ridge_regression_on_each_class():

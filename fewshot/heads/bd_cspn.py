@@ -47,20 +47,30 @@ class BDCSPN(Head):
 
     def forward_episodes(self, support, support_labels, query, ways):
         """Support ``(E, S, D)`` with shared labels ``(S,)``, queries ``(E, Q, D)`` -> logits ``(E, Q, ways)``."""
-        support, query = F.normalize(support.float(), dim=-1), F.normalize(query.float(), dim=-1)
-        if query.shape[1] >= ways:  # fewer queries than classes say nothing about the query distribution
-            query = query + support.mean(dim=1, keepdim=True) - query.mean(dim=1, keepdim=True)
-        one_hot = F.one_hot(support_labels, ways).to(support.dtype)  # (S, ways)
-        prototypes = torch.einsum("sw,esd->ewd", one_hot / one_hot.sum(0).clamp_min(1), support)
-        prototypes = F.normalize(prototypes, dim=-1)
+        rectified, query = rectified_prototypes(support, support_labels, query, ways, self.temperature)
+        return self.temperature * query @ rectified.transpose(1, 2)
 
-        def cosine(x: torch.Tensor) -> torch.Tensor:  # (E, N, D) -> (E, N, ways)
-            return F.normalize(x, dim=-1) @ prototypes.transpose(1, 2)
 
-        query_cosine = cosine(query)
-        pseudo = F.one_hot(query_cosine.argmax(-1), ways).to(query.dtype)  # (E, Q, ways)
-        weights = torch.cat([one_hot.expand(len(support), -1, -1) * (self.temperature * cosine(support)).exp(),
-                             pseudo * (self.temperature * query_cosine).exp()], dim=1)  # (E, S+Q, ways)
-        joint = torch.cat([support, query], dim=1)
-        rectified = torch.einsum("enw,end->ewd", weights, joint) / weights.sum(1).unsqueeze(-1)
-        return self.temperature * F.normalize(query, dim=-1) @ F.normalize(rectified, dim=-1).transpose(1, 2)
+def rectified_prototypes(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, ways: int,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """BD-CSPN's two corrections of support-only prototypes, for any head that wants them.
+
+    Support ``(E, S, D)`` with shared labels ``(S,)`` and queries ``(E, Q, D)`` (any scale: both are L2-normalized
+    here) -> ``(prototypes (E, ways, D), queries (E, Q, D))``, both L2-normalized: the rectified prototypes, and the
+    queries shifted by the support mean minus the query mean (unshifted with fewer queries than classes)."""
+    support, query = F.normalize(support.float(), dim=-1), F.normalize(query.float(), dim=-1)
+    if query.shape[1] >= ways:  # fewer queries than classes say nothing about the query distribution
+        query = query + support.mean(dim=1, keepdim=True) - query.mean(dim=1, keepdim=True)
+    one_hot = F.one_hot(support_labels, ways).to(support.dtype)  # (S, ways)
+    prototypes = F.normalize(torch.einsum("sw,esd->ewd", one_hot / one_hot.sum(0).clamp_min(1), support), dim=-1)
+
+    def cosine(x: torch.Tensor) -> torch.Tensor:  # (E, N, D) -> (E, N, ways)
+        return F.normalize(x, dim=-1) @ prototypes.transpose(1, 2)
+
+    query_cosine = cosine(query)
+    pseudo = F.one_hot(query_cosine.argmax(-1), ways).to(query.dtype)  # (E, Q, ways)
+    weights = torch.cat([one_hot.expand(len(support), -1, -1) * (temperature * cosine(support)).exp(),
+                         pseudo * (temperature * query_cosine).exp()], dim=1)  # (E, S+Q, ways)
+    joint = torch.cat([support, query], dim=1)
+    rectified = torch.einsum("enw,end->ewd", weights, joint) / weights.sum(1).unsqueeze(-1)
+    return F.normalize(rectified, dim=-1), F.normalize(query, dim=-1)

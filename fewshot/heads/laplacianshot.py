@@ -1,12 +1,16 @@
 """LaplacianShot (Ziko et al., ICML 2020): transductive inference that adds a Laplacian term to nearest-prototype
-classification, so that nearby queries take the same label; it assumes nothing about the class proportions."""
+classification, so that nearby queries take the same label; it assumes nothing about the class proportions.
+``rectify: true`` starts from BD-CSPN's rectified prototypes instead of the support means, as the paper's best
+numbers do (its "prototype rectification")."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import FewshotError
 from .base import Head, episode_class_means
+from .bd_cspn import rectified_prototypes
 
 
 class LaplacianShot(Head):
@@ -14,7 +18,9 @@ class LaplacianShot(Head):
     bound optimisation: ``y <- softmax(-temperature * d + lam * W y)`` for ``iterations`` rounds, where ``d`` are
     squared distances of the L2-normalized queries to the L2-normalized support class means and ``W`` links each
     query to its ``neighbors`` nearest queries (symmetrised). Logits ``log y``. Without other queries (or when
-    ``lam`` is 0) it is the nearest class mean: its inductive form."""
+    ``lam`` is 0 and ``rectify`` false) it is the nearest class mean: its inductive form. ``rectify`` replaces the
+    class means in ``d`` by BD-CSPN's rectified prototypes (with ``exp(cosine)`` weights); the queries stay
+    unshifted."""
 
     meta_trainable = False
     exportable = False
@@ -22,8 +28,11 @@ class LaplacianShot(Head):
     inductive_form = "nearest normalized support class mean, logits -temperature * squared distance"
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], lam: float = 0.7, neighbors: int = 3,
-                 iterations: int = 20, temperature: float = 10.0):
+                 iterations: int = 20, temperature: float = 10.0, rectify: bool = False):
         super().__init__(embedding_dim, feature_shape)
+        if not isinstance(rectify, bool):
+            raise FewshotError(f"laplacianshot rectify must be true or false, got {rectify!r}")
+        self.rectify = rectify
         self.lam, self.neighbors, self.iterations = float(lam), int(neighbors), int(iterations)
         self.temperature = float(temperature)
 
@@ -47,7 +56,12 @@ class LaplacianShot(Head):
         return ((links + links.transpose(-1, -2)) > 0).to(query.dtype)
 
     def forward(self, support, support_labels, query, ways):
-        unary = -self.classify(self.fit(support, support_labels, ways), query)  # (..., Q, ways)
+        state = self.fit(support, support_labels, ways)
+        if self.rectify:
+            state = {"prototypes": rectified_prototypes(support.reshape(-1, *support.shape[-2:]), support_labels,
+                                                        query.reshape(-1, *query.shape[-2:]), ways, 1.0)[0]
+                     .reshape(state["prototypes"].shape)}
+        unary = -self.classify(state, query)  # (..., Q, ways)
         links = self.affinity(F.normalize(query.float(), dim=-1))
         labels = (-unary).softmax(-1)
         for _ in range(self.iterations):

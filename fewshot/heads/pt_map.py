@@ -22,6 +22,20 @@ import torch.nn.functional as F
 from .base import Head, episode_class_means
 
 
+def centred(support: torch.Tensor, query: torch.Tensor, centring: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """PT-MAP's preprocessing of support ``(E, S, D)`` and queries ``(E, Q, D)``: L2-normalize, subtract the mean
+    (``separate``: the support's from the support and the queries' from the queries; ``joint``: one mean of
+    both), L2-normalize again. Returns the two, same shapes."""
+    support, query = F.normalize(support.float(), dim=-1), F.normalize(query.float(), dim=-1)
+    if centring == "joint":
+        centre = torch.cat([support, query], dim=1).mean(dim=1, keepdim=True)
+        support, query = support - centre, query - centre
+    else:
+        support = support - support.mean(dim=1, keepdim=True)
+        query = query - query.mean(dim=1, keepdim=True)
+    return F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+
+
 def sinkhorn(scores: torch.Tensor, column_mass: float, iterations: int = 50) -> torch.Tensor:
     """Scale positive ``scores`` ``(..., Q, ways)`` so rows sum to 1 and columns to ``column_mass``."""
     plan = scores / scores.sum(dim=(-2, -1), keepdim=True)
@@ -65,15 +79,8 @@ class PTMAP(Head):
 
     def forward_episodes(self, support, support_labels, query, ways):
         """Support ``(E, S, D)`` with shared labels ``(S,)``, queries ``(E, Q, D)`` -> logits ``(E, Q, ways)``."""
-        count = support.shape[1]
-        joint = F.normalize(torch.cat([support, query], dim=1).float(), dim=-1)
-        if self.centring == "joint":
-            joint = joint - joint.mean(dim=1, keepdim=True)
-        else:
-            joint = torch.cat([joint[:, :count] - joint[:, :count].mean(dim=1, keepdim=True),
-                               joint[:, count:] - joint[:, count:].mean(dim=1, keepdim=True)], dim=1)
-        joint = F.normalize(joint, dim=-1)
-        support, query = joint[:, :count], joint[:, count:]
+        support, query = centred(support, query, self.centring)
+        joint = torch.cat([support, query], dim=1)
         one_hot = F.one_hot(support_labels, ways).to(joint.dtype)  # (S, ways)
         prototypes = torch.einsum("sw,esd->ewd", one_hot / one_hot.sum(0).clamp_min(1), support)
         column_mass = query.shape[1] / ways
