@@ -36,6 +36,8 @@ CANDIDATES = {  # name -> (head, head options, refinement)
     "tim (l2 logits)": ("tim", {"logits": "l2"}, "none"),
     "tim (cosine logits)": ("tim", {"logits": "cosine"}, "none"),
     "alpha_tim": ("alpha_tim", {}, "none"),
+    "alpha_tim (lr 1e-3, 300 steps)": ("alpha_tim", {"lr": 1e-3, "steps": 300}, "none"),
+    "alpha_tim (alpha 5)": ("alpha_tim", {"alpha": 5.0}, "none"),
     "bd_cspn (T=10, old default)": ("bd_cspn", {"temperature": 10.0}, "none"),
     "bd_cspn (T=1)": ("bd_cspn", {"temperature": 1.0}, "none"),
     "laplacianshot": ("laplacianshot", {}, "none"),
@@ -79,7 +81,9 @@ def main() -> None:
     from episodes import DirichletQuerySampler, EpisodeSampler
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/tinyimagenet-fs", help="folder with test/")
+    parser.add_argument("--data", default="../shared/data/tinyimagenet-fs", help="folder with test/ (and val/)")
+    parser.add_argument("--split", default="test", help="the split whose classes are drawn (val: to choose "
+                        "hyper-parameters without looking at test)")
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--alpha", type=float, default=2.0, help="Dirichlet concentration (default 2)")
     parser.add_argument("--shots", nargs="+", type=int, default=[1, 5])
@@ -91,7 +95,7 @@ def main() -> None:
     print(f"# python benchmarks/imbalanced.py {' '.join(sys.argv[1:])}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as work:
-        features, sizes = split_features(Path(args.data) / "test", 60, ["lite2"], Path(work) / "lite2")
+        features, sizes = split_features(Path(args.data) / args.split, 60, ["lite2"], Path(work) / "lite2")
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     print("| method | shots | balanced | Dirichlet(%g) | change |" % args.alpha)
     print("|---|---:|---:|---:|---:|")
@@ -107,7 +111,8 @@ def main() -> None:
                                                     for drawn in (balanced, skewed))
                 print(f"| {name} | {shots} | {even:.2f} ± {even_ci:.2f} | {real:.2f} ± {real_ci:.2f} | "
                       f"{real - even:+.2f} |", flush=True)
-                log.write(json.dumps({"method": name, "shots": shots, "alpha": args.alpha, "episodes": args.episodes,
+                log.write(json.dumps({"method": name, "split": args.split, "shots": shots, "alpha": args.alpha,
+                                      "episodes": args.episodes,
                                       "balanced": even, "balanced_ci95": even_ci, "dirichlet": real,
                                       "dirichlet_ci95": real_ci, "date": time.strftime("%Y-%m-%d"),
                                       "command": " ".join(sys.argv)}) + "\n")

@@ -40,8 +40,8 @@ class DN4(Head):
         local = F.normalize(rearrange(query.float(), "... q d h w -> ... q (h w) d"), dim=-1)
         similarity = local @ descriptors.unsqueeze(-3).transpose(-1, -2)  # (..., Q, hw, S*hw)
         scores = []
-        for c in range(owner.shape[-1]):
-            mine = similarity.masked_fill(owner[:, c] == 0, float("-inf"))
-            k = min(self.neighbors, int(owner[:, c].sum()))  # a class with fewer descriptors uses them all
+        for c in range(owner.shape[-1]):  # each class's columns only: the work is one pass over the similarities
+            mine = similarity.index_select(-1, owner[:, c].nonzero().squeeze(-1))  # (..., Q, hw, its S*hw)
+            k = min(self.neighbors, mine.shape[-1])  # a class with fewer descriptors uses them all
             scores.append(mine.topk(k, dim=-1).values.sum(-1).mean(-1))  # (..., Q)
         return torch.stack(scores, -1) * self.log_temperature.exp()
