@@ -42,6 +42,8 @@ CANDIDATES = {  # name -> (head, head options, refinement)
     "bd_cspn (T=1)": ("bd_cspn", {"temperature": 1.0}, "none"),
     "laplacianshot": ("laplacianshot", {}, "none"),
     "laplacianshot (rectified prototypes)": ("laplacianshot", {"rectify": True}, "none"),
+    "laplacianshot (T=1)": ("laplacianshot", {"temperature": 1.0}, "none"),
+    "laplacianshot (rectified, T=1)": ("laplacianshot", {"rectify": True, "temperature": 1.0}, "none"),
 }
 
 
