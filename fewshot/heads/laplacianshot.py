@@ -1,7 +1,10 @@
 """LaplacianShot (Ziko et al., ICML 2020): transductive inference that adds a Laplacian term to nearest-prototype
 classification, so that nearby queries take the same label; it assumes nothing about the class proportions.
-``rectify: true`` starts from BD-CSPN's rectified prototypes instead of the support means, as the paper's best
-numbers do (its "prototype rectification")."""
+By default (``rectify: true``, ``temperature: 1``, as the paper's best numbers) it starts from BD-CSPN's
+rectified prototypes instead of the support means: on Dirichlet(2) query sets of tinyimagenet-fs (Lite2 features,
+benchmarks/imbalanced.py) that is +5.1 points at 1 shot on val and +5.3 on test over the plain means at
+temperature 10 (this head's earlier defaults), and level at 5 shots (-0.4 val, -0.5 test, within the
+intervals)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ class LaplacianShot(Head):
     query to its ``neighbors`` nearest queries (symmetrised). Logits ``log y``. Without other queries (or when
     ``lam`` is 0 and ``rectify`` false) it is the nearest class mean: its inductive form. ``rectify`` replaces the
     class means in ``d`` by BD-CSPN's rectified prototypes (with ``exp(cosine)`` weights); the queries stay
-    unshifted."""
+    unshifted. Shapes: support ``(..., S, D)``, queries ``(..., Q, D)`` -> logits ``(..., Q, ways)``."""
 
     meta_trainable = False
     exportable = False
@@ -28,7 +31,7 @@ class LaplacianShot(Head):
     inductive_form = "nearest normalized support class mean, logits -temperature * squared distance"
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], lam: float = 0.7, neighbors: int = 3,
-                 iterations: int = 20, temperature: float = 10.0, rectify: bool = False):
+                 iterations: int = 20, temperature: float = 1.0, rectify: bool = True):
         super().__init__(embedding_dim, feature_shape)
         if not isinstance(rectify, bool):
             raise FewshotError(f"laplacianshot rectify must be true or false, got {rectify!r}")
