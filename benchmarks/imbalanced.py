@@ -55,6 +55,14 @@ def candidate_model(head: str, options: dict, dim: int):
     return FewShotModel(Conv4(in_channels=3), build_head(head, dim, (dim,), **options), 3, "power_cl2n").eval()
 
 
+def lite2_split(folder: Path) -> tuple[torch.Tensor, list[int], np.ndarray]:
+    """The cached Lite2 features ``(N, E)`` of 60 images per class of ``folder``, its class sizes, and each
+    class's first row."""
+    with tempfile.TemporaryDirectory() as work:
+        features, sizes = split_features(folder, 60, ["lite2"], Path(work) / "lite2")
+    return features, sizes, np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
 def episode_rows(drawn, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(support rows, support labels, query rows, query labels) of one drawn episode, ragged queries allowed."""
     support = np.concatenate([offsets[c] + s for c, s in zip(drawn.classes, drawn.support)])
@@ -96,9 +104,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# python benchmarks/imbalanced.py {' '.join(sys.argv[1:])}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    with tempfile.TemporaryDirectory() as work:
-        features, sizes = split_features(Path(args.data) / args.split, 60, ["lite2"], Path(work) / "lite2")
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    features, sizes, offsets = lite2_split(Path(args.data) / args.split)
     print("| method | shots | balanced | Dirichlet(%g) | change |" % args.alpha)
     print("|---|---:|---:|---:|---:|")
     with open(args.json, "a") as log:

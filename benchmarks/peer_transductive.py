@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +29,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from calibration import split_features  # noqa: E402
-from imbalanced import WAYS, QUERIES, episode_rows  # noqa: E402
+from imbalanced import QUERIES, WAYS, episode_rows, lite2_split  # noqa: E402
 from peers import import_easyfsl  # noqa: E402
 
 PAIRS = {  # name -> (our head, its options, easyfsl class name, its options, what still differs)
@@ -108,9 +106,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# python benchmarks/peer_transductive.py {' '.join(sys.argv[1:])}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    with tempfile.TemporaryDirectory() as work:
-        features, sizes = split_features(Path(args.data) / "test", 60, ["lite2"], Path(work) / "lite2")
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    features, sizes, offsets = lite2_split(Path(args.data) / "test")
     print("| method | shots | ours | easyfsl 1.5.0 | same prediction | matched | still differs |")
     print("|---|---:|---:|---:|---:|---|---|")
     with open(args.json, "a") as log:
