@@ -40,10 +40,11 @@ CANDIDATES = {  # name -> (head, head options, refinement)
     "alpha_tim (alpha 5)": ("alpha_tim", {"alpha": 5.0}, "none"),
     "bd_cspn (T=10, old default)": ("bd_cspn", {"temperature": 10.0}, "none"),
     "bd_cspn (T=1)": ("bd_cspn", {"temperature": 1.0}, "none"),
-    "laplacianshot": ("laplacianshot", {}, "none"),
-    "laplacianshot (rectified prototypes)": ("laplacianshot", {"rectify": True}, "none"),
-    "laplacianshot (T=1)": ("laplacianshot", {"temperature": 1.0}, "none"),
-    "laplacianshot (rectified, T=1)": ("laplacianshot", {"rectify": True, "temperature": 1.0}, "none"),
+    "laplacianshot": ("laplacianshot", {"temperature": 10.0, "rectify": False, "centre": False}, "none"),
+    "laplacianshot (rectified prototypes)": ("laplacianshot", {"temperature": 10.0, "centre": False}, "none"),
+    "laplacianshot (T=1)": ("laplacianshot", {"rectify": False, "centre": False}, "none"),
+    "laplacianshot (rectified, T=1)": ("laplacianshot", {"rectify": True, "temperature": 1.0, "centre": False}, "none"),
+    "laplacianshot (rectified, T=1, centred: defaults)": ("laplacianshot", {}, "none"),
 }
 
 

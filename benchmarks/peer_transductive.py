@@ -40,8 +40,8 @@ PAIRS = {  # name -> (our head, its options, easyfsl class name, its options, wh
             "nothing"),
     "bd_cspn": ("bd_cspn", {"temperature": 1.0}, "BDCSPN", {},
                 "ours classifies the shifted queries, easyfsl the unshifted ones"),
-    "laplacianshot": ("laplacianshot", {"rectify": True, "temperature": 1.0, "neighbors": 2, "lam": 0.7,
-                                        "iterations": 20}, "LaplacianShot", {},
+    "laplacianshot": ("laplacianshot", {"rectify": True, "centre": False, "temperature": 1.0, "neighbors": 2,
+                                        "lam": 0.7, "iterations": 20}, "LaplacianShot", {},
                       "ours symmetrises the kNN graph; easyfsl's knn=3 keeps 2 neighbours, stops on the bound"),
 }
 

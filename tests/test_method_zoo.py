@@ -178,7 +178,7 @@ def test_metaoptnet_svm_solves_the_crammer_singer_dual_to_a_zero_duality_gap():
 
 
 def test_laplacianshot_pulls_a_query_to_its_neighbours_label():
-    head = build_head("laplacianshot", 2, (2,), lam=0.0, temperature=1.0, rectify=False)
+    head = build_head("laplacianshot", 2, (2,), lam=0.0, temperature=1.0, rectify=False, centre=False)
     support, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
     queries = torch.tensor([[1.0, 0.9], [1.0, 0.05], [1.0, 0.1], [1.0, 0.0]])  # the first is nearly in between
     alone = head(support, labels, queries, 2)
@@ -193,7 +193,7 @@ def test_laplacianshot_rectify_starts_from_bd_cspn_prototypes_computed_by_hand()
     torch.manual_seed(3)
     support, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
     queries = torch.randn(6, 3)
-    head = build_head("laplacianshot", 3, (3,), lam=0.0, temperature=2.0, rectify=True)
+    head = build_head("laplacianshot", 3, (3,), lam=0.0, temperature=2.0, rectify=True, centre=False)
     unit = torch.nn.functional.normalize
     s, q = unit(support, dim=-1), unit(queries, dim=-1)
     shifted = q + s.mean(0) - q.mean(0)  # BD-CSPN's cross-class shift, 6 queries >= 2 classes
@@ -208,6 +208,24 @@ def test_laplacianshot_rectify_starts_from_bd_cspn_prototypes_computed_by_hand()
     assert torch.allclose(head(support, labels, queries, 2), expected, atol=1e-5)
     with pytest.raises(FewshotError, match="rectify must be true or false"):
         build_head("laplacianshot", 3, (3,), rectify="yes")
+
+
+def test_laplacianshot_centres_features_that_all_point_one_way():
+    torch.manual_seed(0)
+    offset = torch.tensor([20.0, 0.0, 0.0, 0.0])  # post-ReLU features share a large common direction
+    classes = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    support, labels = offset + classes, torch.arange(3)
+    truth = torch.arange(3).repeat_interleave(10)
+    queries = offset + classes[truth] + 0.3 * torch.randn(30, 4)
+    centred = build_head("laplacianshot", 4, (4,))
+    assert (centred(support, labels, queries, 3).argmax(-1) == truth).float().mean() > 0.9
+    state = centred.fit(support, labels, 3)
+    plain = build_head("laplacianshot", 4, (4,), centre=False)
+    spread = [float((logits.amax(-1) - logits.amin(-1)).mean()) for logits in
+              (centred.classify(state, queries), plain.classify(plain.fit(support, labels, 3), queries))]
+    assert spread[0] > 50 * spread[1]  # uncentred, the unaries barely differ and the Laplacian term decides alone
+    assert torch.allclose(state["centre"], torch.nn.functional.normalize(support, dim=-1).mean(0, keepdim=True))
+    assert (centred.classify(state, queries).argmax(-1) == truth).float().mean() > 0.9  # the inductive form too
 
 
 def test_frn_reconstructs_a_query_map_by_ridge_regression_on_each_class():
