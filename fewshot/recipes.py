@@ -58,8 +58,8 @@ RECIPES: dict[str, Recipe] = {
         "holds on realistic, imbalanced query sets where PT-MAP loses 20 points); images classified one at a time "
         "use its inductive form (nearest class mean)", "efficientnet_lite2", "laplacianshot", transform="power_cl2n",
         temperature={1: 7.2, 2: 8.0, 5: 7.9, 10: 7.5},  # fitted at head temperature 10: {1: 0.72, ...}, x 10
-        measured={IMBALANCED: "Dirichlet(2) queries: 1-shot 86.29 ± 1.12, 5-shot 92.03 ± 0.50 %; balanced: "
-                              "1-shot 87.49 ± 0.97, 5-shot 92.19 ± 0.45 %"}),
+        measured={IMBALANCED: "Dirichlet(2) queries: 1-shot 86.09 ± 1.14, 5-shot 92.06 ± 0.51 %; balanced: "
+                              "1-shot 87.28 ± 1.00, 5-shot 92.13 ± 0.46 %"}),
     "fast": Recipe(
         "EfficientNet-Lite0 ImageNet features at 224 px (about 3x cheaper than the default), power transform + "
         "CL2N, prototypes. Inductive", "efficientnet_lite0", "protonet", transform="power_cl2n",

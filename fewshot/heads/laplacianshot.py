@@ -2,7 +2,7 @@
 classification, so that nearby queries take the same label; it assumes nothing about the class proportions.
 By default (``rectify: true``, ``temperature: 1``, as the paper's best numbers) it starts from BD-CSPN's
 rectified prototypes instead of the support means: on Dirichlet(2) query sets of tinyimagenet-fs (Lite2 features,
-benchmarks/imbalanced.py) that is +5.1 points at 1 shot on val and +5.3 on test over the plain means at
+benchmarks/imbalanced.py) that is +5.1 points at 1 shot on val and on test over the plain means at
 temperature 10 (this head's earlier defaults), and level at 5 shots (-0.4 val, -0.5 test, within the
 intervals)."""
 
