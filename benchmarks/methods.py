@@ -128,8 +128,9 @@ def evaluate(run_dir: Path, head: str | None, args, shots: int) -> dict:
     """``fewshot eval`` of the run (its own head), or of ``head`` on the run's backbone weights."""
     out = run_dir / f"eval-{head or 'own'}-{args.ways}w{shots}s.json"
     if head:
-        backbone = next(line.split(":", 1)[1].strip() for line in (run_dir / "config.yaml").read_text().splitlines()
-                        if line.strip().startswith("backbone:"))
+        from fewshot.config import load_config
+
+        backbone = load_config(run_dir / "config.yaml").model.backbone
         model = ["--backbone", backbone, "--weights", str(run_dir / "checkpoints" / "best.pt"), "--head", head,
                  *eval_data(args)]
     else:

@@ -79,7 +79,7 @@ class LaplacianShot(Head):
             state = {**state, "prototypes": rectified_prototypes(
                 support.reshape(-1, *support.shape[-2:]), support_labels, prepared.reshape(-1, *prepared.shape[-2:]),
                 ways, 1.0)[0].reshape(state["prototypes"].shape)}
-        unary = -self.classify(state, query)  # (..., Q, ways)
+        unary = self.temperature * torch.cdist(prepared, state["prototypes"]).pow(2)  # (..., Q, ways), = -classify
         links = self.affinity(prepared)
         labels = (-unary).softmax(-1)
         for _ in range(self.iterations):
