@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .calibration import calibrated
+from .calibration import DEFAULT_CALIBRATION, calibrated, check_calibration, support_factor, temperature_for
 from .capabilities import require, single_image_note, unsupported
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
-from .estimate import Estimate, OpenSetEstimate, estimate, wilson_interval
+from .estimate import CrossValidation, Estimate, OpenSetEstimate, cross_validate, estimate, wilson_interval
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel, FittedClassifier
-from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_score, check_unknown
+from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_unknown, resolve_score
 from .open_set_estimate import estimate_open_set
 from .paths import folder_classes
 
@@ -54,8 +54,11 @@ class FewShotClassifier:
     file). ``transform`` / ``tta`` override the recipe's or checkpoint's; ``head_options`` / ``backbone_options``
     are dicts. ``device``: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``. ``runtime``: how the frozen backbone
     embeds images, ``auto`` (default), ``eager``, ``jit`` or ``onnxruntime`` (see :mod:`fewshot.embedding`).
-    ``unknown_score``: how "none of these" is measured (:data:`fewshot.open_set.SCORES`); :meth:`predict` answers
-    ``unknown`` only when asked (``unknown="auto"`` or a threshold).
+    ``unknown_score``: how "none of these" is measured (:data:`fewshot.open_set.SCORE_CHOICES`; ``auto`` picks the
+    one that works for the head, :func:`fewshot.open_set.resolve_score`); :meth:`predict` answers ``unknown`` only
+    when asked (``unknown="auto"`` or a threshold). ``calibration``: ``support`` (default) checks the recipe's
+    temperature table on the user's own held-out predictions, ``table`` uses the table alone
+    (:mod:`fewshot.calibration`).
 
     After :meth:`fit`: ``classes_`` (sorted class names: column ``j`` of :meth:`predict_proba` is
     ``classes_[j]``), ``model_`` (the :class:`~fewshot.model.FewShotModel`) and ``config_``.
@@ -65,7 +68,7 @@ class FewShotClassifier:
                  weights: str = "none", image_size: int | None = None, channels: int | None = None,
                  head_options: dict | None = None, backbone_options: dict | None = None,
                  transform: str | None = None, tta: str | None = None, device: str = "cpu", batch_size: int = 32,
-                 runtime: str = "auto", unknown_score: str = DEFAULT_SCORE):
+                 runtime: str = "auto", unknown_score: str = DEFAULT_SCORE, calibration: str = DEFAULT_CALIBRATION):
         from .loading import load_model
         from .recipes import RECIPES
 
@@ -76,19 +79,19 @@ class FewShotClassifier:
             backbone_options=backbone_options, transform=transform, tta=tta)
         source = (f"recipe '{model}'" if is_recipe else str(model) if model is not None
                   else f"{backbone} + {head}" if backbone or head else "recipe 'default'")
-        self._setup(built, config, source, device, batch_size, runtime, unknown_score)
+        self._setup(built, config, source, device, batch_size, runtime, unknown_score, calibration)
 
     @classmethod
     def from_model(cls, model: FewShotModel, config, source: str = "a model", device: str = "cpu",
-                   batch_size: int = 32, runtime: str = "auto", unknown_score: str = DEFAULT_SCORE
-                   ) -> "FewShotClassifier":
+                   batch_size: int = 32, runtime: str = "auto", unknown_score: str = DEFAULT_SCORE,
+                   calibration: str = DEFAULT_CALIBRATION) -> "FewShotClassifier":
         """A classifier around an already built model and its config (what the CLI does after parsing flags)."""
         self = cls.__new__(cls)
-        self._setup(model, config, source, device, batch_size, runtime, unknown_score)
+        self._setup(model, config, source, device, batch_size, runtime, unknown_score, calibration)
         return self
 
     def _setup(self, model: FewShotModel, config, source: str, device: str, batch_size: int, runtime: str,
-               unknown_score: str) -> None:
+               unknown_score: str, calibration: str) -> None:
         from .embedding import check_runtime
         from .runtime import resolve_device
 
@@ -98,7 +101,8 @@ class FewShotClassifier:
         self.device, self.batch_size, self.runtime = resolve_device(device), batch_size, check_runtime(runtime)
         self.model_.to(self.device).eval()
         self._examples: dict[str, ClassExamples] = {}
-        self._unknown_score = check_score(unknown_score)
+        self._unknown_score = resolve_score(unknown_score, model.head)
+        self._calibration = check_calibration(calibration)
         self._changed()
         self.progress = False  # progress bars on stderr while embedding many images (the CLI sets it)
         note = single_image_note(model)
@@ -121,18 +125,30 @@ class FewShotClassifier:
 
     @property
     def unknown_score(self) -> str:
-        """How "none of these" is measured (one of :data:`fewshot.open_set.SCORES`); settable."""
+        """How "none of these" is measured (one of :data:`fewshot.open_set.SCORES`; settable, ``auto`` included)."""
         return self._unknown_score
 
     @unknown_score.setter
     def unknown_score(self, score: str) -> None:
-        self._unknown_score = check_score(score)
+        self._unknown_score = resolve_score(score, self.model_.head)
+        self._changed()
+
+    @property
+    def calibration(self) -> str:
+        """``support`` or ``table`` (:data:`fewshot.calibration.CALIBRATIONS`); settable."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, calibration: str) -> None:
+        self._calibration = check_calibration(calibration)
         self._changed()
 
     def _changed(self) -> None:
-        """Forget what was fitted on the examples (they or the score changed)."""
+        """Forget what was fitted on the examples (they, the score or the calibration changed)."""
         self._fitted: FittedClassifier | None = None  # fitted on the current examples; None: fit when needed
         self._open_set: dict[tuple, OpenSetEstimate] = {}  # open-set estimates by their arguments
+        self._cross_validations: dict[tuple, CrossValidation] = {}  # held-out predictions by their arguments
+        self._factor: tuple[float, str] | None = None  # (calibration factor, how it was chosen); None: not yet
 
     def _check_fitted(self) -> None:
         if len(self._examples) < 2:
@@ -311,9 +327,15 @@ class FewShotClassifier:
     def scores_for(self, query_features: torch.Tensor, support: tuple[torch.Tensor, torch.Tensor] | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities ``(Q, ways)``, unknown scores ``(Q,)``) of embedded queries ``(Q, E)`` against
-        ``support`` = (embeddings ``(S, E)``, labels ``(S,)``), default all examples (through :attr:`fitted_`)."""
+        ``support`` = (embeddings ``(S, E)``, labels ``(S,)``), default all examples (through :attr:`fitted_`). A
+        classifier of part of the examples (an estimate's fold) uses the fitted classifier's temperature, so that
+        its scores are on the scale of those the threshold is applied to."""
         require(self.model_, "open_set")
-        fitted = self.fitted_ if support is None else self._fit_state(*support)
+        fitted = self.fitted_
+        if support is not None:
+            temperature = fitted.temperature
+            fitted = self._fit_state(*support)
+            fitted.temperature = temperature
         with torch.inference_mode():
             probabilities, scores = self.model_.fitted_scores(fitted, query_features.to(self.device))
         return probabilities.float().cpu(), scores.float().cpu()
@@ -336,12 +358,63 @@ class FewShotClassifier:
         return self._fitted
 
     def _fit_state(self, features: torch.Tensor, labels: torch.Tensor) -> FittedClassifier:
-        """Fit the model's transform and head on embeddings ``(S, E)`` with labels ``(S,)``, and calibrate."""
+        """Fit the model's transform and head on embeddings ``(S, E)`` with labels ``(S,)``, and calibrate (the
+        table's temperature for its shots, times :meth:`calibration_factor`): every classifier of the examples,
+        the fitted one and those of the estimates' folds, is calibrated by this one rule."""
         ways = int(labels.max()) + 1
+        factor, reason = self.calibration_factor()
         with torch.inference_mode():
             fitted = self.model_.fit(features.to(self.device), labels.to(self.device), ways,
                                      unknown_score=self.unknown_score)
-        return calibrated(fitted, labels, self.config_.model.temperature)
+        fitted = calibrated(fitted, labels, self.config_.model.temperature, factor)
+        fitted.info["calibration_reason"] = reason
+        return fitted
+
+    def calibration_factor(self) -> tuple[float, str]:
+        """(the factor the recipe's temperature table is multiplied by for these examples, why): fitted on the
+        held-out predictions of :meth:`cross_validation` with ``calibration="support"``
+        (:func:`fewshot.calibration.support_factor`), 1 with ``table`` or where no image can be held out."""
+        if self._factor is None:
+            self._factor = (1.0, "calibration='table'")
+            if self.calibration == "support":
+                try:
+                    found = self.cross_validation()
+                except SupportSetError as exc:
+                    self._factor = (1.0, f"the recipe's table alone: {exc}")
+                else:
+                    base = temperature_for(self.config_.model.temperature, found.split_shots)
+                    factor = support_factor(found.logits, found.truth, base)
+                    self._factor = (factor, f"fitted on {len(found.truth)} held-out predictions of your images")
+        return self._factor
+
+    def cross_validation(self, repeats: int = 50, holdout: float = 0.2, seed: int = 0, progress: bool = False,
+                         step: Callable[[], ContextManager] | None = None) -> CrossValidation:
+        """The held-out predictions of episodic cross-validation on the examples
+        (:func:`fewshot.estimate.cross_validate`), computed once per set of examples and arguments: the accuracy
+        estimate, the per-support calibration and the known side of the ``auto`` threshold all read them."""
+        self._check_fitted()
+        key = (repeats, holdout, seed)
+        if key not in self._cross_validations:
+            self._cross_validations[key] = cross_validate(self, repeats, holdout, seed, progress or self.progress,
+                                                          step)
+        return self._cross_validations[key]
+
+    def logits_for(self, queries: torch.Tensor | None, support: tuple,
+                   query_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Uncalibrated logits ``(Q, ways)`` of ``(Q, C, H, W)`` uint8 queries (or their embeddings
+        ``query_features`` ``(Q, E)``) against ``support`` = (images or None, embeddings or None, labels ``(S,)``),
+        each query classified on its own; log-probabilities for a head that adapts the backbone (it has no
+        temperature)."""
+        model = self.model_
+        images, features, labels = support
+        ways = int(labels.max()) + 1
+        with torch.inference_mode():
+            if model.head.adapts_backbone:
+                logits = model(images.to(self.device), labels.to(self.device), queries.to(self.device), ways)
+                return model.head.probabilities(logits).float().clamp_min(1e-12).log().cpu()
+            query_features = self._embed(queries) if query_features is None else query_features
+            fitted = model.fit(features.to(self.device), labels.to(self.device), ways)
+            return model.fitted_logits(fitted, query_features.to(self.device)).float().cpu()
 
     def probabilities_for(self, queries: torch.Tensor | None, support: tuple | None = None,
                        query_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -469,6 +542,7 @@ class FewShotClassifier:
         model = self.model_
         state = {"format": SAVED_FORMAT, "version": SAVED_VERSION, "fewshot": __version__,
                  "config": self.config_.to_dict(), "source": self.source, "unknown_score": self.unknown_score,
+                 "calibration": self.calibration,
                  "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "normalization": [list(model.mean), list(model.std)],
                  "classes": {name: {"images": e.images, "features": e.features, "names": e.names, "digests": e.digests}
@@ -507,8 +581,11 @@ class FewShotClassifier:
             raise SavedFileError(f"{file} is damaged or incomplete ({type(exc).__name__}: {exc}); save it again")
         except FewshotError as exc:
             raise SavedFileError(f"{file}: {exc}") from None
+        score = state.get("unknown_score", DEFAULT_SCORE)
+        if score == "energy" and model.head.normalized_logits:  # saved before energy was refused for such heads
+            score = DEFAULT_SCORE
         self = cls.from_model(model, config, state.get("source", str(file)), device, runtime=runtime,
-                              unknown_score=state.get("unknown_score", DEFAULT_SCORE))
+                              unknown_score=score, calibration=state.get("calibration", DEFAULT_CALIBRATION))
         self._examples = examples
         return self
 

@@ -134,7 +134,7 @@ class EvalConfig:
     batch_size: int = ranged(256, 1)  # images per embedding batch
     runtime: str = "auto"  # how validation embeds with the frozen backbone: auto, eager, jit, onnxruntime (embedding.py)
     open_set: int = ranged(0, 0)  # validation adds this many unseen classes per episode and reports AUROC (0: off)
-    unknown_score: str = "energy"  # the unknown score of that AUROC (fewshot.open_set.SCORES and DEFAULT_SCORE)
+    unknown_score: str = "auto"  # the unknown score of that AUROC (fewshot.open_set.SCORE_CHOICES, resolve_score)
 
 
 @dataclass
@@ -367,7 +367,7 @@ def check_config(config: Config) -> None:
                                 ("model.tta", config.model.tta, TTA),
                                 ("eval.runtime", config.eval.runtime, names("fewshot.embedding", "RUNTIMES")),
                                 ("eval.unknown_score", config.eval.unknown_score,
-                                 names("fewshot.open_set", "SCORES"))):
+                                 names("fewshot.open_set", "SCORE_CHOICES"))):
         if value not in allowed:
             raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     check_temperature(config.model.temperature)

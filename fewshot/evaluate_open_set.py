@@ -22,7 +22,7 @@ from .embedding import embedder
 from .errors import FewshotError
 from .evaluate import EvalResult, class_offsets, confidence_interval, embedded_slots, episode_slots
 from .model import FewShotModel
-from .open_set import DEFAULT_SCORE, auroc, check_score
+from .open_set import DEFAULT_SCORE, auroc, resolve_score
 
 
 def evaluate_open_set(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, queries: int, episodes: int,
@@ -33,7 +33,7 @@ def evaluate_open_set(model: FewShotModel, split: FewShotSplit, ways: int, shots
     ``ways`` known and ``unknown_ways`` unseen classes; ``temperature``: the model's calibration table
     (``config.model.temperature``)."""
     require(model, "open_set")
-    check_score(score)
+    score = resolve_score(score, model.head)
     if len(split.class_sizes) < ways + unknown_ways:
         raise FewshotError(f"--open-set {unknown_ways}: each episode needs {ways} known + {unknown_ways} unseen "
                            f"classes, the split has {len(split.class_sizes)}: lower --ways or --open-set")

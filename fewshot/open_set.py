@@ -11,8 +11,10 @@ embeddings (what the head sees) and the calibrated logits:
 * ``mahalanobis``: squared Mahalanobis distance to the nearest class mean under the pooled within-class covariance
   shrunk towards its mean variance (Lee et al. 2018; shrinkage because a few images per class cannot estimate it)
 
-``benchmarks/open_set.py`` measures them (AUROC of known against unknown queries) and :data:`DEFAULT_SCORE` is the
-best there. A threshold is chosen from the user's own images by leave-one-class-out (:func:`fewshot.estimate`).
+``benchmarks/open_set.py`` measures them (AUROC of known against unknown queries); :data:`DEFAULT_SCORE` ``auto`` is
+the best there that works for the model's head (:func:`resolve_score`: ``energy``, or ``distance`` for a head whose
+logits are log-probabilities, where energy is constant). A threshold is chosen from the user's own images
+(:mod:`fewshot.open_set_estimate`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import math
 
 import torch
 
-from .errors import FewshotError
-from .heads.base import class_means
+from .errors import CapabilityError, FewshotError
+from .heads.base import Head, class_means
 
 SCORES = ("msp", "energy", "distance", "knn", "mahalanobis")
-DEFAULT_SCORE = "energy"
+AUTO_SCORE = "auto"  # energy, or distance where the head's logits are normalized (resolve_score)
+SCORE_CHOICES = ("auto", "msp", "energy", "distance", "knn", "mahalanobis")  # what users may ask for (literal: the
+# CLI reads it without importing torch)
+DEFAULT_SCORE = "auto"
 SHRINKAGE = 0.5  # weight of the isotropic part of the Mahalanobis covariance
 DEFAULT_RECALL = 0.95  # the fraction of known-class images an ``auto`` threshold keeps
 UNKNOWN_NAME = "unknown"  # what predict answers for an image past the threshold
@@ -53,15 +58,33 @@ def check_recall(recall: object) -> float:
 
 
 def check_score(score: str) -> str:
-    if score not in SCORES:
-        raise FewshotError(f"unknown score must be one of {', '.join(SCORES)}, got '{score}'")
+    """``score`` if it is one of :data:`SCORE_CHOICES` (``auto`` included), else a one-line error."""
+    if score not in SCORE_CHOICES:
+        raise FewshotError(f"unknown score must be one of {', '.join(SCORE_CHOICES)}, got '{score}'")
+    return score
+
+
+def resolve_score(score: str, head: Head) -> str:
+    """The score a model with ``head`` uses for ``score``: ``auto`` is ``energy``, or ``distance`` when the head
+    declares ``normalized_logits`` (its logits are log-probabilities, so their log-sum-exp, the energy, is the same
+    for every image); asking for ``energy`` on such a head is refused with the reason (the one rule, used by the
+    classifier, the CLI, the server and the open-set evaluation)."""
+    check_score(score)
+    normalized = bool(getattr(head, "normalized_logits", False))
+    if score == AUTO_SCORE:
+        return "distance" if normalized else "energy"
+    if score == "energy" and normalized:
+        raise CapabilityError(f"head '{type(head).__name__}' gives log-probabilities, so the energy score "
+                              "(-logsumexp of them) is the same for every image and cannot tell 'none of these'; "
+                              "use unknown score auto, distance, knn, msp or mahalanobis")
     return score
 
 
 def fit_scores(support: torch.Tensor, labels: torch.Tensor, ways: int, score: str) -> dict[str, torch.Tensor]:
     """The state ``score`` needs, from transformed support embeddings ``(S, E)`` and labels ``(S,)``: class means
     ``(ways, E)``, the support itself for ``knn``, the shrunk precision ``(E, E)`` for ``mahalanobis``."""
-    check_score(score)
+    if score not in SCORES:
+        raise FewshotError(f"unknown score must be one of {', '.join(SCORES)}, got '{score}'")
     support = support.float().flatten(1)
     means = class_means(support, labels, ways)
     state = {"means": means}

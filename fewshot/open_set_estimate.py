@@ -1,15 +1,29 @@
-"""How well a fitted classifier can say "none of these", and the ``auto`` threshold, from its own examples:
-whole classes are held out in turn as the unknowns (:func:`estimate_open_set`, what
-:meth:`fewshot.FewShotClassifier.estimate` and ``predict(unknown="auto")`` run).
+"""How well a fitted classifier can say "none of these", the ``auto`` threshold, and what that threshold promises,
+from the classifier's own examples (:func:`estimate_open_set`, what :meth:`fewshot.FewShotClassifier.estimate` and
+``predict(unknown="auto")`` run). Every classifier below is fitted and calibrated by the fitted classifier's own
+rule (:meth:`fewshot.FewShotClassifier.scores_for`), so their scores are on its scale.
 
-Each fold holds one class out (the classes take turns) and, as :func:`fewshot.estimate.estimate` does, a fraction
-of every other class's images; the classifier is fitted on the rest of the other classes and scores the held-out
-images of the known classes (they should stay below the threshold) and every image of the held-out class (they
-should rise above it). Pooled over the folds: the AUROC of known against unknown with Hanley & McNeil's 95%
-interval over the distinct images (widened to Wilson's interval for a proportion over the smaller of the two
-counts, so that a perfect separation of a few images does not claim certainty), and the threshold that keeps
-``recall`` of the known images. Each fold's classifier has one class and a fifth of the images fewer than the
-fitted one, so the threshold leans cautious (fewer images answered ``unknown``)."""
+* **The threshold and what it keeps.** The cross-validation splits of the accuracy estimate (every class present,
+  a fifth of each class's images held out) score held-out images of the user's classes; the threshold is the
+  ``recall`` quantile of those scores. A quantile set on ``m`` exchangeable images keeps a fraction of new images
+  that varies from one support set to another as Beta(recall (m+1), (1-recall) (m+1)) (split-conformal
+  prediction): its 2.5 % point is the low end of the promise's interval, ``m`` the distinct images held out. The
+  high end is 100 %: the splits' classifiers learn from fewer images per class than the fitted one, which scores new
+  images of your classes lower, so the threshold keeps at least as many as promised (``benchmarks/promises.py``:
+  often more).
+* **What it rejects.** Each class is held out in turn as the unseen one, and the procedure above is repeated one
+  level down on the other classes: a classifier of all their images scores the held-out class's images against a
+  threshold chosen, as above, from cross-validation splits of their images. So the rate is read at the operating
+  point the user's threshold really has (its splits have fewer images per class than the classifier it is applied
+  to, as the user's do), not at the fitted classifier's threshold on another classifier's scores. The promise is
+  the mean over the classes; its interval covers both the spread between classes (Student's t over them) and the
+  count of images (Wilson's interval).
+* **How well unseen classes are told apart**: the AUROC of known against unknown scores pooled over the folds, with
+  Hanley & McNeil's 95% interval over the distinct images (widened to Wilson's interval for a proportion over the
+  smaller of the two counts, so that a perfect separation of a few images does not claim certainty).
+
+``benchmarks/promises.py`` checks each promise against new images of the user's classes and of other classes, over
+many random support sets."""
 
 from __future__ import annotations
 
@@ -18,13 +32,11 @@ import math
 import warnings
 from typing import Callable, ContextManager
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from .errors import SupportSetError
-from .estimate import (Classifier, HoldOut, OpenSetEstimate, check_estimate_arguments, distinct_rows,
-                       wilson_interval)
+from .estimate import Classifier, OpenSetEstimate, check_estimate_arguments, distinct_rows, splits, wilson_interval
 from .open_set import DEFAULT_RECALL, auroc, auroc_interval, check_recall, threshold_for_recall
 
 WEAK_AUROC = 70.0  # below this (percent) the estimate warns that unknowns are told apart only weakly
@@ -33,9 +45,10 @@ WEAK_AUROC = 70.0  # below this (percent) the estimate warns that unknowns are t
 def estimate_open_set(classifier: Classifier, recall: float = DEFAULT_RECALL, repeats: int = 50,
                       holdout: float = 0.2, seed: int = 0, progress: bool = False,
                       step: Callable[[], ContextManager] | None = None) -> OpenSetEstimate:
-    """Leave-one-class-out estimate of the unknown score (see the module's text): at least ``repeats`` folds,
-    rounded up so every class is held out equally often. Needs 3 classes with 2 distinct images each (refused
-    with the reason otherwise); warns when unknowns are told apart weakly or not at all."""
+    """The "none of these" estimate (see the module's text): ``repeats`` cross-validation splits for the known
+    side, at least ``repeats`` leave-one-class-out folds (rounded up so every class is held out equally often) for
+    the unknown side. Needs 3 classes with 2 distinct images each (refused with the reason otherwise); warns when
+    unknowns are told apart weakly or not at all."""
     names = classifier.classes_
     check_estimate_arguments(repeats, holdout, seed)
     recall = check_recall(recall)
@@ -51,63 +64,125 @@ def estimate_open_set(classifier: Classifier, recall: float = DEFAULT_RECALL, re
     if too_few:
         raise SupportSetError(f"class {', '.join(too_few)} has a single distinct image: a 'none of these' estimate "
                               "needs at least 2 per class (one to learn from, one to test); add images to it")
-    folds = len(names) * math.ceil(repeats / len(names))
-    held_out = HoldOut(sizes, {n: max(1, int(holdout * sizes[n])) for n in names}, seed)
-    known, unknown, kept_right = [], [], []
-    seen_known: set[int] = set()
-    for fold in tqdm(range(folds), desc="open-set estimate", unit="fold", disable=not progress, leave=False):
-        with step() if step is not None else contextlib.nullcontext():
-            found = open_set_fold(classifier, features, labels, names, held_out, fold % len(names))
-        known.append(found[0])
-        unknown.append(found[1])
-        kept_right.append(found[2])
-        seen_known.update(found[3])
-    return summarize(classifier, torch.cat(known), torch.cat(unknown), torch.cat(kept_right), recall, folds,
-                     len(seen_known), len(labels))
+    held = {n: max(1, int(holdout * sizes[n])) for n in names}
+    bar = tqdm(total=repeats + len(names) * math.ceil(repeats / len(names)), desc="open-set estimate", unit="fold",
+               disable=not progress, leave=False)
+    paced = step if step is not None else contextlib.nullcontext
+    with bar:
+        known = known_side(classifier, features, labels, names, sizes, held, seed, repeats, paced, bar)
+        unknown = unknown_side(classifier, features, labels, names, sizes, held, seed, repeats, recall, paced, bar)
+    return summarize(classifier.unknown_score, known, unknown, recall, len(labels))
 
 
-def open_set_fold(classifier: Classifier, features: torch.Tensor, labels: torch.Tensor, names: list[str],
-                  held_out: HoldOut, unknown_class: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """One fold: (scores of the held-out known images ``(K,)``, scores of the unknown class's images ``(U,)``,
-    whether each known image was named right ``(K,)``, the known rows held out)."""
-    starts = np.concatenate([[0], np.cumsum([int((labels == i).sum()) for i in range(len(names))])[:-1]])
-    known_rows = [int(starts[i]) + j for i, n in enumerate(names) if i != unknown_class for j in held_out(n)]
-    is_unknown = labels == unknown_class
-    in_support = ~is_unknown
-    in_support[known_rows] = False
-    relabel = torch.arange(len(names))
-    relabel[unknown_class + 1:] -= 1  # the known classes renumbered 0..ways-2
-    queries = torch.cat([torch.tensor(known_rows, dtype=torch.long), torch.nonzero(is_unknown).flatten()])
-    probabilities, scores = classifier.scores_for(features[queries],
-                                                  (features[in_support], relabel[labels[in_support]]))
-    count = len(known_rows)
-    right = probabilities[:count].argmax(1) == relabel[labels[known_rows]]
-    return scores[:count], scores[count:], right, known_rows
+def known_side(classifier: Classifier, features: torch.Tensor, labels: torch.Tensor, names: list[str],
+               sizes: dict[str, int], held: dict[str, int], seed: int, repeats: int, paced, bar
+               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Over the cross-validation splits (all classes present): (scores of the held-out images ``(N,)``, whether
+    each was named right ``(N,)``, how many distinct images were held out)."""
+    scores, right, seen = [], [], set()
+    for support, queries in splits(names, sizes, held, seed, repeats):
+        with paced():
+            probabilities, found = classifier.scores_for(features[queries], (features[support], labels[support]))
+        scores.append(found)
+        right.append(probabilities.argmax(1) == labels[queries])
+        seen.update(queries.tolist())
+        bar.update()
+    return torch.cat(scores), torch.cat(right), len(seen)
 
 
-def summarize(classifier: Classifier, known: torch.Tensor, unknown: torch.Tensor, right: torch.Tensor,
-              recall: float, folds: int, known_images: int, unknown_images: int) -> OpenSetEstimate:
-    """The pooled AUROC, its interval, the threshold for ``recall`` and what it does, with the warnings."""
-    area = auroc(known, unknown)
-    half = auroc_interval(area, known_images, unknown_images)
-    edge = wilson_interval(area, min(known_images, unknown_images))  # keeps the interval honest near 0 and 1
+def unknown_side(classifier: Classifier, features: torch.Tensor, labels: torch.Tensor, names: list[str],
+                 sizes: dict[str, int], held: dict[str, int], seed: int, repeats: int, recall: float, paced, bar
+                 ) -> dict:
+    """Each class ``c`` held out in turn, the user's procedure repeated on the other classes: their classifier
+    (all their images) scores ``c``'s images, its threshold comes from cross-validation splits of their images.
+    ``rates`` ``(C,)``: the fraction of each class's images above its threshold; ``known`` / ``unknown``: the
+    pooled split and held-out-class scores (for the AUROC); ``known_images``: distinct known images held out."""
+    per_class = math.ceil(repeats / len(names))
+    rates, known_scores, unknown_scores, seen = [], [], [], set()
+    for c in range(len(names)):
+        others = torch.nonzero(labels != c).flatten()
+        relabel = labels[others] - (labels[others] > c).long()  # the other classes renumbered 0..ways-2
+        kept_names = [n for i, n in enumerate(names) if i != c]
+        with paced():
+            _, unknown = classifier.scores_for(features[labels == c], (features[others], relabel))
+        fold_known = []
+        kept_sizes = {n: sizes[n] for n in kept_names}
+        for support, queries in splits(kept_names, kept_sizes, held, seed + 1 + c, per_class):
+            with paced():
+                _, found = classifier.scores_for(features[others[queries]],
+                                                 (features[others[support]], relabel[support]))
+            fold_known.append(found)
+            seen.update(others[queries].tolist())
+            bar.update()
+        fold_known = torch.cat(fold_known)
+        rates.append(float((unknown > threshold_for_recall(fold_known, recall)).double().mean()))
+        known_scores.append(fold_known)
+        unknown_scores.append(unknown)
+    return {"rates": torch.tensor(rates, dtype=torch.float64), "folds": per_class * len(names),
+            "known_images": len(seen), "known": torch.cat(known_scores), "unknown": torch.cat(unknown_scores)}
+
+
+def kept_interval(recall: float, images: int, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of the fraction of new images a ``recall`` quantile threshold set on
+    ``images`` exchangeable held-out images keeps: Beta(recall (m+1), (1-recall) (m+1)), ``m`` = ``images``."""
+    a, b = recall * (images + 1), (1 - recall) * (images + 1)
+    x = torch.linspace(0, 1, 40001, dtype=torch.float64)[1:-1]
+    log_density = (a - 1) * x.log() + (b - 1) * (-x).log1p()
+    cdf = (log_density - log_density.max()).exp().cumsum(0)
+    cdf /= cdf[-1].clone()
+    tail = (1 - level) / 2
+    return float(x[torch.searchsorted(cdf, tail)]), float(x[min(int(torch.searchsorted(cdf, 1 - tail)), len(x) - 1)])
+
+
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # Student's t, 1-10 freedoms
+
+
+def student_t(freedom: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``freedom`` degrees of freedom: the table up to 10, then the
+    Cornish-Fisher expansion around the normal quantile (within 0.1 % there)."""
+    if freedom <= len(T_95):
+        return T_95[max(freedom, 1) - 1]
+    z, v = 1.959963984540054, freedom
+    return (z + (z ** 3 + z) / (4 * v) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * v ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * v ** 3))
+
+
+def rejected_interval(rates: torch.Tensor, unknown_images: int) -> tuple[float, float]:
+    """The 95% interval of the rejection rate: the wider of Student's t over the held-out classes' ``rates``
+    ``(C,)`` and Wilson's interval over ``unknown_images`` images."""
+    mean = float(rates.mean())
+    half = student_t(len(rates) - 1) * float(rates.std()) / math.sqrt(len(rates))
+    edge = wilson_interval(mean, unknown_images)
+    return max(0.0, min(mean - half, edge[0])), min(1.0, max(mean + half, edge[1]))
+
+
+def summarize(score: str, known: tuple[torch.Tensor, torch.Tensor, int], unknown: dict, recall: float,
+              unknown_images: int) -> OpenSetEstimate:
+    """The estimate from :func:`known_side` and :func:`unknown_side`, with its warnings."""
+    known_scores, right, known_images = known
+    area = auroc(unknown["known"], unknown["unknown"])
+    half = auroc_interval(area, unknown["known_images"], unknown_images)
+    edge = wilson_interval(area, min(unknown["known_images"], unknown_images))  # honest near 0 and 1
     low, high = float(min(area - half, edge[0])), float(max(area + half, edge[1]))
-    threshold = threshold_for_recall(known, recall)
-    kept = known <= threshold
+    threshold = threshold_for_recall(known_scores, recall)
+    kept_low, kept_high = kept_interval(recall, known_images)[0], 1.0  # high: see the module's text
+    rejected_low, rejected_high = rejected_interval(unknown["rates"], unknown_images)
+    kept_right = (known_scores <= threshold) & right
     found = OpenSetEstimate(
-        classifier.unknown_score, 100 * area, 100 * max(0.0, low), 100 * min(1.0, high), threshold,
-        recall, 100 * float(kept.double().mean()), 100 * float((kept & right).double().mean()),
-        100 * float((unknown > threshold).double().mean()), folds, known_images, unknown_images)
+        score, 100 * area, 100 * max(0.0, low), 100 * min(1.0, high), threshold, recall, 100 * recall,
+        100 * kept_low, 100 * kept_high, 100 * float(kept_right.double().mean()),
+        100 * float(unknown["rates"].mean()), 100 * rejected_low, 100 * rejected_high, unknown["folds"],
+        known_images, unknown_images)
     if found.low <= 50:
         found.warnings.append(f"your images do not tell an unseen class apart from yours: the AUROC's 95% interval "
                               f"{found.low:.1f}-{found.high:.1f} % reaches 50 % (chance), so 'unknown' answers would "
                               "be guesses; add images per class, or use a recipe whose features separate them")
     elif found.auroc < WEAK_AUROC:
         found.warnings.append(f"unseen classes are told apart only weakly (AUROC {found.auroc:.1f} %): the "
-                              f"threshold answers 'unknown' for just {found.unknown_rejected:.1f} % of them")
+                              f"threshold answers 'unknown' for just {found.unknown_rejected:.0f} % of them")
     for note in found.warnings:
         warnings.warn(note, UserWarning, stacklevel=4)
     return found
 
 
-__all__ = ["estimate_open_set"]
+__all__ = ["estimate_open_set", "kept_interval", "rejected_interval", "student_t"]

@@ -169,14 +169,14 @@ def test_wilson_interval_stays_honest_at_the_edges():
 def test_estimate_never_classifies_an_image_it_learned_from(support, monkeypatch):
     clf = FewShotClassifier(**TINY).fit(support)
     splits = []
-    original = clf.probabilities_for
+    original = clf.logits_for
 
     def spy(queries, subset, query_features):
         splits.append((subset[1].clone(), query_features.clone()))
         return original(queries, subset, query_features)
 
-    monkeypatch.setattr(clf, "probabilities_for", spy)
-    clf.estimate(repeats=12)
+    monkeypatch.setattr(clf, "logits_for", spy)
+    clf.estimate(repeats=12, open_set=False)
     assert len(splits) == 12
     for support_features, query_features in splits:
         assert len(support_features) == 15 and len(query_features) == 3  # one of 6 held out per class

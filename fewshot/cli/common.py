@@ -179,9 +179,10 @@ def add_open_set_arguments(parser: argparse.ArgumentParser, answers: bool = Fals
         group.add_argument("--unknown-name", default=constant("fewshot.open_set", "UNKNOWN_NAME"), metavar="NAME",
                            help="the answer for an image past the threshold (default: %(default)s)")
     default = constant("fewshot.open_set", "DEFAULT_SCORE")
-    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORES"), default=default,
-                       help=f"how 'none of these' is measured (default: {default}, the best in "
-                            "benchmarks/open_set.py): msp (1 - top probability), energy (-logsumexp of the logits), "
+    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORE_CHOICES"), default=default,
+                       help=f"how 'none of these' is measured (default: {default}: energy, the best in "
+                            "benchmarks/open_set.py, or distance for a head whose logits are log-probabilities, "
+                            "where energy is constant): msp (1 - top probability), energy (-logsumexp of the logits), "
                             "distance (to the nearest class mean), knn (to the nearest support image), mahalanobis "
                             "(shrunk pooled covariance)")
     group.add_argument("--recall", type=open_fraction, default=constant("fewshot.open_set", "DEFAULT_RECALL"),

@@ -75,9 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "the unknown score separating unseen from known queries (PEELER / SnaTCHer protocol; "
                             "each query scored on its own, a transductive head by its inductive form)")
     default = constant("fewshot.open_set", "DEFAULT_SCORE")
-    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORES"), default=default,
-                       help=f"the unknown score with --open-set (default: {default}, the best in "
-                            "benchmarks/open_set.py)")
+    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORE_CHOICES"), default=default,
+                       help=f"the unknown score with --open-set (default: {default}: energy, the best in "
+                            "benchmarks/open_set.py, or distance where the head's logits are log-probabilities)")
 
 
 def eval_split_spec(args: argparse.Namespace, config) -> SplitSpec:

@@ -71,6 +71,9 @@ class Head(nn.Module):
       class (``inductive_form`` says what ``fit`` / ``classify`` do instead, on the same features: what is used
       wherever queries arrive one at a time).
     * ``max_ways``: the most classes an episode may have (None: any number; MAML's fixed output layer sets it).
+    * ``normalized_logits``: its logits are log-probabilities (their log-sum-exp is 0 for every query), so a score
+      read from their scale (the ``energy`` "none of these" score) is constant: :func:`fewshot.open_set.resolve_score`
+      refuses it and picks another for ``auto``.
     """
 
     feature_map: bool = False
@@ -81,6 +84,7 @@ class Head(nn.Module):
     transductive: bool = False
     inductive_form: str = ""  # transductive heads: what fit / classify compute without the other queries
     max_ways: int | None = None
+    normalized_logits: bool = False
     quick_options: dict = {}  # head options that make it fast on tiny data (fewer steps): smoke tests use them
     quick_backbone_options: dict = {}  # backbone options it needs on tiny images (e.g. spatial maps)
 

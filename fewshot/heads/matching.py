@@ -16,6 +16,8 @@ class MatchingNet(Head):
     paper's full-context embeddings: ``g`` a bidirectional LSTM over the support set (added to the embeddings),
     ``f`` an LSTM that attends over ``g(S)`` for ``steps`` steps; each query is still classified on its own."""
 
+    normalized_logits = True  # log P: the energy score would be constant
+
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], temperature: float = 10.0,
                  full_context: bool = False, steps: int = 3):
         super().__init__(embedding_dim, feature_shape)

@@ -53,6 +53,13 @@ export async function onEstimate() {
   }
 }
 
+/** "60 % (44–74 %)": a promise with its interval; the interval is left out only when an older server sent none. */
+function promise(value, low, high) {
+  const shown = `${Number(value).toFixed(0)} %`;
+  return Number.isFinite(Number(low)) && Number.isFinite(Number(high))
+    ? `${shown} (${Number(low).toFixed(0)}–${Number(high).toFixed(0)} %)` : shown;
+}
+
 export function renderEstimate(r) {
   const box = $("#estimate-result");
   box.replaceChildren();
@@ -65,7 +72,10 @@ export function renderEstimate(r) {
   ]));
   box.append(el("p", {
     className: "muted",
-    text: "The true accuracy on new, similar images very likely lies inside the 95% interval; more images per class make it narrower.",
+    text: "Measured by holding out some of your images and classifying them with the rest. The accuracy on new, " +
+      "similar images lay inside this interval for at least 9 support sets in 10 in our checks; the figure itself " +
+      "tends to be a little low (each test learns from fewer images than the classifier). More images per class make " +
+      "it narrower.",
   }));
   const tested = [];
   if (Number.isFinite(Number(r.images))) tested.push(`Tested on ${plural(Number(r.images), "held-out image")}`);
@@ -86,7 +96,9 @@ export function renderEstimate(r) {
       id: "open-set-estimate",
       text: `“None of these”: an image of a class you did not add scores above one of yours ${open.auroc.toFixed(1)} % ` +
         `of the time (95% interval ${open.low.toFixed(1)}–${open.high.toFixed(1)} %). The page answers “none of these” ` +
-        `for ${open.unknown_rejected.toFixed(1)} % of such images and keeps ${open.known_kept.toFixed(1)} % of yours.`,
+        `for ${promise(open.unknown_rejected, open.unknown_rejected_low, open.unknown_rejected_high)} of images of ` +
+        `classes you did not add and keeps ${promise(open.known_kept, open.known_kept_low, open.known_kept_high)} ` +
+        `of new images of yours (95% intervals, measured by holding each class out in turn).`,
     }));
   } else if (open && open.refused) {
     box.append(el("p", { id: "open-set-estimate", className: "muted", text: `No “none of these” estimate: ${open.refused}` }));
