@@ -63,7 +63,7 @@ def classes_of(name: str, per_class: int, max_classes: int, rng: np.random.Gener
     """(class name, up to ``per_class`` files) for up to ``max_classes`` classes of a dataset (Omniglot: characters
     of its evaluation alphabets)."""
     root = DATASETS[name]
-    if name == "omniglot":
+    if name.startswith("omniglot"):
         folders = sorted(c for a in sorted(root.iterdir()) for c in sorted(a.iterdir()))
     else:
         folders = sorted(p for p in root.iterdir() if p.is_dir())
@@ -121,6 +121,18 @@ def ece(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
                      for b in range(bins) if (edges == b).any()))
 
 
+def ece_floor(probabilities: np.ndarray, draws: int = 20, seed: int = 0) -> float:
+    """The plug-in ECE a perfectly calibrated classifier would show on these images: each image right with
+    probability equal to its top probability, averaged over ``draws`` draws (what :func:`ece` reads as error
+    that is only the count of images)."""
+    rng = np.random.default_rng(seed)
+    confidence = probabilities.max(1)
+    fake = np.zeros_like(probabilities)
+    fake[:, 0] = confidence
+    fake[:, 1:] = ((1 - confidence) / (probabilities.shape[1] - 1))[:, None]
+    return float(np.mean([ece(fake, np.where(rng.random(len(confidence)) < confidence, 0, 1)) for _ in range(draws)]))
+
+
 def debiased_ece(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
     """The L2 calibration error with each bin's sampling variance subtracted (Kumar, Liang & Ma 2019,
     "Verified uncertainty calibration"): sqrt(max(0, sum_b w_b ((acc_b - conf_b)^2 - acc_b (1 - acc_b) /
@@ -155,10 +167,11 @@ def check_support(clf, pool: Pool, support, known, truth, unknown) -> dict:
         found["accuracy"] = 100 * float((probabilities.argmax(1).numpy() == truth).mean())
         found["ece"] = ece(probabilities.numpy(), truth)
         found["debiased_ece"] = debiased_ece(probabilities.numpy(), truth)
+        found["ece_floor"] = ece_floor(probabilities.numpy())
         found["confidence"] = np.column_stack([probabilities.numpy().max(1), probabilities.numpy().argmax(1) == truth])
         if shots >= 2:
             estimate = clf.estimate()
-            found.update(estimate=estimate.accuracy, low=estimate.low, high=estimate.high)
+            found.update(estimate=estimate.accuracy, low=estimate.low, high=estimate.high, images=estimate.images)
             open_set = estimate.open_set
             if open_set is not None:
                 _, unknown_scores = clf.scores_for(pool.features[unknown])
@@ -192,7 +205,7 @@ def summarize_row(results: list[dict]) -> dict:
     estimates = [r for r in results if "estimate" in r]
     row = {"supports": len(results), "accuracy": float(np.mean([r["accuracy"] for r in results])),
            **{key: float(np.mean([r[key] for r in results]))
-              for key in ("ece", "ece_table", "debiased_ece", "debiased_ece_table")},
+              for key in ("ece", "ece_table", "debiased_ece", "debiased_ece_table", "ece_floor")},
            "pooled_ece": pooled("confidence"), "pooled_ece_table": pooled("confidence_table"),
            "factor": float(np.median([r["factor"] for r in results]))}
     if estimates:
@@ -224,7 +237,7 @@ def model_for(name: str):
 
 HEADER = ("| model | ways | shots | supports | accuracy | estimate | interval covers | r(est, truth) | kept "
           "| kept within 5 of promise | kept inside interval | rejected (promised) | rejected inside interval "
-          "| ECE per support (table) | debiased ECE per support (table) | pooled ECE (table) |")
+          "| ECE per support (table) [if calibrated] | debiased ECE per support (table) | pooled ECE (table) |")
 
 
 def format_row(model: str, ways: int, shots: int, row: dict) -> str:
@@ -235,7 +248,8 @@ def format_row(model: str, ways: int, shots: int, row: dict) -> str:
     return (f"| {model} | {ways} | {shots} | {row['supports']} | {number('accuracy')} | {number('estimate')} | "
             f"{number('coverage', 0)} % | {number('correlation', 2)} | {number('kept')} | {number('kept_within_5', 0)} % | "
             f"{number('kept_inside', 0)} % | {number('rejected')} ({number('rejected_promise')}) | "
-            f"{number('rejected_inside', 0)} % | {number('ece', 3)} ({number('ece_table', 3)}) | "
+            f"{number('rejected_inside', 0)} % | {number('ece', 3)} ({number('ece_table', 3)}) "
+            f"[{number('ece_floor', 3)}] | "
             f"{number('debiased_ece', 3)} ({number('debiased_ece_table', 3)}) | "
             f"{number('pooled_ece', 3)} ({number('pooled_ece_table', 3)}) |")
 
@@ -252,9 +266,10 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=40, help="images per class read from each dataset")
     parser.add_argument("--max-classes", type=int, default=60, help="classes read from each dataset")
     parser.add_argument("--known", type=int, default=30, help="new images per support class, at most")
-    parser.add_argument("--unknown", type=int, default=100, help="images of other classes per support set")
+    parser.add_argument("--unknown", type=int, default=300, help="images of other classes per support set")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/fewshot-benchmarks/promises"))
     parser.add_argument("--out", default=str(HERE / "results" / "promises.jsonl"))
+    parser.add_argument("--per-support", metavar="JSONL", help="also write every support set's measurements here")
     args = parser.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -276,6 +291,10 @@ def main() -> None:
                     pool = pools[datasets[index % len(datasets)]]
                     results.append(check_support(clf, pool, *draw(pool, ways, shots, rng, args.known, args.unknown)))
                 row = summarize_row(results)
+                if args.per_support:
+                    for found in results:
+                        append_record(Path(args.per_support), {"model": model, "ways": ways, "shots": shots, **{
+                            k: v for k, v in found.items() if not k.startswith("confidence")}})
                 print(format_row(model, ways, shots, row), flush=True)
                 append_record(Path(args.out), {"model": model, "ways": ways, "shots": shots, **row,
                                                "datasets": datasets, "seconds": time.perf_counter() - started,

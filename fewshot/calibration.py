@@ -14,7 +14,7 @@ That table is right on average over many episodes, and can be wrong for one user
 With ``calibration="support"`` (:class:`fewshot.FewShotClassifier`'s default) the table is multiplied by a
 factor fitted to the user's own held-out predictions (the accuracy estimate's cross-validation splits), which
 checks it per support set: :func:`support_factor` is the factor that maximises their likelihood under a
-log-normal prior centred on 1 (:data:`PRIOR_WIDTH`), so a few dozen held-out images move it only as far as they
+log-normal prior centred on 1 (:data:`PRIOR_WIDTH`; :data:`UNANCHORED_WIDTH` for a model without a table), so a few dozen held-out images move it only as far as they
 give evidence for, and a split classified without an error cannot push it to infinity. The table keeps the
 dependence on the number of shots (the splits have fewer shots than the fitted classifier); the factor carries
 what the user's images say about the level. ``benchmarks/promises.py`` measures both, per support set.
@@ -46,7 +46,8 @@ def temperature_for(table: dict, shots: float) -> float:
 
 CALIBRATIONS = ("support", "table")  # how a FewShotClassifier calibrates (see the module's text)
 DEFAULT_CALIBRATION = "support"
-PRIOR_WIDTH = 0.5  # standard deviation of log(factor) under the prior (0.5: a factor of 1.65 is one sd)
+PRIOR_WIDTH = 0.5  # standard deviation of log(factor) under the prior (0.5: a factor of 1.65 is one sd) ...
+UNANCHORED_WIDTH = 2.0  # ... and without a table (temperature 1 is the head's scale, not a measurement)
 
 
 def check_calibration(calibration: object) -> str:

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .calibration import DEFAULT_CALIBRATION, calibrated, check_calibration, support_factor, temperature_for
+from .calibration import (DEFAULT_CALIBRATION, PRIOR_WIDTH, UNANCHORED_WIDTH, calibrated, check_calibration,
+                          support_factor, temperature_for)
 from .capabilities import require, single_image_note, unsupported
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
-from .estimate import CrossValidation, Estimate, OpenSetEstimate, cross_validate, estimate, wilson_interval
+from .estimate import DEFAULT_HOLDOUT, CrossValidation, Estimate, OpenSetEstimate, cross_validate, estimate, wilson_interval
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel, FittedClassifier
 from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_unknown, resolve_score
@@ -310,7 +311,7 @@ class FewShotClassifier:
         require(self.model_, "open_set")
         return self.open_set_estimate(recall).threshold if unknown == "auto" else unknown
 
-    def open_set_estimate(self, recall: float = DEFAULT_RECALL, repeats: int = 50, holdout: float = 0.2,
+    def open_set_estimate(self, recall: float = DEFAULT_RECALL, repeats: int = 50, holdout: float = DEFAULT_HOLDOUT,
                           seed: int = 0, progress: bool = False,
                           step: Callable[[], ContextManager] | None = None) -> OpenSetEstimate:
         """How well this classifier tells images of unseen classes apart, and the ``auto`` threshold, from its own
@@ -379,15 +380,22 @@ class FewShotClassifier:
             if self.calibration == "support":
                 try:
                     found = self.cross_validation()
-                except SupportSetError as exc:
-                    self._factor = (1.0, f"the recipe's table alone: {exc}")
+                except SupportSetError:
+                    source = "the recipe's temperature table" if self.config_.model.temperature else "the head's scale"
+                    self._factor = (1.0, f"{source} alone: a class has a single image, so none can be held out "
+                                         "to check the probabilities on your images")
+                    warnings.warn(f"probabilities come from {source} alone (a class has a single image, so none can "
+                                  "be held out to check them); on classes unlike ImageNet's they run overconfident "
+                                  "(benchmarks/RESULTS.md, 'Promises'): add a second image per class",
+                                  UserWarning, stacklevel=4)
                 else:
-                    base = temperature_for(self.config_.model.temperature, found.split_shots)
-                    factor = support_factor(found.logits, found.truth, base)
+                    table = self.config_.model.temperature
+                    factor = support_factor(found.logits, found.truth, temperature_for(table, found.split_shots),
+                                            PRIOR_WIDTH if table else UNANCHORED_WIDTH)
                     self._factor = (factor, f"fitted on {len(found.truth)} held-out predictions of your images")
         return self._factor
 
-    def cross_validation(self, repeats: int = 50, holdout: float = 0.2, seed: int = 0, progress: bool = False,
+    def cross_validation(self, repeats: int = 50, holdout: float = DEFAULT_HOLDOUT, seed: int = 0, progress: bool = False,
                          step: Callable[[], ContextManager] | None = None) -> CrossValidation:
         """The held-out predictions of episodic cross-validation on the examples
         (:func:`fewshot.estimate.cross_validate`), computed once per set of examples and arguments: the accuracy
@@ -513,7 +521,7 @@ class FewShotClassifier:
                 for p, probs in zip(prepared, probabilities)]
 
     # ------------------------------------------------------------------ estimating
-    def estimate(self, repeats: int = 50, holdout: float = 0.2, seed: int = 0, progress: bool = False,
+    def estimate(self, repeats: int = 50, holdout: float = DEFAULT_HOLDOUT, seed: int = 0, progress: bool = False,
                  step: Callable[[], ContextManager] | None = None, open_set: bool = True,
                  recall: float = DEFAULT_RECALL) -> Estimate:
         """How accurate this classifier is likely to be on new images of its classes, from its own examples

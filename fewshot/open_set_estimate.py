@@ -4,10 +4,12 @@ from the classifier's own examples (:func:`estimate_open_set`, what :meth:`fewsh
 rule (:meth:`fewshot.FewShotClassifier.scores_for`), so their scores are on its scale.
 
 * **The threshold and what it keeps.** The cross-validation splits of the accuracy estimate (every class present,
-  a fifth of each class's images held out) score held-out images of the user's classes; the threshold is the
-  ``recall`` quantile of those scores. A quantile set on ``m`` exchangeable images keeps a fraction of new images
-  that varies from one support set to another as Beta(recall (m+1), (1-recall) (m+1)) (split-conformal
-  prediction): its 2.5 % point is the low end of the promise's interval, ``m`` the distinct images held out. The
+  a fifth of each class's images held out) score held-out images of the user's classes. A threshold at the
+  ``k``-th lowest of ``m`` exchangeable held-out scores keeps a fraction of new images that varies from one support
+  set to another as Beta(k, m+1-k) (conformal prediction), so ``k`` is chosen to keep at least ``recall`` - 5
+  points on 9 support sets in 10 (:func:`threshold_rank`; ``m`` the distinct images held out, each scored by the
+  mean of its splits' scores), and the threshold is the ``k``-th lowest image score. The 2.5 % point of that Beta is the low end of the promise's
+  interval. The
   high end is 100 %: the splits' classifiers learn from fewer images per class than the fitted one, which scores new
   images of your classes lower, so the threshold keeps at least as many as promised (``benchmarks/promises.py``:
   often more).
@@ -36,14 +38,20 @@ import torch
 from tqdm import tqdm
 
 from .errors import SupportSetError
-from .estimate import Classifier, OpenSetEstimate, check_estimate_arguments, distinct_rows, splits, wilson_interval
-from .open_set import DEFAULT_RECALL, auroc, auroc_interval, check_recall, threshold_for_recall
+from .estimate import (DEFAULT_HOLDOUT, Classifier, OpenSetEstimate, check_estimate_arguments, check_sizes,
+                       distinct_rows, splits, wilson_interval)
+from .open_set import DEFAULT_RECALL, auroc, auroc_interval, check_recall
 
 WEAK_AUROC = 70.0  # below this (percent) the estimate warns that unknowns are told apart only weakly
+KEPT_TOLERANCE = 0.05  # the threshold keeps at least recall minus this of new known images ...
+KEPT_CONFIDENCE = 0.9  # ... on this fraction of support sets (threshold_rank)
+REJECTION_WIDENING = 1.5  # the rejection interval is this much wider than the classes' spread and the image count
+# give: the held-out classes are few, so that spread is itself uncertain (1x covered the rate on new classes for 80 %
+# of support sets in the worst row, 1.5x for >= 90 % in every row: benchmarks/promises.py)
 
 
 def estimate_open_set(classifier: Classifier, recall: float = DEFAULT_RECALL, repeats: int = 50,
-                      holdout: float = 0.2, seed: int = 0, progress: bool = False,
+                      holdout: float = DEFAULT_HOLDOUT, seed: int = 0, progress: bool = False,
                       step: Callable[[], ContextManager] | None = None) -> OpenSetEstimate:
     """The "none of these" estimate (see the module's text): ``repeats`` cross-validation splits for the known
     side, at least ``repeats`` leave-one-class-out folds (rounded up so every class is held out equally often) for
@@ -56,14 +64,10 @@ def estimate_open_set(classifier: Classifier, recall: float = DEFAULT_RECALL, re
         raise SupportSetError(f"telling 'none of these' apart needs at least 3 classes (each is held out in turn as "
                               f"the unknown while the others are classified), got {len(names)}: add a class, or "
                               "give a score threshold instead of 'auto'")
-    rows, _ = distinct_rows(classifier)
+    rows, notes = distinct_rows(classifier)
     features, labels = classifier.support_features()
     features, labels = features[rows], labels[rows]
-    sizes = {n: int((labels == i).sum()) for i, n in enumerate(names)}
-    too_few = [f"'{n}' ({sizes[n]})" for n in names if sizes[n] < 2]
-    if too_few:
-        raise SupportSetError(f"class {', '.join(too_few)} has a single distinct image: a 'none of these' estimate "
-                              "needs at least 2 per class (one to learn from, one to test); add images to it")
+    sizes = check_sizes(names, labels, bool(notes))
     held = {n: max(1, int(holdout * sizes[n])) for n in names}
     bar = tqdm(total=repeats + len(names) * math.ceil(repeats / len(names)), desc="open-set estimate", unit="fold",
                disable=not progress, leave=False)
@@ -76,18 +80,18 @@ def estimate_open_set(classifier: Classifier, recall: float = DEFAULT_RECALL, re
 
 def known_side(classifier: Classifier, features: torch.Tensor, labels: torch.Tensor, names: list[str],
                sizes: dict[str, int], held: dict[str, int], seed: int, repeats: int, paced, bar
-               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Over the cross-validation splits (all classes present): (scores of the held-out images ``(N,)``, whether
-    each was named right ``(N,)``, how many distinct images were held out)."""
-    scores, right, seen = [], [], set()
+    each was named right ``(N,)``, which image each score is of ``(N,)``)."""
+    scores, right, rows = [], [], []
     for support, queries in splits(names, sizes, held, seed, repeats):
         with paced():
             probabilities, found = classifier.scores_for(features[queries], (features[support], labels[support]))
         scores.append(found)
         right.append(probabilities.argmax(1) == labels[queries])
-        seen.update(queries.tolist())
+        rows.append(queries)
         bar.update()
-    return torch.cat(scores), torch.cat(right), len(seen)
+    return torch.cat(scores), torch.cat(right), torch.cat(rows)
 
 
 def unknown_side(classifier: Classifier, features: torch.Tensor, labels: torch.Tensor, names: list[str],
@@ -105,27 +109,72 @@ def unknown_side(classifier: Classifier, features: torch.Tensor, labels: torch.T
         kept_names = [n for i, n in enumerate(names) if i != c]
         with paced():
             _, unknown = classifier.scores_for(features[labels == c], (features[others], relabel))
-        fold_known = []
+        fold_known, fold_rows = [], []
         kept_sizes = {n: sizes[n] for n in kept_names}
         for support, queries in splits(kept_names, kept_sizes, held, seed + 1 + c, per_class):
             with paced():
                 _, found = classifier.scores_for(features[others[queries]],
                                                  (features[others[support]], relabel[support]))
             fold_known.append(found)
+            fold_rows.append(queries)
             seen.update(others[queries].tolist())
             bar.update()
         fold_known = torch.cat(fold_known)
-        rates.append(float((unknown > threshold_for_recall(fold_known, recall)).double().mean()))
+        threshold = recall_threshold(fold_known, torch.cat(fold_rows), recall)[0]
+        rates.append(float((unknown > threshold).double().mean()))
         known_scores.append(fold_known)
         unknown_scores.append(unknown)
     return {"rates": torch.tensor(rates, dtype=torch.float64), "folds": per_class * len(names),
             "known_images": len(seen), "known": torch.cat(known_scores), "unknown": torch.cat(unknown_scores)}
 
 
-def kept_interval(recall: float, images: int, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` interval of the fraction of new images a ``recall`` quantile threshold set on
-    ``images`` exchangeable held-out images keeps: Beta(recall (m+1), (1-recall) (m+1)), ``m`` = ``images``."""
-    a, b = recall * (images + 1), (1 - recall) * (images + 1)
+def binomial_tail(count: int, probability: float, at_least: int) -> float:
+    """P(Binomial(``count``, ``probability``) >= ``at_least``)."""
+    if at_least <= 0:
+        return 1.0
+    if probability <= 0:
+        return 0.0
+    if probability >= 1:
+        return 1.0
+    logs = [math.lgamma(count + 1) - math.lgamma(j + 1) - math.lgamma(count - j + 1) + j * math.log(probability)
+            + (count - j) * math.log1p(-probability) for j in range(at_least, count + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def threshold_rank(recall: float, images: int) -> int:
+    """Which of ``images`` held-out scores, counted from the lowest, the threshold sits at: the lowest rank ``k``
+    whose threshold keeps at least ``recall`` - :data:`KEPT_TOLERANCE` of new images on :data:`KEPT_CONFIDENCE`
+    of support sets (its kept fraction follows Beta(k, m+1-k), whose CDF at x is P(Binomial(m, x) >= k):
+    training-conditional conformal prediction, Vovk 2012), and never below split-conformal's ceil(recall (m+1));
+    ``images`` when no rank is enough (too few images: the interval then says how little is promised)."""
+    floor = max(recall - KEPT_TOLERANCE, 0.0)
+    low, high = min(images, math.ceil(recall * (images + 1))), images
+    while low < high:  # the binomial tail falls as the rank rises
+        middle = (low + high) // 2
+        if binomial_tail(images, floor, middle) <= 1 - KEPT_CONFIDENCE:
+            high = middle
+        else:
+            low = middle + 1
+    return max(low, 1)
+
+
+def recall_threshold(scores: torch.Tensor, rows: torch.Tensor, recall: float) -> tuple[float, int, int]:
+    """(the ``auto`` threshold, its rank, the distinct images) from held-out known scores ``(N,)`` of the images
+    ``rows`` ``(N,)`` (an image held out in several splits has several scores: their mean stands for it): the
+    :func:`threshold_rank`-th lowest of the images' scores."""
+    distinct, inverse = torch.unique(rows, return_inverse=True)
+    sums = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse, scores.double())
+    counts = torch.zeros(len(distinct), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(sums[inverse]))
+    per_image = (sums / counts).sort().values
+    rank = threshold_rank(recall, len(distinct))
+    return float(per_image[rank - 1]), rank, len(distinct)
+
+
+def kept_interval(rank: int, images: int, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of the fraction of new images kept by a threshold at the ``rank``-th lowest
+    of ``images`` exchangeable held-out scores: Beta(rank, images + 1 - rank)."""
+    a, b = rank, images + 1 - rank
     x = torch.linspace(0, 1, 40001, dtype=torch.float64)[1:-1]
     log_density = (a - 1) * x.log() + (b - 1) * (-x).log1p()
     cdf = (log_density - log_density.max()).exp().cumsum(0)
@@ -149,23 +198,23 @@ def student_t(freedom: int) -> float:
 
 def rejected_interval(rates: torch.Tensor, unknown_images: int) -> tuple[float, float]:
     """The 95% interval of the rejection rate: the wider of Student's t over the held-out classes' ``rates``
-    ``(C,)`` and Wilson's interval over ``unknown_images`` images."""
+    ``(C,)`` and Wilson's interval over ``unknown_images`` images, each widened by :data:`REJECTION_WIDENING`."""
     mean = float(rates.mean())
-    half = student_t(len(rates) - 1) * float(rates.std()) / math.sqrt(len(rates))
-    edge = wilson_interval(mean, unknown_images)
+    half = REJECTION_WIDENING * student_t(len(rates) - 1) * float(rates.std()) / math.sqrt(len(rates))
+    edge = wilson_interval(mean, unknown_images, widening=REJECTION_WIDENING)
     return max(0.0, min(mean - half, edge[0])), min(1.0, max(mean + half, edge[1]))
 
 
 def summarize(score: str, known: tuple[torch.Tensor, torch.Tensor, int], unknown: dict, recall: float,
               unknown_images: int) -> OpenSetEstimate:
     """The estimate from :func:`known_side` and :func:`unknown_side`, with its warnings."""
-    known_scores, right, known_images = known
+    known_scores, right, known_rows = known
     area = auroc(unknown["known"], unknown["unknown"])
     half = auroc_interval(area, unknown["known_images"], unknown_images)
     edge = wilson_interval(area, min(unknown["known_images"], unknown_images))  # honest near 0 and 1
     low, high = float(min(area - half, edge[0])), float(max(area + half, edge[1]))
-    threshold = threshold_for_recall(known_scores, recall)
-    kept_low, kept_high = kept_interval(recall, known_images)[0], 1.0  # high: see the module's text
+    threshold, rank, known_images = recall_threshold(known_scores, known_rows, recall)
+    kept_low, kept_high = kept_interval(rank, known_images)[0], 1.0  # the high end: see the module's text
     rejected_low, rejected_high = rejected_interval(unknown["rates"], unknown_images)
     kept_right = (known_scores <= threshold) & right
     found = OpenSetEstimate(
@@ -185,4 +234,5 @@ def summarize(score: str, known: tuple[torch.Tensor, torch.Tensor, int], unknown
     return found
 
 
-__all__ = ["estimate_open_set", "kept_interval", "rejected_interval", "student_t"]
+__all__ = ["estimate_open_set", "kept_interval", "recall_threshold", "rejected_interval", "student_t",
+           "threshold_rank"]

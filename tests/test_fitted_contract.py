@@ -86,13 +86,20 @@ def test_predictions_use_the_fitted_state_and_refit_only_when_examples_change(mo
     monkeypatch.setattr(clf.model_.head, "fit", lambda *a, **k: fits.append(1) or original(*a, **k))
     image = patch_image("red", np.random.default_rng(1))
     first = clf.predict_proba(image)
+    # the first prediction fits the probe once, and once per split of the cross-validation that checks the
+    # temperature on the user's images (calibration="support"); nothing after that until the examples change
+    assert len(fits) == 1 + 50
     for _ in range(3):
         assert np.array_equal(clf.predict_proba(image), first)
     clf.predict([image, image])
-    assert len(fits) == 1, "the probe was refitted for a prediction"
+    clf.estimate(open_set=False)  # the same splits: already held
+    assert len(fits) == 51, "the probe was refitted for a prediction"
     clf.add_examples("red", patch_image("red", np.random.default_rng(2)))
     clf.predict_proba(image)
-    assert len(fits) == 2 and clf.fitted_ is clf.fitted_
+    assert len(fits) == 2 * 51 and clf.fitted_ is clf.fitted_
+    clf.calibration = "table"
+    clf.predict_proba(image)
+    assert len(fits) == 2 * 51 + 1, "with the table alone one fit serves every prediction"
 
 
 def test_a_transductive_head_classifies_a_single_image_by_its_inductive_form():
@@ -215,11 +222,16 @@ def test_probabilities_carry_the_recipe_temperature():
     clf = tiny_classifier("protonet", transform="l2n")
     clf.config_.model.temperature = table
     clf.fit(patch_support(np.random.default_rng(0), per_class=5))
+    clf.calibration = "table"
     assert clf.fitted_.temperature == 4.0
     image = patch_image("red", np.random.default_rng(3))
     features = clf.embed(torch.from_numpy(image).permute(2, 0, 1)[None])
     logits = clf.model_.fitted_logits(clf.fitted_, features)
     assert np.allclose(clf.predict_proba(image), (4.0 * logits).softmax(-1).numpy(), atol=1e-6)
+    clf.calibration = "support"  # the table times the factor fitted on the held-out predictions
+    factor = clf.fitted_.info["factor"]
+    assert factor != 1.0 and clf.fitted_.temperature == pytest.approx(4.0 * factor)
+    assert np.allclose(clf.predict_proba(image), (4.0 * factor * logits).softmax(-1).numpy(), atol=1e-6)
     for recipe in RECIPES.values():
         assert recipe.temperature and f"model.temperature={recipe.temperature}" in recipe.overrides()
     with pytest.raises(FewshotError, match="model.temperature maps shots"):
@@ -234,8 +246,12 @@ def test_saved_classifier_keeps_its_temperature(tmp_path):
     clf.fit(patch_support(np.random.default_rng(0)))
     loaded = FewShotClassifier.load(clf.save(tmp_path / "c.pt"))
     image = patch_image("yellow", np.random.default_rng(4))
-    assert loaded.fitted_.temperature == 3.0
+    assert loaded.calibration == "support"
+    assert loaded.fitted_.temperature == pytest.approx(3.0 * clf.fitted_.info["factor"]) == clf.fitted_.temperature
     assert np.allclose(loaded.predict_proba(image), clf.predict_proba(image), atol=1e-6)
+    clf.calibration = "table"
+    loaded = FewShotClassifier.load(clf.save(tmp_path / "table.pt"))
+    assert loaded.calibration == "table" and loaded.fitted_.temperature == 3.0
 
 
 def test_model_config_builds_with_an_empty_temperature_table():

@@ -18,7 +18,7 @@ from fewshot.calibration import support_factor
 from fewshot.classifier import ClassExamples
 from fewshot.cli import main
 from fewshot.errors import CapabilityError
-from fewshot.open_set_estimate import kept_interval, rejected_interval, student_t
+from fewshot.open_set_estimate import REJECTION_WIDENING, binomial_tail, kept_interval, rejected_interval, student_t, threshold_rank
 
 from conftest import make_image_folder
 
@@ -59,7 +59,7 @@ def test_a_temperature_1_models_auto_threshold_keeps_and_rejects_new_images_as_p
     assert abs(kept - 95) <= 5, (kept, found.summary())
     assert 10 < found.unknown_rejected < 90, "the example must be neither trivial nor hopeless"
     assert found.unknown_rejected_low <= rejected <= found.unknown_rejected_high, (rejected, found.summary())
-    assert found.unknown_rejected_high - found.unknown_rejected_low < 70, "an interval that says something"
+    assert found.unknown_rejected_high - found.unknown_rejected_low < 90, "an interval that says something"
     assert clf.fitted_.temperature != 1.0 and "fitted on" in clf.fitted_.info["calibration"]
 
 
@@ -112,11 +112,15 @@ def test_the_support_calibration_recovers_a_known_temperature_and_stays_finite_w
 
 
 def test_interval_building_blocks_give_their_reference_values():
-    # Beta(19, 1) (recall 0.95 over 19 images): its CDF is x^19, so the 2.5 % point is 0.025^(1/19)
-    assert kept_interval(0.95, 19)[0] == pytest.approx(0.025 ** (1 / 19), abs=2e-3)
-    assert kept_interval(0.5, 99) == pytest.approx((0.402, 0.598), abs=3e-3)  # Beta(50, 50): mean 0.5, sd 0.0498
+    # the highest of 19 scores keeps Beta(19, 1): its CDF is x^19, so the 2.5 % point is 0.025^(1/19)
+    assert kept_interval(19, 19)[0] == pytest.approx(0.025 ** (1 / 19), abs=2e-3)
+    assert kept_interval(50, 99) == pytest.approx((0.402, 0.598), abs=3e-3)  # Beta(50, 50): mean 0.5, sd 0.0498
+    # 25 images: the highest keeps >= 90 % with probability 1 - 0.9^25 = 0.928 >= 0.9, the 24th only 0.729
+    assert threshold_rank(0.95, 25) == 25
+    assert threshold_rank(0.95, 1000) == min(k for k in range(951, 1001) if binomial_tail(1000, 0.9, k) <= 0.1)
+    assert binomial_tail(25, 0.9, 25) == pytest.approx(0.9 ** 25) and binomial_tail(4, 0.5, 2) == pytest.approx(11 / 16)
     for freedom, exact in ((2, 4.303), (4, 2.776), (9, 2.262), (11, 2.201), (30, 2.042)):
         assert student_t(freedom) == pytest.approx(exact, rel=0.002)
     low, high = rejected_interval(torch.tensor([0.2, 0.4, 0.6, 0.4, 0.4], dtype=torch.float64), 1000)
-    half = 2.776 * float(torch.tensor([0.2, 0.4, 0.6, 0.4, 0.4]).std()) / math.sqrt(5)
+    half = REJECTION_WIDENING * 2.776 * float(torch.tensor([0.2, 0.4, 0.6, 0.4, 0.4]).std()) / math.sqrt(5)
     assert (low, high) == pytest.approx((0.4 - half, 0.4 + half), abs=0.01)  # the spread between classes rules

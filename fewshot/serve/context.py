@@ -15,6 +15,7 @@ from fastapi import Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from ..estimate import DEFAULT_HOLDOUT
 from .engine import Engine
 from .store import Store
 from .uploads import BadImage, CheckedImage, Limits, TooLarge, check_image, display_name, thumbnail_png
@@ -33,7 +34,8 @@ class NameBody(BaseModel):
 class EstimateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     repeats: int = Field(50, ge=1, le=MAX_REPEATS, description="random splits")
-    holdout: float = Field(0.2, gt=0, lt=1, description="fraction of each class held out per split")
+    holdout: float = Field(DEFAULT_HOLDOUT, gt=0, lt=1, description="fraction of each class held out per split "
+                                                                    "(at least one image)")
     seed: int = Field(0, ge=0, description="seed of the splits")
 
 
