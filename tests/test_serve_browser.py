@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 
 import pytest
@@ -90,7 +91,11 @@ def test_three_classes_upload_estimate_drop_predict(server, page, tmp_path):
     page.click("#estimate-button")
     page.wait_for_selector("#confusion td")
     assert "%" in page.locator("#estimate-result").inner_text()
-    assert "None of these" in page.locator("#open-set-estimate").inner_text()  # three classes: it is estimated
+    open_set = page.locator("#open-set-estimate").inner_text()
+    assert "None of these" in open_set  # three classes: it is estimated
+    # every promise with its interval: "for 40 % (12–68 %) of images of classes you did not add and keeps 95 % (…)"
+    assert re.search(r"for \d+ % \(\d+–\d+ %\) of images of classes you did not add", open_set), open_set
+    assert re.search(r"keeps 95 % \(\d+–100 %\) of new images of yours", open_set), open_set
 
     drop_file(page, "#test-drop", "mystery.png", colour_png("green", 4242))
     label = page.locator("#prediction-label")
