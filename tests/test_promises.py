@@ -32,11 +32,13 @@ def clusters(rng: np.random.Generator, classes: int, per_class: int, dim: int = 
     return torch.tensor(features, dtype=torch.float32)
 
 
-def synthetic_classifier(features: torch.Tensor) -> FewShotClassifier:
-    """A temperature-1 model (no recipe table) holding the given embeddings ``(classes, n, E)`` as its examples."""
+def synthetic_classifier(features: torch.Tensor, table: dict | None = None) -> FewShotClassifier:
+    """A temperature-1 model (no recipe table, unless ``table`` is given) holding the given embeddings
+    ``(classes, n, E)`` as its examples."""
     torch.manual_seed(0)
     clf = FewShotClassifier(**TINY)
     assert not clf.config_.model.temperature
+    clf.config_.model.temperature = table or {}
     examples = {}
     for c, block in enumerate(features):
         images = torch.randint(0, 256, (len(block), 3, 16, 16), dtype=torch.uint8)
@@ -61,6 +63,18 @@ def test_a_temperature_1_models_auto_threshold_keeps_and_rejects_new_images_as_p
     assert found.unknown_rejected_low <= rejected <= found.unknown_rejected_high, (rejected, found.summary())
     assert found.unknown_rejected_high - found.unknown_rejected_low < 90, "an interval that says something"
     assert clf.fitted_.temperature != 1.0 and "fitted on" in clf.fitted_.info["calibration"]
+
+
+def test_the_thresholds_folds_score_on_the_fitted_classifiers_scale():
+    # a table whose temperature jumps tenfold between 7 and 8 shots: the splits (7 images per class) would score on
+    # another scale than the fitted classifier (8) unless they take its temperature
+    rng = np.random.default_rng(0)
+    everything = clusters(rng, 6 + 30, 60)
+    clf = synthetic_classifier(everything[:6, :8], table={7: 1.0, 8: 10.0})
+    found = clf.open_set_estimate()
+    _, known = clf.scores_for(everything[:6, 8:].reshape(-1, everything.shape[-1]))
+    kept = 100 * float((known <= found.threshold).double().mean())
+    assert abs(kept - 95) <= 5, (kept, found.summary())
 
 
 def test_energy_is_refused_for_a_head_with_normalized_logits_and_auto_picks_distance(tmp_path):
@@ -117,6 +131,8 @@ def test_interval_building_blocks_give_their_reference_values():
     assert kept_interval(50, 99) == pytest.approx((0.402, 0.598), abs=3e-3)  # Beta(50, 50): mean 0.5, sd 0.0498
     # 25 images: the highest keeps >= 90 % with probability 1 - 0.9^25 = 0.928 >= 0.9, the 24th only 0.729
     assert threshold_rank(0.95, 25) == 25
+    # recall 0.8 over 20 images: split-conformal's rank is 17, but only rank 18 keeps >= 75 % on 9 supports in 10
+    assert binomial_tail(20, 0.75, 17) > 0.1 >= binomial_tail(20, 0.75, 18) and threshold_rank(0.8, 20) == 18
     assert threshold_rank(0.95, 1000) == min(k for k in range(951, 1001) if binomial_tail(1000, 0.9, k) <= 0.1)
     assert binomial_tail(25, 0.9, 25) == pytest.approx(0.9 ** 25) and binomial_tail(4, 0.5, 2) == pytest.approx(11 / 16)
     for freedom, exact in ((2, 4.303), (4, 2.776), (9, 2.262), (11, 2.201), (30, 2.042)):
