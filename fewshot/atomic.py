@@ -70,11 +70,15 @@ def writable_folder(path: Path) -> tuple[Path, str | None]:
 
 
 def check_output(path: str | os.PathLike, flag: str, folder: bool = False) -> Path:
-    """Before any work: ``path`` (a file, or a folder when ``folder``) can be written. Raises a one-line
-    error naming ``flag`` otherwise, so a bad output path never throws away a finished computation."""
+    """Before any work: ``path`` (a file, or a folder when ``folder``) can be written; a file's folder must
+    exist (an output folder is created). Raises a one-line error naming ``flag`` otherwise, so a bad output path
+    never throws away a finished computation."""
     target = Path(path).expanduser()
     if not folder and target.is_dir():
         raise FewshotError(f"{flag} {target} is a folder: give a file name")
+    if not folder and not target.parent.is_dir():
+        raise FewshotError(f"{flag} {target}: the folder {target.parent} does not exist (a mistyped path would "
+                           "create it): create it first or choose another path")
     if folder and target.exists() and not target.is_dir():
         raise FewshotError(f"{flag} {target} is a file: give a folder")
     _, problem = writable_folder(target if folder and target.is_dir() else target.parent)

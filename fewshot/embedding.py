@@ -137,10 +137,16 @@ def chunk_size(images: torch.Tensor) -> int:
     return max(1, min(64, CHUNK_PIXELS // max(1, images.shape[-1] * images.shape[-2])))
 
 
+def weights_version(model: nn.Module) -> tuple:
+    """Changes whenever any parameter or buffer of ``model`` does: each tensor's storage and in-place version
+    counter (``load_state_dict`` copies in place and bumps the counter; assigning a new tensor changes the storage)."""
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 class Embedder:
     """``embedder(images)``: uint8 ``(B, C, S, S)`` -> float32 ``(B, E)`` (or maps ``(B, D, h, w)``) on ``device``,
     by the runtime :func:`resolve_runtime` picks. Float input (already normalized) is embedded eagerly. Holds
-    converted copies of the weights: make a new one after the model's weights change. Thread-safe."""
+    converted copies of the weights, made again when the weights change (:func:`weights_version`). Thread-safe."""
 
     def __init__(self, model: FewShotModel, runtime: str = "auto", device: torch.device | str = "cpu",
                  precision: str = "auto"):
@@ -151,6 +157,7 @@ class Embedder:
         self.target = resolve_runtime(runtime, self.device, precision)
         self.converted: dict[tuple[int, ...], dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {}
         self.picked: dict[tuple[int, ...], str] = {}  # chunk shape -> the faster converted runtime
+        self.version: tuple = ()  # weights_version of the model the converted copies were made from
         self.asked, self.last, self.lock = 0, "eager", threading.Lock()
 
     @property
@@ -188,10 +195,15 @@ class Embedder:
         return runs[self.last]
 
     def fast(self, images: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]] | None:
-        """The converted networks for this image shape (converting now if it is time), or None for eager."""
+        """The converted networks for this image shape (converting now if it is time), or None for eager. Converted
+        copies made before the model's weights changed (``load_state_dict``, an optimizer step, a replaced tensor)
+        are dropped first: they would embed with the old weights."""
         shape = tuple(images.shape[1:])
         if self.target == "eager" or self.model.training or self.asked < self.convert_after:
             return None
+        version = weights_version(self.model)
+        if version != self.version:
+            self.converted, self.picked, self.version = {}, {}, version
         if shape not in self.converted:
             self.converted[shape] = self.convert(images[:2].cpu())
         return self.converted[shape]

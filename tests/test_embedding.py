@@ -194,3 +194,20 @@ def test_auto_keeps_the_faster_of_onnxruntime_and_jit_on_this_machine(monkeypatc
     explicit = embedder(model, "onnxruntime")
     explicit(batch)
     assert explicit.runtime == "onnxruntime"  # a runtime named explicitly is not raced
+
+
+@pytest.mark.parametrize("runtime", ["jit", "onnxruntime"])
+def test_a_converted_embedder_follows_new_weights(runtime):
+    model = tiny_model(width=8)
+    shared = shared_embedder(model, runtime)
+    batch = images(4)
+    before = shared(batch)
+    assert shared.runtime == runtime
+    torch.manual_seed(1)
+    new = {name: torch.randn_like(p) for name, p in model.named_parameters()}  # buffers (BN statistics) kept
+    model.load_state_dict(model.state_dict() | new)  # copies into the same tensors, in place
+    after = shared(batch)
+    expected = Embedder(model, "eager")(batch)
+    assert (after - before).abs().max() > 0.01, "the new weights change the embeddings"
+    torch.testing.assert_close(after, expected, atol=TOLERANCE, rtol=1e-5)  # random weights: outputs in the hundreds
+    assert shared.runtime == runtime, "converted again, not left eager"

@@ -92,7 +92,11 @@ def test_bad_output_paths_fail_before_work_and_one_failure_spares_the_others(run
     assert main(["eval", str(run_dir), "--json", "/proc/nope/out.json"]) == 2
     assert main(["predict", str(run_dir), "--support", "x", "--query", "y", "--explain", "/proc/nope"]) == 2
     assert main(["export", str(run_dir), "--support", "x", "--out", "/proc/nope/m.pt"]) == 2
-    assert not called and capsys.readouterr().err.count("cannot be written") == 3
+    missing = tmp_path / "no" / "such" / "dir"
+    assert main(["export", str(run_dir), "--support", "x", "--out", str(missing / "x.onnx")]) == 2
+    assert not (tmp_path / "no").exists(), "a mistyped output folder is not created"
+    err = capsys.readouterr().err
+    assert not called and err.count("cannot be written") == 1 and err.count("does not exist") == 3
     assert main(["eval", str(run_dir), "--episodes", "2", "--no-progress"]) == 0 and called, "the spy is on the path"
     monkeypatch.undo()
     import fewshot.plots as plots
