@@ -41,9 +41,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                 return target / "checkpoints" / name
         raise FewshotError(f"{target} holds no checkpoints/best.pt or checkpoints/last.pt: is it a run directory?")
     if not target.is_file():
-        from .recipes import did_you_mean
+        from .recipes import RECIPES, did_you_mean
 
-        raise FewshotError(f"checkpoint {target} does not exist{did_you_mean(str(path))}")
+        raise FewshotError(f"checkpoint {target} does not exist{did_you_mean(str(path))}; a model is a recipe "
+                           f"({', '.join(RECIPES)}; fewshot recipes lists them), a run directory or a checkpoint file")
     return target
 
 

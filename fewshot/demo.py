@@ -32,7 +32,8 @@ def demo_config_dict() -> dict:
 
 def run_demo(run_dir: str | Path | None = None, overrides: list[str] | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
-    """Run the four demo steps; return the test results (accuracy and interval per shot count)."""
+    """Run the four demo steps; return the test results (accuracy and interval per shot count), or, when a signal
+    stopped the training, ``{"interrupted": signal name, "train": summary, "run_dir": ...}`` without evaluating."""
     started = time.perf_counter()
     data_root = make_glyph_dataset(default_cache_dir() / "demo-glyphs")
     log(f"[1/4] glyph dataset: {data_root} (train / val / test classes are disjoint)")
@@ -43,6 +44,8 @@ def run_demo(run_dir: str | Path | None = None, overrides: list[str] | None = No
     log(f"[2/4] meta-training {config.model.backbone} + {config.model.head}, {config.train.ways}-way "
         f"{config.train.shots}-shot, {config.train.episodes} episodes -> {run_dir}")
     summary = train(config, run_dir, progress=progress, log=log)
+    if summary["interrupted"]:  # SIGTERM / SIGINT: last.pt is saved; a half-trained model is not evaluated
+        return {"interrupted": summary["interrupted"], "train": summary, "run_dir": str(run_dir)}
     from .checkpoint import load_checkpoint, model_from_checkpoint
 
     model, _ = model_from_checkpoint(load_checkpoint(run_dir))

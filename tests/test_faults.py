@@ -286,3 +286,17 @@ def test_pretrain_batches_keep_their_epoch_whatever_the_world_size():
             assert {b // per_epoch for b in batches} == {step // per_step}, (world, step, batches)
         seen = [global_batch(s, world, r, per_step, per_epoch) for s in range(2 * per_step) for r in range(world)]
         assert len(seen) == len(set(seen)), "a batch trained twice"
+
+
+def test_sigterm_stops_the_demo_as_it_stops_train(tmp_path):
+    run_dir = tmp_path / "demo"
+    process = fewshot_process("demo", "--out", str(run_dir), "--no-progress", "--set", "train.episodes=100000",
+                              "--set", "train.checkpoint_every=2", "--set", "train.val_every=100000")
+    wait_for_checkpoint(process, run_dir, 2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "stopped by SIGTERM after episode" in out and "--resume" in out, out
+    assert "[3/4]" not in out and "demo done" not in out, "a half-trained model is neither evaluated nor 'done'"
+    stopped_at = int(out.split("after episode ")[1].split(";")[0])
+    assert saved_episode(run_dir) == stopped_at < 100000

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
+    from .runs import stopped_line
 
-    run_demo(args.out, args.set, progress=not args.no_progress)
+    found = run_demo(args.out, args.set, progress=not args.no_progress)
+    if found.get("interrupted"):  # as fewshot train says it: the checkpoint and how to go on
+        run_dir = found["run_dir"]
+        resume = f"fewshot train {run_dir}/config.yaml --out {run_dir} --resume"
+        print(stopped_line(found["interrupted"], f"episode {found['train']['episodes']}", run_dir, resume))
     return 0

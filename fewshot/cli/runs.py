@@ -73,8 +73,7 @@ def run_training(args: argparse.Namespace, command: str) -> None:
         return
     if summary["interrupted"]:
         done = f"episode {summary['episodes']}" if command == "train" else f"batch {summary['steps']}"
-        print(f"stopped by {summary['interrupted']} after {done}; checkpoint saved in {run_dir}/checkpoints/last.pt; "
-              f"resume with: {resume_command(args.argv, run_dir)}")
+        print(stopped_line(summary["interrupted"], done, run_dir, resume_command(args.argv, run_dir)))
     elif command == "train":
         line = f"trained {summary['episodes']} episodes in {summary['minutes']:.1f} min"
         print(f"{line}{best_validation_text(summary, 'at episode')}; run directory {run_dir}")
@@ -82,6 +81,12 @@ def run_training(args: argparse.Namespace, command: str) -> None:
         line = f"pretrained {summary['epochs']} epochs on {summary['classes']} classes in {summary['minutes']:.1f} min"
         print(f"{line}{best_validation_text(summary, 'after epoch')}; run directory {run_dir} (use it with fewshot "
               "eval, or as model.weights for fewshot train)")
+
+
+def stopped_line(signal_name: str, done: str, run_dir, resume: str) -> str:
+    """What a run stopped by a signal prints (``fewshot train``, ``pretrain`` and ``demo`` alike)."""
+    return (f"stopped by {signal_name} after {done}; checkpoint saved in {run_dir}/checkpoints/last.pt; "
+            f"resume with: {resume}")
 
 
 def best_validation_text(summary: dict, when: str) -> str:
