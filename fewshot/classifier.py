@@ -30,7 +30,7 @@ from .estimate import DEFAULT_HOLDOUT, CrossValidation, Estimate, OpenSetEstimat
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel, FittedClassifier
 from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_unknown, resolve_score
-from .open_set_estimate import estimate_open_set
+from .open_set_estimate import estimate_key, estimate_open_set, store_estimate, stored_estimate
 from .paths import folder_classes
 
 SAVED_FORMAT = "fewshot-classifier"
@@ -106,6 +106,7 @@ class FewShotClassifier:
         self._calibration = check_calibration(calibration)
         self._changed()
         self.progress = False  # progress bars on stderr while embedding many images (the CLI sets it)
+        self.cache_dir: Path | None = None  # where open-set estimates are kept across processes (the CLI sets it)
         note = single_image_note(model)
         if note:
             warnings.warn(note, UserWarning, stacklevel=3)
@@ -316,13 +317,28 @@ class FewShotClassifier:
                           step: Callable[[], ContextManager] | None = None) -> OpenSetEstimate:
         """How well this classifier tells images of unseen classes apart, and the ``auto`` threshold, from its own
         examples, each class held out in turn (:func:`fewshot.open_set_estimate.estimate_open_set`); computed
-        once per set of examples and arguments."""
+        once per set of examples and arguments, and with :attr:`cache_dir` kept there for the next process with
+        the same embeddings, model and settings (the CLI's ``--unknown auto`` reuses it)."""
         self._check_fitted()
         require(self.model_, "open_set")
         key = (recall, repeats, holdout, seed)
         if key not in self._open_set:
+            stored = None
+            if self.cache_dir is not None:
+                from .version import __version__
+
+                features, labels = self.support_features()
+                stored = estimate_key(features, labels, {
+                    "key": key, "score": self.unknown_score, "calibration": self.calibration,
+                    "config": self.config_.to_dict(), "classes": self.classes_, "fewshot": __version__})
+                found = stored_estimate(self.cache_dir, stored)
+                if found is not None:
+                    self._open_set[key] = found
+                    return found
             self._open_set[key] = estimate_open_set(self, recall, repeats, holdout, seed, progress or self.progress,
                                                     step)
+            if stored is not None:
+                store_estimate(self.cache_dir, stored, self._open_set[key])
         return self._open_set[key]
 
     def scores_for(self, query_features: torch.Tensor, support: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -488,7 +504,8 @@ class FewShotClassifier:
                 unknown_name: str = UNKNOWN_NAME) -> list[dict]:
         """For each image: ``{"query": name, "predicted": class, "probabilities": {class: p}}``, with
         ``"unknown_score"`` when the head has one; with ``unknown`` (as for :meth:`predict`) also
-        ``"unknown_threshold"`` and ``"unknown"`` (true when ``predicted`` is ``unknown_name``)."""
+        ``"unknown_threshold"`` and ``"unknown"`` (true when ``predicted`` is ``unknown_name``; then ``"closest"`` and
+        ``"closest_probability"`` name the most probable class)."""
         prepared = self._prepare_queries(images)
         threshold = self.unknown_threshold(unknown, unknown_name=unknown_name)
         queries = as_batch(prepared)
@@ -511,7 +528,10 @@ class FewShotClassifier:
             item["unknown_score"] = score
             if threshold is not None:
                 item.update(unknown=score > threshold, unknown_threshold=threshold)
-                item["predicted"] = unknown_name if item["unknown"] else item["predicted"]
+                if item["unknown"]:  # the answer is unknown_name; the closest class stays in the record
+                    item.update(closest=item["predicted"],
+                                closest_probability=item["probabilities"][item["predicted"]],
+                                predicted=unknown_name)
         return found
 
     def _details(self, prepared: list[PreparedImage], probabilities: torch.Tensor) -> list[dict]:

@@ -30,8 +30,11 @@ many random support sets."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import warnings
+from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
@@ -234,5 +237,38 @@ def summarize(score: str, known: tuple[torch.Tensor, torch.Tensor, int], unknown
     return found
 
 
-__all__ = ["estimate_open_set", "kept_interval", "recall_threshold", "rejected_interval", "student_t",
+def estimate_key(features: torch.Tensor, labels: torch.Tensor, settings: dict) -> str:
+    """A name for one estimate: the support embeddings ``(S, E)`` (they change with the images and the weights),
+    their labels ``(S,)`` and everything else the estimate depends on (``settings``: JSON-able)."""
+    digest = hashlib.sha1(features.contiguous().float().numpy().tobytes())
+    digest.update(labels.contiguous().numpy().tobytes())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def stored_estimate(folder: Path, key: str) -> OpenSetEstimate | None:
+    """The estimate saved under ``key`` in ``folder`` (its warnings said again), or None."""
+    try:
+        fields = json.loads((folder / f"{key}.json").read_text())
+        found = OpenSetEstimate(**fields)
+    except (OSError, ValueError, TypeError):
+        return None
+    for note in found.warnings:
+        warnings.warn(note, UserWarning, stacklevel=4)
+    return found
+
+
+def store_estimate(folder: Path, key: str, found: OpenSetEstimate) -> None:
+    """Save ``found`` under ``key`` (atomically; a cache that cannot be written is skipped)."""
+    from .atomic import atomic_write_text
+    from .errors import FewshotError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / f"{key}.json", json.dumps(found.to_json()))
+    except (OSError, FewshotError):
+        pass
+
+
+__all__ = ["estimate_key", "estimate_open_set", "store_estimate", "stored_estimate", "kept_interval", "recall_threshold", "rejected_interval", "student_t",
            "threshold_rank"]

@@ -149,6 +149,8 @@ def test_predict_and_estimate_commands(separable, tmp_path, capsys):
     answer = json.loads(captured.out)[0]
     assert answer["predicted"] == "none of these" and answer["unknown"] is True
     assert answer["unknown_score"] > answer["unknown_threshold"]
+    assert answer["closest"] == max(answer["probabilities"], key=answer["probabilities"].get)
+    assert answer["closest_probability"] == answer["probabilities"][answer["closest"]]
     assert "'none of these': AUROC" in captured.err
     at_32 = [("32" if flag == "16" else flag) for flag in model]  # Conv4's maps at 16 px are 1x1: no heatmap
     assert main(["predict", *at_32, "--support", str(separable), "--query", str(unseen[0]), "--unknown=-1e9",

@@ -270,6 +270,9 @@ def classifier_from_args(args: argparse.Namespace):
                                               **({"unknown_score": args.unknown_score}
                                                  if getattr(args, "unknown_score", None) else {}))
     classifier.progress = not getattr(args, "no_progress", False)
+    from episodes import default_cache_dir
+
+    classifier.cache_dir = default_cache_dir() / "open-set"  # --unknown auto: one estimate per support set
     return classifier
 
 
