@@ -218,6 +218,7 @@ class FewShotClassifier:
         from .embedding import shared_embedder
 
         embed = shared_embedder(self.model_, self.runtime, self.device)
+        embed.expect(len(images))
         starts = range(0, len(images), self.batch_size)
         shown = self.progress and len(starts) > 1
         with torch.inference_mode(), tqdm(total=len(images), desc="embedding", unit="image", disable=not shown,

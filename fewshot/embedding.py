@@ -165,6 +165,14 @@ class Embedder:
         """The runtime of the latest call: ``eager`` until a conversion is made."""
         return self.last
 
+    def expect(self, count: int) -> None:
+        """The caller is about to embed ``count`` images in several calls: counted now, so that a batch worth a
+        conversion converts before its first chunk instead of running its first :data:`CONVERT_AFTER` eagerly
+        (one image alone is still not worth one)."""
+        with self.lock:
+            if count >= self.convert_after:
+                self.asked = max(self.asked, self.convert_after)
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with self.lock:
             self.asked += len(images)

@@ -211,3 +211,21 @@ def test_a_converted_embedder_follows_new_weights(runtime):
     assert (after - before).abs().max() > 0.01, "the new weights change the embeddings"
     torch.testing.assert_close(after, expected, atol=TOLERANCE, rtol=1e-5)  # random weights: outputs in the hundreds
     assert shared.runtime == runtime, "converted again, not left eager"
+
+
+def test_a_classifier_holding_a_batch_converts_before_its_first_chunk(tmp_path, monkeypatch):
+    root = tmp_path / "support"
+    make_image_folder(root, classes=2, per_class=2, size=16)
+    clf = FewShotClassifier(backbone="conv4", head="protonet", image_size=16, backbone_options={"width": 8},
+                            batch_size=8, calibration="table").fit(root)  # 4 images: eager, no conversion yet
+    shared = shared_embedder(clf.model_, "auto")
+    seen = []
+    original = Embedder.__call__
+    monkeypatch.setattr(Embedder, "__call__", lambda self, batch: (original(self, batch), seen.append(self.runtime))[0])
+    one = images(1)
+    clf.predict_proba(one.permute(0, 2, 3, 1).numpy()[0])
+    assert seen == ["eager"], "one image alone is not worth a conversion"
+    batch = [image.permute(1, 2, 0).numpy() for image in images(CONVERT_AFTER)]
+    clf.predict_proba(batch)
+    assert seen[1:] and all(runtime != "eager" for runtime in seen[1:]), seen  # every chunk, the first included
+    assert shared.runtime != "eager"
