@@ -239,6 +239,23 @@ class FewShotClassifier:
                     warnings.warn(f"the same image is in class '{other[0]}' ({other[1]}) and in class '{class_name}' "
                                   f"({name}): remove one of them", UserWarning, stacklevel=3)
 
+    def held_bytes(self) -> int:
+        """Memory this classifier holds for its examples: their images and embeddings, the joined copy of the
+        embeddings, the fitted state (an ``(E, E)`` Mahalanobis precision included) and the held-out predictions
+        kept for the estimate and the calibration (what a server's cache counts)."""
+        def size(tensor: torch.Tensor | None) -> int:
+            return 0 if tensor is None else tensor.numel() * tensor.element_size()
+
+        total = sum(size(e.images) + size(e.features) for e in self._examples.values())
+        joined = getattr(self, "_support", None)
+        if joined is not None and len(joined[1]) > 1:  # torch.cat made a copy
+            total += size(joined[2][0]) + size(joined[2][1])
+        if self._fitted is not None:
+            total += sum(size(t) for t in self._fitted.tensors().values())
+        total += sum(size(found.logits) + size(found.rows) + size(found.labels)
+                     for found in self._cross_validations.values())
+        return total
+
     @property
     def examples_(self) -> dict[str, ClassExamples]:
         """The examples per class as held (a new dict; the tensors are shared, not copied)."""

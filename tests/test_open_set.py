@@ -25,6 +25,14 @@ def test_auroc_interval_shrinks_with_more_queries_and_vanishes_at_perfect_separa
     assert auroc_interval(1.0, 50, 50) == 0.0
     small, large = auroc_interval(0.8, 20, 20), auroc_interval(0.8, 200, 200)
     assert 0 < large < small < 0.3
+    # the reference: Hanley & McNeil (1982), A = 0.80 from 50 + 50 cases: SE 0.0445 (their eqs. 1-3) ...
+    assert auroc_interval(0.8, 50, 50) == pytest.approx(1.96 * 0.0445, abs=0.002)
+    # ... and the spread of the AUROC of 50 + 50 binormal scores whose true AUROC is 0.8 (d' = 1.19), simulated
+    generator = torch.Generator().manual_seed(0)
+    areas = torch.tensor([auroc(torch.randn(50, generator=generator), torch.randn(50, generator=generator) + 1.19)
+                          for _ in range(600)])
+    assert float(areas.mean()) == pytest.approx(0.8, abs=0.01)
+    assert 1.96 * float(areas.std()) == pytest.approx(auroc_interval(0.8, 50, 50), rel=0.15)
 
 
 def clusters(seed: int = 0):

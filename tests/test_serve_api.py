@@ -199,7 +199,10 @@ def test_uploads_verified_by_content(client):
     added = client.post(url, files=files(("really-a-jpeg.png", jpeg.getvalue()))).json()["added"]
     assert added[0]["format"] == "JPEG"
     # one bad file rejects the whole request: nothing stored
-    assert_error(client.post(url, files=files(("ok.png", colour_png("red", 9)), ("bad.png", b"nope"))), 415, "bad.png")
+    answer = client.post(url, files=files(("ok.png", colour_png("red", 9)), ("bad.png", b"nope"),
+                                          ("worse.png", b"also not")))
+    assert_error(answer, 415, "bad.png", "worse.png", "2 of 3 files refused, nothing was stored",
+                 "upload the other 1 again")
     assert len(client.get(f"/api/v1/projects/{pid}/classes/{ids['red']}").json()["images"]) == 1
 
 

@@ -127,7 +127,8 @@ def test_project_caches_stay_under_the_configured_memory(tmp_path):
                 stored(store, project, klass, colour, 10 * n + seed)
         projects.append(project)
         engine.classifier(project)
-    assert engine.cached_bytes() <= 0.05 * 2**20 or len(engine._cache) == 1
+    one = engine.cached_bytes()
+    assert 0.05 * 2**20 / 2 < one <= 0.05 * 2**20, "room for one project and not two: the others were dropped"
     assert list(engine._cache) == [projects[-1]]  # the least recently used went first
     engine.classifier(projects[0])  # rebuilt from the store (embeddings cached on disk: nothing re-embedded)
     assert engine.embedded_images == 36

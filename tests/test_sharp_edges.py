@@ -45,3 +45,44 @@ def test_predict_unknown_auto_reuses_its_threshold_across_processes(tmp_path, ca
     assert main(["predict", *MODEL, "--support", str(root), "--query", str(query), "--unknown", "auto",
                  "--unknown-score", "distance", "--json"]) == 0
     assert len(runs) == 2
+
+
+def test_held_bytes_count_the_joined_copy_the_fitted_state_and_the_mahalanobis_precision(tmp_path):
+    root = tmp_path / "support"
+    make_image_folder(root, classes=3, per_class=4, size=16)
+    torch.manual_seed(0)
+    clf = FewShotClassifier(backbone="conv4", head="protonet", image_size=16, backbone_options={"width": 8},
+                            unknown_score="mahalanobis", calibration="table").fit(root)
+    examples = sum(e.images.numel() + e.features.numel() * 4 for e in clf.examples_.values())
+    assert clf.held_bytes() == examples
+    features, labels = clf.support_features()
+    assert clf.held_bytes() == examples + features.numel() * 4 + labels.numel() * 8, "the joined copy"
+    precision = clf.fitted_.unknown["precision"]
+    assert precision.shape == (features.shape[1],) * 2
+    assert clf.held_bytes() >= examples + features.numel() * 4 + precision.numel() * 4
+
+
+def test_the_export_child_runs_isolated_and_its_stderr_cannot_block(tmp_path, monkeypatch):
+    pytest.importorskip("fastapi", reason="needs fewshot[serve]")
+    import subprocess
+    import sys
+    import threading
+
+    from fewshot.serve import jobs
+
+    job = tmp_path / "job" / "export.pt"
+    job.parent.mkdir()
+    job.write_bytes(b"not a job")  # the child fails with one line on stderr
+    seen = {}
+    original = subprocess.Popen
+
+    def spy(command, **kwargs):
+        seen.update(command=command, **kwargs)
+        return original(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    with pytest.raises(FewshotError, match="the export failed: "):
+        jobs.run_export_process(job, threading.Event(), timeout=120)
+    assert seen["cwd"] == job.parent and seen["stderr"] is not subprocess.PIPE, "no pipe left unread"
+    assert ("-P" in seen["command"]) == (sys.version_info >= (3, 11)), "the server's folder is not on the path"
+    assert not list(job.parent.glob("*.stderr")), "the child's stderr file is removed"

@@ -71,6 +71,8 @@ class Head(nn.Module):
       class (``inductive_form`` says what ``fit`` / ``classify`` do instead, on the same features: what is used
       wherever queries arrive one at a time).
     * ``max_ways``: the most classes an episode may have (None: any number; MAML's fixed output layer sets it).
+    * ``needs_training``: the head classifies through a module of its own that must be (meta-)trained (RelationNet's
+      comparison network): untrained, its answers are chance even on well separated features.
     * ``normalized_logits``: its logits are log-probabilities (their log-sum-exp is 0 for every query), so a score
       read from their scale (the ``energy`` "none of these" score) is constant: :func:`fewshot.open_set.resolve_score`
       refuses it and picks another for ``auto``.
@@ -85,6 +87,7 @@ class Head(nn.Module):
     inductive_form: str = ""  # transductive heads: what fit / classify compute without the other queries
     max_ways: int | None = None
     normalized_logits: bool = False
+    needs_training: bool = False  # a learned comparison (not only the backbone): untrained, it guesses at random
     quick_options: dict = {}  # head options that make it fast on tiny data (fewer steps): smoke tests use them
     quick_backbone_options: dict = {}  # backbone options it needs on tiny images (e.g. spatial maps)
 

@@ -18,6 +18,7 @@ class RelationNet(Head):
     """
 
     feature_map = True
+    needs_training = True  # the relation module compares; untrained, it guesses
     quick_backbone_options = {"pooled_blocks": 2}
 
     def __init__(self, embedding_dim: int, feature_shape: tuple[int, ...], hidden_channels: int = 64,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..estimate import DEFAULT_HOLDOUT
+from ..errors import FewshotError
 from .engine import Engine
 from .store import Store
 from .uploads import BadImage, CheckedImage, Limits, TooLarge, check_image, display_name, thumbnail_png
@@ -94,11 +95,22 @@ async def read_uploads(srv: Server, files: Optional[list[UploadFile]], keep=thum
         data = await upload.read(limits.max_file_bytes + 1)
         raw.append((data, display_name(upload.filename, f"image {n + 1}")))
 
-    def check(data: bytes, name: str) -> CheckedImage:
+    def check(data: bytes, name: str) -> CheckedImage | FewshotError:
         with srv.decoding:  # at most limits.max_decodes images decoded at once, all requests together
-            return check_image(data, name, limits, keep)
+            try:
+                return check_image(data, name, limits, keep)
+            except FewshotError as exc:
+                return exc
 
-    return await run_in_threadpool(lambda: [check(data, name) for data, name in raw])
+    found = await run_in_threadpool(lambda: [check(data, name) for data, name in raw])
+    refused = [item for item in found if isinstance(item, FewshotError)]
+    if refused:  # one error for the request, of the first refusal's kind (its HTTP status), naming every one
+        kept = len(found) - len(refused)
+        total = f"{len(refused)} of {len(found)} files refused, nothing was stored" if len(found) > 1 else ""
+        reasons = "; ".join(str(exc) for exc in refused)
+        again = f": remove {'them' if len(refused) > 1 else 'it'} and upload the other {kept} again" if kept else ""
+        raise type(refused[0])(f"{total}{' (' if total else ''}{reasons}{')' if total else ''}{again}")
+    return found
 
 
 async def until_done(request: Request, work: Callable[[threading.Event], object]):

@@ -88,9 +88,9 @@ class _Cached:
     estimates: OrderedDict = field(default_factory=OrderedDict)  # (repeats, holdout, seed) -> Estimate, newest last
 
     def nbytes(self) -> int:
-        """Memory held: the classifier's decoded images, and the embeddings twice (here and in the classifier)."""
-        pixels = sum(e.images.numel() for e in self.classifier.examples_.values())  # uint8
-        return pixels + 2 * sum(t.numel() * t.element_size() for t in self.features.values())
+        """Memory held: what the classifier holds (:meth:`FewShotClassifier.held_bytes`: images, embeddings, their
+        joined copy, the fitted and unknown-score state, held-out predictions) and the embeddings kept here."""
+        return self.classifier.held_bytes() + sum(t.numel() * t.element_size() for t in self.features.values())
 
     def pixels(self) -> dict[str, torch.Tensor]:
         """sha256 -> the decoded image ``(C, S, S)`` the classifier holds (a view, not a copy): what a rebuild

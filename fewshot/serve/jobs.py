@@ -150,25 +150,30 @@ def lower_priority() -> None:
 def run_export_process(job_file: Path, cancel: threading.Event, timeout: float = 3600.0) -> None:
     """Run the export described by ``job_file`` (:func:`write_export_job`) in a child process at nice 19;
     kill it when ``cancel`` is set (raising :class:`Cancelled`); a failure raises its one-line message."""
-    command = [sys.executable, "-m", "fewshot.serve.jobs", str(job_file)]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lower_priority)
+    # -P (Python 3.11+) and the job's own folder as the working directory: ``python -m`` puts the working directory
+    # first on the import path, and the server's may hold anything; stderr goes to a file, so a chatty child never
+    # blocks on a full pipe nobody reads until it exits
+    isolate = ["-P"] if sys.version_info >= (3, 11) else []
+    command = [sys.executable, *isolate, "-m", "fewshot.serve.jobs", str(job_file.resolve())]
+    errors = job_file.with_suffix(".stderr")
+    with errors.open("wb") as sink:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink, cwd=job_file.parent,
+                                 preexec_fn=lower_priority)
     started = time.monotonic()
     try:
         while child.poll() is None:
             if cancel.is_set() or time.monotonic() - started > timeout:
-                child.kill()
-                child.wait()
                 raise Cancelled()
             time.sleep(0.1)
         if child.returncode != 0:
-            lines = child.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            lines = errors.read_bytes().decode("utf-8", "replace").strip().splitlines()
             message = lines[-1].removeprefix("error: ") if lines else f"exit status {child.returncode}"
             raise FewshotError(f"the export failed: {message}")
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-        child.stderr.close()
+        errors.unlink(missing_ok=True)
 
 
 def write_export_job(job_file: Path, weights_file: Path, config: dict, normalization: list, fitted, names: list[str],
