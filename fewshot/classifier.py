@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from .model import FewShotModel, FittedClassifier
 from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_unknown, resolve_score
 from .open_set_estimate import estimate_key, estimate_open_set, store_estimate, stored_estimate
 from .paths import folder_classes
+
+if TYPE_CHECKING:
+    from .scoring import Score
 
 SAVED_FORMAT = "fewshot-classifier"
 SAVED_VERSION = 1
@@ -576,6 +579,13 @@ class FewShotClassifier:
                 except SupportSetError as exc:
                     found.open_set_refused = str(exc)
         return found
+
+    def score(self, folder: str | os.PathLike) -> "Score":
+        """Accuracy on a labelled test folder (one subfolder per class, named like the classes) with its 95%
+        interval, per-class precision / recall / F1 and the confusion matrix (:func:`fewshot.scoring.score`)."""
+        from .scoring import score
+
+        return score(self, folder)
 
     # ------------------------------------------------------------------ saving and exporting
     def save(self, path: str | os.PathLike) -> Path:

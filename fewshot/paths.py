@@ -10,22 +10,23 @@ from episodes.discovery import is_image_file
 from .errors import FewshotError, SupportSetError
 
 
-def folder_classes(root: Path) -> dict[str, list[Path]]:
-    """``{class: [image files]}`` of a support folder (one subfolder per class), listed without decoding
-    anything; a missing folder, an empty class or fewer than two classes is a one-line error."""
+def folder_classes(root: Path, role: str = "support", least: int = 2) -> dict[str, list[Path]]:
+    """``{class: [image files]}`` of a ``role`` folder (one subfolder per class), listed without decoding
+    anything; a missing folder, an empty class or fewer than ``least`` classes is a one-line error."""
     from episodes.discovery import is_image_file
 
     if not root.is_dir():
-        raise SupportSetError(f"support folder {root} does not exist (it should hold one subfolder per class)")
+        raise SupportSetError(f"{role} folder {root} does not exist (it should hold one subfolder per class)")
     grouped = {}
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p.name))
         if not files:
-            raise SupportSetError(f"support class '{class_dir.name}' ({class_dir}) has no images: add a few or "
+            raise SupportSetError(f"{role} class '{class_dir.name}' ({class_dir}) has no images: add a few or "
                                   "remove it")
         grouped[class_dir.name] = files
-    if len(grouped) < 2:
-        raise SupportSetError(f"support folder {root} must hold at least two class subfolders, found {len(grouped)}")
+    if len(grouped) < least:
+        raise SupportSetError(f"{role} folder {root} must hold at least {'two' if least == 2 else least} class "
+                              f"subfolder{'s' if least > 1 else ''}, found {len(grouped)}")
     return grouped
 
 

@@ -21,7 +21,7 @@ FLOORS = {  # 0 ground ... 7 the package's front door
     "fewshot.evaluate": 4, "fewshot.evaluate_open_set": 4, "fewshot.embedding": 4, "fewshot.data": 4,
     "fewshot.episode_sets": 4, "fewshot.refine": 4,
     "fewshot.classifier": 5, "fewshot.estimate": 5, "fewshot.open_set_estimate": 5, "fewshot.explain": 5,
-    "fewshot.export": 5, "fewshot.onnx_export": 5,
+    "fewshot.export": 5, "fewshot.onnx_export": 5, "fewshot.scoring": 5,
     "fewshot.predict": 5, "fewshot.lifecycle": 5, "fewshot.train": 5, "fewshot.pretrain": 5, "fewshot.demo": 5,
     "fewshot.cli": 6, "fewshot.serve": 6,
     "fewshot": 7, "fewshot.__main__": 7,

@@ -86,3 +86,35 @@ def test_the_export_child_runs_isolated_and_its_stderr_cannot_block(tmp_path, mo
     assert seen["cwd"] == job.parent and seen["stderr"] is not subprocess.PIPE, "no pipe left unread"
     assert ("-P" in seen["command"]) == (sys.version_info >= (3, 11)), "the server's folder is not on the path"
     assert not list(job.parent.glob("*.stderr")), "the child's stderr file is removed"
+
+
+def test_a_fitted_classifier_is_scored_on_a_labelled_test_folder(tmp_path, capsys):
+    make_image_folder(tmp_path / "all", classes=3, per_class=10, size=16, noise=4.0)
+    for name in ("class00", "class01", "class02"):
+        files = sorted((tmp_path / "all" / name).iterdir())
+        for part, chosen in (("support", files[:4]), ("test", files[4:])):
+            (tmp_path / part / name).mkdir(parents=True)
+            for file in chosen:
+                file.rename(tmp_path / part / name / file.name)
+    torch.manual_seed(0)
+    clf = FewShotClassifier(backbone="conv4", head="protonet", image_size=16, backbone_options={"width": 8})
+    found = clf.fit(tmp_path / "support").score(tmp_path / "test")
+    predicted = clf.predict(sorted((tmp_path / "test").rglob("*.png")))
+    truth = [p.parent.name for p in sorted((tmp_path / "test").rglob("*.png"))]
+    right = sum(a == b for a, b in zip(predicted, truth))
+    assert found.images == 18 and found.accuracy == pytest.approx(100 * right / 18)
+    assert found.low <= found.accuracy <= found.high and found.high - found.low > 5
+    assert sum(map(sum, found.report["confusion"])) == 18
+    assert [row["queries"] for row in found.report["classes"]] == [6, 6, 6]
+    out = tmp_path / "score.json"
+    assert main(["eval", *MODEL, "--support", str(tmp_path / "support"), "--test", str(tmp_path / "test"),
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "95% interval" in printed and "precision" in printed
+    assert json.loads(out.read_text())["images"] == 18
+    (tmp_path / "test" / "stranger").mkdir()
+    sorted((tmp_path / "test" / "class00").iterdir())[0].rename(tmp_path / "test" / "stranger" / "x.png")
+    with pytest.raises(FewshotError, match="test class 'stranger' is not among the classifier's"):
+        clf.score(tmp_path / "test")
+    assert main(["eval", *MODEL, "--test", str(tmp_path / "test")]) == 2
+    assert "--support and --test go together" in capsys.readouterr().err

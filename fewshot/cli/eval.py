@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                               "~/.cache/fewshot)")
     parser.add_argument("--skip-corrupt", action="store_true", help="leave corrupt images out with a warning")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_scored_arguments(parser)
     from ..declared import constant, names
 
     group = parser.add_argument_group("open set ('none of these')")
@@ -78,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORE_CHOICES"), default=default,
                        help=f"the unknown score with --open-set (default: {default}: energy, the best in "
                             "benchmarks/open_set.py, or distance where the head's logits are log-probabilities)")
+
+
+def add_scored_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--support`` / ``--test``: one fitted classifier scored on a labelled folder (:func:`run_scored`)."""
+    group = parser.add_argument_group("one classifier on a labelled test folder (instead of episodes)")
+    group.add_argument("--support", metavar="DIR",
+                       help="score ONE classifier instead of drawing episodes: fit it on this folder of class "
+                            "subfolders (as predict does) and classify every image of --test")
+    group.add_argument("--test", metavar="DIR",
+                       help="with --support: labelled test images, one subfolder per class (named like the support's "
+                            "classes); prints the accuracy with its 95%% interval, per-class precision / recall / F1 "
+                            "(and --confusion, --json)")
 
 
 def eval_split_spec(args: argparse.Namespace, config) -> SplitSpec:
@@ -125,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_sources
     from ..runtime import resolve_device
 
-    if args.confusion:
-        args.per_class = True
+    if args.support or args.test:
+        return run_scored(args)
+    args.per_class = args.per_class or bool(args.confusion)
     json_path = check_output(args.json, "--json") if args.json else None
     confusion_path = check_output(args.confusion or "confusion.png", "--confusion") if args.per_class else None
     device = resolve_device(args.device or "auto")
@@ -192,6 +206,33 @@ def check_open_set_flags(args: argparse.Namespace, config, model) -> None:
                   if used), None)
     if clash:
         raise FewshotError(f"--open-set scores N-way K-shot episodes of fitted classifiers: drop {clash}")
+
+
+def run_scored(args: argparse.Namespace) -> int:
+    """``fewshot eval --support DIR --test DIR``: one classifier fitted on the support folder, scored on every test
+    image (:meth:`fewshot.FewShotClassifier.score`)."""
+    from ..atomic import atomic_write_text, check_output
+    from ..plots import plot_confusion
+
+    if not (args.support and args.test):
+        raise FewshotError("--support and --test go together: the classifier is fitted on --support and scored on "
+                           "--test")
+    if args.data or args.open_set:
+        raise FewshotError(f"{'--data' if args.data else '--open-set'} draws episodes; --support/--test score one "
+                           "classifier: drop one of them")
+    json_path = check_output(args.json, "--json") if args.json else None
+    confusion = check_output(args.confusion, "--confusion") if args.confusion else None
+    classifier = common.classifier_from_args(args).fit(args.support)
+    result = classifier.score(args.test)
+    print(f"{classifier.source} fitted on {args.support}, tested on {args.test}: {result.summary()}")
+    print_per_class(result.report, None)
+    outputs = []
+    if confusion:
+        outputs.append(("--confusion", lambda: plot_confusion(result.report, confusion, "test confusion (fraction "
+                                                              "of each true class)")))
+    if json_path:
+        outputs.append(("--json", lambda: atomic_write_text(json_path, json_io.dumps(result.to_json(), indent=1))))
+    return write_outputs(outputs)
 
 
 def run_open_set(args: argparse.Namespace, model, config, opened: list, shape: tuple, episodes: int, device,
