@@ -665,13 +665,14 @@ class FewShotClassifier:
         finally:
             model.to(self.device)
 
-    def threshold_record(self) -> dict | None:
+    def threshold_record(self, step: Callable[[], ContextManager] | None = None) -> dict | None:
         """The ``auto`` unknown threshold as an export stores it (:meth:`OpenSetEstimate.to_json`), ``{"refused":
-        reason}`` when the examples cannot give one, None when the head has no unknown score."""
+        reason}`` when the examples cannot give one, None when the head has no unknown score; ``step`` as for
+        :meth:`open_set_estimate` (the server paces and cancels each fold with it)."""
         if unsupported(self.model_, "open_set"):
             return None
         try:
-            return self.open_set_estimate().to_json()
+            return self.open_set_estimate(step=step).to_json()
         except SupportSetError as exc:
             return {"refused": str(exc)}
 

@@ -134,10 +134,10 @@ def test_export_downloads_run_standalone(client, server, tmp_path):
         output = session.run(None, {session.get_inputs()[0].name: pixels[None]})[0]
         assert names[int(output.argmax())] == expected["predicted"]
     for _ in range(50):  # the temporary export folders go once the downloads are sent
-        if not list((server.data_dir / "tmp").iterdir()):
+        if not [p for p in (server.data_dir / "tmp").rglob("*") if p.is_file()]:
             break
         __import__("time").sleep(0.1)
-    assert not list((server.data_dir / "tmp").iterdir())
+    assert not [p for p in (server.data_dir / "tmp").rglob("*") if p.is_file()]
 
 
 def test_unicode_and_html_names_round_trip(client):
@@ -462,7 +462,7 @@ def test_failed_embedding_after_upload_still_answers_201(tmp_path, caplog):
     def embed_new(project_id, image_ids):
         raise RuntimeError("out of GPU memory")
 
-    engine = SimpleNamespace(store=Store(tmp_path / "data"), embed_new=embed_new)
+    engine = SimpleNamespace(store=Store(tmp_path / "data"), embed_new=embed_new, tmp=tmp_path / "data" / "tmp" / "1")
     with TestClient(create_app(engine, loopback_only=False), raise_server_exceptions=False) as test:
         pid = test.post("/api/v1/projects", json={"name": "p"}).json()["id"]
         cid = test.post(f"/api/v1/projects/{pid}/classes", json={"name": "c"}).json()["id"]

@@ -191,10 +191,10 @@ def test_an_export_is_stopped_when_its_client_goes_away(server):
         time.sleep(0.1)
     assert not export_children(), "the export child outlived its client"
     for _ in range(50):
-        if not [p for p in (server.data_dir / "tmp").iterdir()]:
+        if not [p for p in (server.data_dir / "tmp").rglob("*") if p.is_file()]:
             break
         time.sleep(0.1)
-    assert not list((server.data_dir / "tmp").iterdir())
+    assert not [p for p in (server.data_dir / "tmp").rglob("*") if p.is_file()]
     assert client.get("/api/v1/info").status_code == 200
 
 

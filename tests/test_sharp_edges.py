@@ -118,3 +118,23 @@ def test_a_fitted_classifier_is_scored_on_a_labelled_test_folder(tmp_path, capsy
         clf.score(tmp_path / "test")
     assert main(["eval", *MODEL, "--test", str(tmp_path / "test")]) == 2
     assert "--support and --test go together" in capsys.readouterr().err
+
+
+def test_startup_removes_only_dead_servers_work(tmp_path):
+    pytest.importorskip("fastapi", reason="needs fewshot[serve]")
+    import os
+    import subprocess
+    import sys
+
+    from fewshot.serve.app import remove_stale_work
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(finished.stdout), os.getppid()
+    tmp = tmp_path / "tmp"
+    for pid in (dead, alive, os.getpid()):
+        (tmp / str(pid) / "export-work").mkdir(parents=True)
+        (tmp / str(pid) / "export-work" / "job.pt").write_bytes(b"in flight")
+    remove_stale_work(tmp)
+    assert not (tmp / str(dead)).exists(), "a killed server's leftovers go"
+    assert (tmp / str(alive) / "export-work" / "job.pt").exists(), "another running server's export stays"
+    assert (tmp / str(os.getpid()) / "export-work" / "job.pt").exists()

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -38,12 +40,30 @@ def create_app(engine: Engine, limits: Limits = Limits(), token: str | None = No
     app.include_router(api)
     serve_schema_3_0(app)
     add_page_and_docs(app)
-    tmp = engine.store.root / "tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # exports a killed server left behind
-    tmp.mkdir(exist_ok=True)
+    remove_stale_work(engine.store.root / "tmp")
+    engine.tmp.mkdir(parents=True, exist_ok=True)
     guarded = Guard(app, limits, token, loopback_only)
     guarded.fastapi = app
     return guarded
+
+
+def remove_stale_work(tmp: Path) -> None:
+    """Remove the work folders (``tmp/<pid>``) of servers that are no longer running, and anything else left there
+    for a day: exports a killed server left behind. A running server's folder, with its in-flight exports, stays."""
+    if not tmp.is_dir():
+        return
+    for entry in tmp.iterdir():
+        if entry.name.isdigit():
+            try:
+                os.kill(int(entry.name), 0)
+                continue  # alive (or not ours to signal): its exports stay
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif time.time() - entry.stat().st_mtime < 86400:
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
 def serve_schema_3_0(app: FastAPI) -> None:

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import tempfile
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -113,6 +114,7 @@ class Engine:
         self.key = model_key(base)
         self.embedded_images = 0  # stored images embedded since start (the rest came from the cache)
         self._weights_file: Path | None = None  # the model's weights for export children, written once
+        self.tmp = store.root / "tmp" / str(os.getpid())  # this server's work files (another server has its own)
         limit_allocator_arenas()
 
     @property
@@ -316,12 +318,13 @@ class Engine:
         with self.jobs.hold("export"):
             with self.compute.background(cancel):
                 fitted = classifier.fitted_
-            with self.compute.background(cancel), warnings.catch_warnings():
+            with warnings.catch_warnings():  # the threshold's folds one at a time, each a background step
                 warnings.simplefilter("ignore")
-                threshold = classifier.threshold_record()
+                threshold = classifier.threshold_record(step=lambda: self.compute.background(cancel))
             count = len(classifier.support_features()[1])
             chosen = torch.linspace(0, count - 1, min(count, CALIBRATION_IMAGES)).round().long()
-            with tempfile.TemporaryDirectory(dir=self.store.root / "tmp") as work:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.tmp) as work:
                 job = Path(work) / "job.pt"
                 write_export_job(job, self.weights_file(), self.base.config_.to_dict(),
                                  [list(self.base.model_.mean), list(self.base.model_.std)], fitted,
