@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -253,9 +254,12 @@ def test_int8_falls_back_to_dynamic_quantization(exported, tmp_path, monkeypatch
 
     monkeypatch.setattr(onnxruntime.quantization, "quantize_static", fails)
     _, model, features, labels, support = exported
-    path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx", quantize=True,
-                       calibration_images=support)
+    with pytest.warns(UserWarning, match="fell back to dynamic quantization \\(static: RuntimeError: calibration "
+                                         "failed\\).*slower than float ONNX"):
+        path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx",
+                           quantize=True, calibration_images=support)
     assert metadata(path)["quantization"] == "dynamic"
+    assert "fell back to dynamic quantization" in metadata(path)["quantization_note"], "the file says so too"
     assert run(path, clustered_images(2, 1, SIZE)[0]).shape == (2, len(NAMES))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]
 
@@ -311,3 +315,26 @@ def test_failed_export_keeps_the_old_file_and_no_temporaries(exported, tmp_path,
                     calibration_images=support)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     assert (tmp_path / "m.onnx").read_bytes() == b"previous"
+
+
+def test_int8_retries_static_quantization_without_the_bias_scale_adjustment(exported, tmp_path, monkeypatch):
+    """onnxruntime's int32-bias weight-scale adjustment raised ValueError on the default recipe's ensemble graph,
+    which silently fell back to dynamic quantization (8-23x slower): the static path is retried without it."""
+    import onnxruntime.quantization
+
+    original, calls = onnxruntime.quantization.quantize_static, []
+
+    def adjustment_fails_once(*args, **kwargs):
+        calls.append(kwargs.get("extra_options"))
+        if len(calls) == 1:
+            raise ValueError("The truth value of an array with more than one element is ambiguous.")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", adjustment_fails_once)
+    _, model, features, labels, support = exported
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning: static worked
+        path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx",
+                           quantize=True, calibration_images=support)
+    assert metadata(path)["quantization"] == "static"
+    assert calls == [None, {"QDQDisableWeightAdjustForInt32Bias": True}]
