@@ -1,8 +1,9 @@
 """Grad-CAM heatmaps (Selvaraju et al. 2017) over query images, for ``fewshot predict --explain``.
 
-The heatmap weights each channel of the backbone's last feature map by the mean gradient of the
-predicted class's logit, keeps the positive part and upsamples it to the image. Its resolution is the
-feature map's: 1x1 for Conv4 at 28 px says nothing; ResNets at 224 px give 7x7.
+The heatmap weights each channel of the backbone's last feature map by the mean gradient of the predicted class's
+evidence (its logit minus the mean of the other classes' logits: :func:`class_evidence`), keeps the positive part
+and upsamples it to the image. Its resolution is the feature map's: ResNets at 224 px give 7x7; a 1x1 map (Conv4 at
+28 px) would be flat and is refused (:mod:`fewshot.capabilities`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 numeric value of every record as a TensorBoard scalar through ``torch.utils.tensorboard`` (``pip install
 'fewshot[tensorboard]'``), tagged ``<kind>/<key>`` (``train/loss``, ``train/lr``, ``val/accuracy``,
 ``val/ci95``, ``val/auroc``...) and per source ``<kind>/<source>/accuracy`` for Meta-Dataset runs, at the
-record's episode (or epoch, for ``fewshot pretrain``)."""
+record's step: its ``episode`` (for ``fewshot pretrain``, the batch; the epoch is a scalar of its own)."""
 
 from __future__ import annotations
 

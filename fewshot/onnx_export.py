@@ -349,6 +349,15 @@ def quantize_statically(source: Path, target: Path, images: np.ndarray) -> str:
     return "signed (U8S8, for CPUs with VNNI)" if signed else "unsigned (U8U8)"
 
 
+def dynamic_fallback(failures: list[str]) -> str:
+    """Warn that an INT8 export fell back to dynamic quantization, and why; the same line goes into the file."""
+    note = (f"INT8 export fell back to dynamic quantization ({'; '.join(failures) or 'no calibration images'}): "
+            "the file is about 3.7x smaller but runs slower than float ONNX and agrees with it less often "
+            "(benchmarks/RESULTS.md, INT8); export float ONNX for speed")
+    warnings.warn(note, UserWarning, stacklevel=4)
+    return note
+
+
 def quantized(onnx: Any, onnxruntime: Any, data: bytes, target: Path, metadata: dict[str, str],
               calibration_images: torch.Tensor | None) -> bytes:
     """The INT8 version of the float model ``data`` with ``metadata`` (and ``quantization``) set.
@@ -391,11 +400,7 @@ def quantized(onnx: Any, onnxruntime: Any, data: bytes, target: Path, metadata: 
                     failures.append(f"dynamic: {first_line(exc)}")
                     raise ExportError(f"cannot quantize the model to INT8: {'; '.join(failures)}") from None
         if method == "dynamic":  # said, never silent: the file is smaller but not faster, and answers differ more
-            note = (f"INT8 export fell back to dynamic quantization ({'; '.join(failures) or 'no calibration images'})"
-                    ": the file is about 3.7x smaller but runs slower than float ONNX and agrees with it less often "
-                    "(benchmarks/RESULTS.md, INT8); export float ONNX for speed")
-            warnings.warn(note, UserWarning, stacklevel=3)
-            metadata = {**metadata, "quantization_note": note}
+            metadata = {**metadata, "quantization_note": dynamic_fallback(failures)}
         proto = onnx.load(str(int8_path))
         set_metadata(proto, {**metadata, "quantization": method})
         result = proto.SerializeToString()

@@ -119,3 +119,24 @@ def test_every_function_fits_on_a_screen():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def test_the_pages_modules_import_each_other_in_no_circle():
+    """The page's ES modules (``fewshot/serve/static/js``) form no import circle either (house.md)."""
+    import re
+
+    folder = ROOT / "fewshot" / "serve" / "static" / "js"
+    graph = {file.name: set(re.findall(r'from "\./([\w-]+\.js)"', file.read_text())) for file in folder.glob("*.js")}
+    assert graph and all(target in graph for targets in graph.values() for target in targets)
+    circles = []
+
+    def visit(name: str, path: list[str]) -> None:
+        for target in sorted(graph[name]):
+            if target in path:
+                circles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif len(path) < len(graph):
+                visit(target, path + [target])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    assert not circles, sorted(set(circles))[:5]

@@ -185,3 +185,37 @@ def test_api_docs_render_their_operations(server, page):
     assert any("/api/v1/projects/{project_id}/predict" in p.replace("\u200b", "") for p in paths), paths
     assert not page.locator(".errors-wrapper").count(), page.locator(".errors-wrapper").inner_text()
     assert "does not specify a valid version" not in page.content() and problems == []
+
+
+def project_options(page) -> list[str]:
+    return page.locator("#project-select option").all_inner_texts()
+
+
+def wait_until(condition, seconds: float = 15.0) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "the page never got there"
+        time.sleep(0.1)
+
+
+def test_a_new_project_takes_the_place_of_the_pages_untouched_first_one(browser, tmp_path):
+    fresh = Server(tmp_path / "data").start()  # no project yet: the page makes "My project" to start in
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(fresh.url + "/")
+        wait_until(lambda: project_options(page) == ["My project"])
+        page.once("dialog", lambda dialog: dialog.accept("Pests"))
+        page.click("#new-project")
+        wait_until(lambda: project_options(page) == ["Pests"])
+        assert [p["name"] for p in fresh.client().get("/api/v1/projects").json()["projects"]] == ["Pests"]
+        add_class(page, "aphid")  # a project with a class is no placeholder: the next one is made beside it
+        page.once("dialog", lambda dialog: dialog.accept("Weeds"))
+        page.click("#new-project")
+        wait_until(lambda: len(project_options(page)) == 2)
+        assert sorted(p["name"] for p in fresh.client().get("/api/v1/projects").json()["projects"]) == ["Pests", "Weeds"]
+    finally:
+        context.close()
+        fresh.stop()

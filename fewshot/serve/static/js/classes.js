@@ -2,9 +2,8 @@
    inserted with textContent or attribute setters. */
 import { api, busy } from "./api.js";
 import { showThumbnails } from "./auth.js";
-import { refreshProject } from "./projects.js";
 import { closeWebcam, openWebcam, uploadImages } from "./uploads.js";
-import { $, $$, API, el, plural, setStatus, showError, state } from "./util.js";
+import { $, $$, API, el, plural, projectHooks, setStatus, showError, state } from "./util.js";
 
 // ------------------------------------------------------------------ classes
 export function classWord(n) {
@@ -144,7 +143,7 @@ export async function onAddClass(event) {
     await busy([button], async () => {
       const created = await api(`${API}/projects/${state.project.id}/classes`, { method: "POST", json: { name } });
       input.value = "";
-      await refreshProject();
+      await projectHooks.refresh();
       setStatus(`Added class '${created.name || name}'. Now add a few images to it.`, "ok");
     });
   } catch (err) {
@@ -162,7 +161,7 @@ export async function onRenameClass(cls) {
   }
   try {
     await api(`${API}/projects/${state.project.id}/classes/${cls.id}`, { method: "PATCH", json: { name: name.trim() } });
-    await refreshProject();
+    await projectHooks.refresh();
     setStatus(`Renamed class '${cls.name}' to '${name.trim()}'.`, "ok");
   } catch (err) {
     showError(err);
@@ -174,7 +173,7 @@ export async function onDeleteClass(cls) {
   try {
     await api(`${API}/projects/${state.project.id}/classes/${cls.id}`, { method: "DELETE" });
     if (state.webcam.classId === cls.id) closeWebcam();
-    await refreshProject();
+    await projectHooks.refresh();
     setStatus(`Deleted class '${cls.name}'.`, "ok");
   } catch (err) {
     showError(err);
@@ -184,7 +183,7 @@ export async function onDeleteClass(cls) {
 export async function onDeleteImage(image) {
   try {
     await api(`${API}/projects/${state.project.id}/images/${image.id}`, { method: "DELETE" });
-    await refreshProject();
+    await projectHooks.refresh();
     setStatus(`Deleted image ${image.name}.`, "ok");
   } catch (err) {
     showError(err);

@@ -5,7 +5,7 @@ import { classWord, renderClasses } from "./classes.js";
 import { clearEstimate, markEstimateStale } from "./estimate.js";
 import { clearPrediction } from "./predict.js";
 import { closeWebcam } from "./uploads.js";
-import { $, API, PROJECT_KEY, el, plural, setStatus, showError, state, storageGet, storageSet } from "./util.js";
+import { $, API, el, plural, projectHooks, PROJECT_KEY, setStatus, showError, state, storageGet, storageSet } from "./util.js";
 
 // ------------------------------------------------------------------ projects
 export function selectedProjectId() {
@@ -29,6 +29,7 @@ export async function loadProjects(preferId) {
     const created = await api(`${API}/projects`, { method: "POST", json: { name: "My project" } });
     projects = [{ id: created.id, name: created.name, classes: 0, images: 0 }];
     preferId = created.id;
+    state.placeholderProject = created.id;  // made so the page has somewhere to start: a new project replaces it
   }
   state.projects = projects;
   const stored = Number(storageGet(localStorage, PROJECT_KEY));
@@ -85,7 +86,13 @@ export async function onNewProject() {
     return;
   }
   try {
-    const created = await api(`${API}/projects`, { method: "POST", json: { name: name.trim() } });
+    // the page's own untouched "My project" (no class added) takes the new name instead of staying beside it, empty
+    const placeholder = state.projects.find((p) => p.id === state.placeholderProject && !p.classes);
+    const untouched = placeholder && !(state.project && state.project.id === placeholder.id && state.project.classes.length);
+    const created = untouched
+      ? await api(`${API}/projects/${placeholder.id}`, { method: "PATCH", json: { name: name.trim() } })
+      : await api(`${API}/projects`, { method: "POST", json: { name: name.trim() } });
+    state.placeholderProject = null;
     await loadProjects(created.id);
     setStatus(`Created project '${created.name}'. Now add classes to it.`, "ok");
     $("#new-class-name").focus();
@@ -128,3 +135,5 @@ export async function onDeleteProject() {
     showError(err);
   }
 }
+
+projectHooks.refresh = refreshProject;

@@ -1,8 +1,7 @@
 /* fewshot serve page: uploads. Plain ES2020 module, no framework, no external resources; user data is only
    inserted with textContent or attribute setters. */
 import { api, busy } from "./api.js";
-import { refreshProject } from "./projects.js";
-import { $, API, plural, setStatus, showError, state } from "./util.js";
+import { $, API, plural, projectHooks, setStatus, showError, state } from "./util.js";
 
 // ------------------------------------------------------------------ uploads
 export function limits() {
@@ -54,13 +53,13 @@ export async function uploadImages(cls, files) {
       }
     }
   } catch (err) {
-    if (added) await refreshProject().catch(() => {});
+    if (added) await projectHooks.refresh().catch(() => {});
     const prefix = added ? `Added ${plural(added, "image")} to '${cls.name}', then: ` : "";
     setStatus(prefix + err.message, "error");
     return;
   }
   try {
-    await refreshProject();
+    await projectHooks.refresh();
   } catch (err) {
     showError(err);
     return;

@@ -17,6 +17,10 @@ export const state = {
   previewUrl: null,
 };
 
+/* Who reloads the open project after a change: set by projects.js, called by classes.js and uploads.js, so that
+   those panels need not import projects.js (which imports them: the page's modules form no circle). */
+export const projectHooks = { refresh: async () => {} };
+
 export const $ = (sel, root) => (root || document).querySelector(sel);
 export const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
 // ------------------------------------------------------------------ small DOM helpers
