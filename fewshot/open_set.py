@@ -47,7 +47,7 @@ def check_unknown(unknown: object) -> str | float | None:
         except ValueError:
             pass
     if isinstance(unknown, bool) or not isinstance(unknown, (int, float)) or not math.isfinite(unknown):
-        raise FewshotError(f"unknown must be None, 'auto' or a score threshold (a number), got {unknown!r}")
+        raise FewshotError(f"unknown must be 'auto' or a score threshold (a number), or left out, got {unknown!r}")
     return float(unknown)
 
 

@@ -106,7 +106,7 @@ def test_unknown_none_leaves_every_prediction_as_it_was(separable, tmp_path):
 def test_bad_unknown_arguments_are_one_line_errors(separable):
     clf = tiny().fit(separable)
     for bad in ("sometimes", float("nan"), True):
-        with pytest.raises(FewshotError, match="unknown must be None, 'auto' or a score threshold"):
+        with pytest.raises(FewshotError, match="unknown must be 'auto' or a score threshold \(a number\), or left out"):
             clf.predict(sorted((separable / "class00").iterdir())[:1], unknown=bad)
     with pytest.raises(FewshotError, match="not a class"):
         clf.predict(sorted((separable / "class00").iterdir())[:1], unknown=0.5, unknown_name="class03")

@@ -138,3 +138,32 @@ def test_startup_removes_only_dead_servers_work(tmp_path):
     assert not (tmp / str(dead)).exists(), "a killed server's leftovers go"
     assert (tmp / str(alive) / "export-work" / "job.pt").exists(), "another running server's export stays"
     assert (tmp / str(os.getpid()) / "export-work" / "job.pt").exists()
+
+
+def test_upload_file_names_are_capped_like_class_names():
+    pytest.importorskip("fastapi", reason="needs fewshot[serve]")
+    from fewshot.serve.uploads import MAX_NAME_LENGTH, display_name
+
+    long = display_name("C:\\photos\\" + "leaf " * 80 + ".jpeg")
+    assert len(long) == MAX_NAME_LENGTH and long.endswith("\u2026.jpeg") and long.startswith("leaf leaf")
+    assert display_name("x" * 300) == "x" * (MAX_NAME_LENGTH - 1) + "\u2026"
+    assert display_name("short.png") == "short.png" and display_name("  ") == "image"
+
+
+def test_http_errors_speak_no_python(tmp_path):
+    pytest.importorskip("fastapi", reason="needs fewshot[serve]")
+    from serving import Server
+
+    running = Server(tmp_path / "data").start()
+    try:
+        client = running.client()
+        pid = client.post("/api/v1/projects", json={"name": "p"}).json()["id"]
+        answers = [client.post(f"/api/v1/projects/{pid}/predict", params={"unknown": "maybe"}),
+                   client.post("/api/v1/projects", json={"name": None}),
+                   client.post(f"/api/v1/projects/{pid}/estimate", json={"repeats": None})]
+        for answer in answers:
+            assert answer.status_code == 400, answer.text
+            message = answer.json()["error"]
+            assert not any(term in message for term in ("None", "Traceback", "NoneType", "dict", "str(")), message
+    finally:
+        running.stop()

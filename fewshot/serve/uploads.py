@@ -102,10 +102,15 @@ def is_unsafe_character(ch: str) -> bool:
 
 def display_name(name: str | None, fallback: str = "image") -> str:
     """A client's file name, safe to store and show: the last path component, control characters removed,
-    at most 200 characters. Only ever displayed, never used as a path."""
+    at most :data:`MAX_NAME_LENGTH` characters like a class name (a longer one keeps its start and its extension,
+    joined by an ellipsis). Only ever displayed, never used as a path."""
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if not is_unsafe_character(ch))
-    return name.strip()[:200] or fallback
+    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if not is_unsafe_character(ch)).strip()
+    if len(name) > MAX_NAME_LENGTH:
+        stem, dot, suffix = name.rpartition(".")
+        keep = f".{suffix}" if dot and 0 < len(suffix) <= 10 else ""
+        name = (stem if keep else name)[:MAX_NAME_LENGTH - len(keep) - 1].rstrip() + "\u2026" + keep
+    return name or fallback
 
 
 def check_name(name: object, what: str) -> str:
