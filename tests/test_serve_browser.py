@@ -219,3 +219,26 @@ def test_a_new_project_takes_the_place_of_the_pages_untouched_first_one(browser,
     finally:
         context.close()
         fresh.stop()
+
+
+def test_the_status_toast_covers_no_section_header(server, page):
+    page, problems = page
+    page.set_viewport_size({"width": 1000, "height": 600})
+    page.goto(server.url + "/")
+    page.wait_for_selector("#add-class-form")
+    add_class(page, "toast-check")  # a status message is showing
+    assert page.locator("#status").inner_text()
+    headers = page.locator("h2")
+    for i in range(headers.count()):
+        header = headers.nth(i)
+        if not header.is_visible():
+            continue
+        # scrolled by hand until the header is 20 px from the top, where a sticky bar used to sit
+        header.evaluate("element => window.scrollTo(0, element.getBoundingClientRect().top + window.scrollY - 20)")
+        box, status = header.bounding_box(), page.locator("#status").bounding_box()
+        if not box or not status:
+            continue
+        overlap = (box["x"] < status["x"] + status["width"] and status["x"] < box["x"] + box["width"]
+                   and box["y"] < status["y"] + status["height"] and status["y"] < box["y"] + box["height"])
+        assert not overlap, f"the status covers '{header.inner_text()}'"
+    assert not problems
