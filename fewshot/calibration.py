@@ -5,19 +5,17 @@ that minimises the negative log-likelihood of its classifier on 5-way episodes o
 evaluated on (tinyimagenet-fs *val*; ``benchmarks/calibration.py`` fits them and reports the expected
 calibration error on the *test* classes). A support set with another number of shots per class gets the
 temperature interpolated linearly in ``log(shots)`` between the nearest entries (the first or last entry
-beyond them). Why a table measured on other classes rather than one fitted on the user's support set: at one
-shot there is nothing to hold out, and a leave-one-out fit on a few dozen support images is too noisy to
-trust (a 5-shot episode is often classified without a single error, which pushes the fit to infinity).
-An empty table (models that are not recipes) keeps the head's own logit scale: temperature 1.
+beyond them). An empty table (models that are not recipes) keeps the head's own logit scale: temperature 1.
 
-That table is right on average over many episodes, and can be wrong for one user's hard (or easy) support set.
-With ``calibration="support"`` (:class:`fewshot.FewShotClassifier`'s default) the table is multiplied by a
-factor fitted to the user's own held-out predictions (the accuracy estimate's cross-validation splits), which
-checks it per support set: :func:`support_factor` is the factor that maximises their likelihood under a
-log-normal prior centred on 1 (:data:`PRIOR_WIDTH`; :data:`UNANCHORED_WIDTH` for a model without a table), so a few dozen held-out images move it only as far as they
-give evidence for, and a split classified without an error cannot push it to infinity. The table keeps the
-dependence on the number of shots (the splits have fewer shots than the fitted classifier); the factor carries
-what the user's images say about the level. ``benchmarks/promises.py`` measures both, per support set.
+That table is right on average over many episodes of ImageNet classes, and can be wrong for one user's support
+set, above all on other domains. With ``calibration="support"`` (:class:`fewshot.FewShotClassifier`'s default)
+the table is multiplied by a factor fitted to the user's own held-out predictions (the accuracy estimate's
+cross-validation splits): :func:`support_factor` maximises their likelihood under a log-normal prior centred on 1
+(:data:`PRIOR_WIDTH`; :data:`UNANCHORED_WIDTH` for a model without a table), so a few dozen held-out images move
+it only as far as they give evidence for, and splits classified without an error cannot push it to infinity.
+The table keeps the dependence on the number of shots (the splits have fewer shots than the fitted classifier);
+the factor carries what the user's images say about the level. At one shot per class nothing can be held out:
+the table alone. ``benchmarks/promises.py`` measures both, per support set.
 """
 
 from __future__ import annotations

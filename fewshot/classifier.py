@@ -26,7 +26,8 @@ from .calibration import (DEFAULT_CALIBRATION, PRIOR_WIDTH, UNANCHORED_WIDTH, ca
                           support_factor, temperature_for)
 from .capabilities import require, single_image_note, unsupported
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
-from .estimate import DEFAULT_HOLDOUT, CrossValidation, Estimate, OpenSetEstimate, cross_validate, estimate, wilson_interval
+from .estimate import (DEFAULT_HOLDOUT, CrossValidation, Estimate, OpenSetEstimate, cross_validate, estimate,
+                       wilson_interval)
 from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
 from .model import FewShotModel, FittedClassifier
 from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_unknown, resolve_score
@@ -432,8 +433,8 @@ class FewShotClassifier:
                     self._factor = (factor, f"fitted on {len(found.truth)} held-out predictions of your images")
         return self._factor
 
-    def cross_validation(self, repeats: int = 50, holdout: float = DEFAULT_HOLDOUT, seed: int = 0, progress: bool = False,
-                         step: Callable[[], ContextManager] | None = None) -> CrossValidation:
+    def cross_validation(self, repeats: int = 50, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
+                         progress: bool = False, step: Callable[[], ContextManager] | None = None) -> CrossValidation:
         """The held-out predictions of episodic cross-validation on the examples
         (:func:`fewshot.estimate.cross_validate`), computed once per set of examples and arguments: the accuracy
         estimate, the per-support calibration and the known side of the ``auto`` threshold all read them."""
