@@ -16,7 +16,8 @@ it), ``unknown_recall`` and ``unknown_auroc`` in the metadata. Unlike ``fewshot 
 resized pixels are not rounded to integers, a difference of less than half a grey level; images already at
 ``image_size`` give the PyTorch model's probabilities (checked at export, to 1e-4).
 
-The file's ``metadata_props`` carry ``class_names`` (a JSON list, in output order), ``image_size``,
+The file's ``metadata_props`` carry ``class_names`` (a JSON list, in output order), ``image_size`` (for an
+ensemble also ``member_sizes``: each member resizes that input to its own size),
 ``channels``, ``input``, ``output``, ``resize``, ``quantization`` (``none``, ``static`` or ``dynamic``) and
 ``fewshot_version``. An application::
 
@@ -194,6 +195,7 @@ def export_onnx(model: FewShotModel, fitted: FittedClassifier, class_names: list
         metadata = {"class_names": json.dumps(list(class_names)), "image_size": str(image_size),
                     "channels": str(channels), "input": INPUT_DESCRIPTION, "output": OUTPUT_DESCRIPTION,
                     "resize": resize, "quantization": "none", "fewshot_version": fewshot_version(),
+                    **member_sizes(model),
                     **{k: v if isinstance(v, str) else json.dumps(v)
                        for k, v in unknown_metadata(fitted, threshold).items()}}
         set_metadata(proto, metadata)
@@ -256,6 +258,13 @@ def torchscript_graph(classifier: nn.Module, image_size: int, channels: int, ant
                         {"images": {0: "batch", 1: "height", 2: "width"}, **{n: {0: "batch"} for n in names}},
                         antialias)
     return onnx.load_from_string(data)
+
+
+def member_sizes(model: FewShotModel) -> dict[str, str]:
+    """For an ensemble, ``{"member_sizes": JSON {member: px}}``: the graph resizes to ``image_size`` (the largest
+    member's), then each member to its own size (EfficientNet-Lite0 runs at 224 inside the default recipe's 260)."""
+    sizes = getattr(model.backbone, "member_sizes", None)
+    return {"member_sizes": json.dumps(sizes)} if sizes and any(sizes.values()) else {}
 
 
 def set_metadata(proto: Any, metadata: dict[str, str]) -> None:

@@ -167,3 +167,14 @@ def test_http_errors_speak_no_python(tmp_path):
             assert not any(term in message for term in ("None", "Traceback", "NoneType", "dict", "str(")), message
     finally:
         running.stop()
+
+
+def test_an_ensembles_export_says_what_size_each_member_runs_at():
+    from fewshot.config import ModelConfig
+    from fewshot.model import build_model
+    from fewshot.onnx_export import member_sizes
+
+    model = build_model(ModelConfig(backbone="ensemble:efficientnet_lite0+conv4", head="protonet"), 3, 64)
+    assert json.loads(member_sizes(model)["member_sizes"]) == {"efficientnet_lite0": 224, "conv4": None}
+    plain = build_model(ModelConfig(backbone="conv4", head="protonet", backbone_options={"width": 8}), 3, 32)
+    assert member_sizes(plain) == {}

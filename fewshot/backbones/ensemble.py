@@ -46,6 +46,7 @@ class Ensemble(Backbone):
         shared = weights if weights in ("none", "imagenet") else "none"  # a file holds the whole ensemble
         self.members = nn.ModuleList(registry.build(member, in_channels, shared) for member in names)
         self.sizes = [registry.native_size(member) for member in names]
+        self.member_sizes = dict(zip(names, self.sizes))  # what an export's metadata says each member runs at
         default_mean, default_std = normalization(in_channels)
         for index, member in enumerate(self.members):
             mean, std = member.mean or default_mean, member.std or default_std
