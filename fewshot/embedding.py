@@ -156,7 +156,7 @@ class Embedder:
         self.convert_after = CONVERT_AFTER if self.tune else 0
         self.target = resolve_runtime(runtime, self.device, precision)
         self.converted: dict[tuple[int, ...], dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {}
-        self.picked: dict[tuple[int, ...], str] = {}  # chunk shape -> the faster converted runtime
+        self.picked: dict[tuple[int, ...], tuple[str, bool]] = {}  # chunk shape -> (fastest runtime, one by one?)
         self.version: tuple = ()  # weights_version of the model the converted copies were made from
         self.asked, self.last, self.lock = 0, "eager", threading.Lock()
 
@@ -197,10 +197,27 @@ class Embedder:
         key = tuple(chunk.shape)
         with self.lock:
             if key not in self.picked:
-                self.picked[key] = min(runs, key=lambda name: seconds(runs[name], chunk)) if len(runs) > 1 \
-                    else next(iter(runs))
-            self.last = self.picked[key]
-        return runs[self.last]
+                self.picked[key] = self.fastest(runs, chunk)
+            self.last, one_by_one = self.picked[key]
+        run = runs[self.last]
+        if one_by_one:
+            return lambda images: torch.cat([run(images[i:i + 1]) for i in range(len(images))])
+        return run
+
+    def fastest(self, runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], chunk: torch.Tensor
+                ) -> tuple[str, bool]:
+        """(the runtime, whether to feed it one image at a time) that embeds ``chunk`` fastest, timed. Under
+        ``auto`` each runtime is also timed one image at a time: onnxruntime ran EfficientNet-Lite0 at 224 px 1.5x
+        faster per image one by one than in chunks of 4 on an AVX-512 CPU (benchmarks/RESULTS.md, #36), while
+        ResNets at 84 px want chunks. Ties keep the chunk."""
+        options = [(name, False) for name in runs]
+        if self.tune and len(chunk) > 1:
+            options += [(name, True) for name in runs]
+        if len(options) == 1:
+            return options[0]
+        cost = {option: seconds(runs[option[0]], chunk[:1]) * len(chunk) if option[1]
+                else seconds(runs[option[0]], chunk) for option in options}
+        return min(options, key=cost.__getitem__)
 
     def fast(self, images: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]] | None:
         """The converted networks for this image shape (converting now if it is time), or None for eager. Converted

@@ -237,3 +237,27 @@ def test_a_classifier_holding_a_batch_converts_before_its_first_chunk(tmp_path, 
     clf.predict_proba(batch)
     assert seen[1:] and all(runtime != "eager" for runtime in seen[1:]), seen  # every chunk, the first included
     assert shared.runtime != "eager"
+
+
+def test_auto_feeds_one_image_at_a_time_where_that_is_faster(monkeypatch):
+    model = tiny_model(width=8)
+    original = embedding.seconds
+    sizes = []
+
+    def timed(run, batch):  # one image at a time is made to look 10x cheaper per image than a chunk
+        sizes.append(len(batch))
+        original(run, batch)
+        return 0.01 if len(batch) == 1 else 1.0
+
+    monkeypatch.setattr(embedding, "seconds", timed)
+    monkeypatch.setattr(embedding, "CHUNK_PIXELS", 16 * 16 * 4)  # chunks of four 16-px images
+    auto = embedder(model)
+    batch = images(CONVERT_AFTER)
+    torch.testing.assert_close(auto(batch), embedder(model, "eager")(batch), atol=TOLERANCE, rtol=0)
+    assert 1 in sizes and 4 in sizes, "both ways were timed"
+    assert all(one_by_one for _, one_by_one in auto.picked.values())
+    calls = []
+    run = next(iter(auto.converted.values()))[auto.runtime]
+    auto.converted[next(iter(auto.converted))][auto.runtime] = lambda x: (calls.append(len(x)), run(x))[1]
+    auto(images(8))
+    assert calls == [1] * 8
