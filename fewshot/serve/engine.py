@@ -317,6 +317,11 @@ class Engine:
         self.require("export")
         classifier, _ = self.classifier(project_id)
         with self.jobs.hold("export"):
+            try:  # the calibration's splits one background step each (fitted_ then reads them)
+                if classifier.calibration == "support":
+                    classifier.cross_validation(step=lambda: self.compute.background(cancel))
+            except SupportSetError:
+                pass  # a class with one image: the table alone, nothing to split
             with self.compute.background(cancel):
                 fitted = classifier.fitted_
             with warnings.catch_warnings():  # the threshold's folds one at a time, each a background step
