@@ -4,15 +4,14 @@ from the classifier's own examples (:func:`estimate_open_set`, what :meth:`fewsh
 rule (:meth:`fewshot.FewShotClassifier.scores_for`), so their scores are on its scale.
 
 * **The threshold and what it keeps.** The cross-validation splits of the accuracy estimate (every class present,
-  a fifth of each class's images held out) score held-out images of the user's classes. A threshold at the
-  ``k``-th lowest of ``m`` exchangeable held-out scores keeps a fraction of new images that varies from one support
-  set to another as Beta(k, m+1-k) (conformal prediction), so ``k`` is chosen to keep at least ``recall`` - 5
-  points on 9 support sets in 10 (:func:`threshold_rank`; ``m`` the distinct images held out, each scored by the
-  mean of its splits' scores), and the threshold is the ``k``-th lowest image score. The 2.5 % point of that Beta is the low end of the promise's
-  interval. The
-  high end is 100 %: the splits' classifiers learn from fewer images per class than the fitted one, which scores new
-  images of your classes lower, so the threshold keeps at least as many as promised (``benchmarks/promises.py``:
-  often more).
+  one image per class held out, a tenth of a class of 20 or more) score held-out images of the user's classes. A
+  threshold at the ``k``-th lowest of ``m`` exchangeable held-out scores keeps a fraction of new images that varies
+  from one support set to another as Beta(k, m+1-k) (conformal prediction), so ``k`` is chosen to keep at least
+  ``recall`` - 5 points on 9 support sets in 10 (:func:`threshold_rank`; ``m`` the distinct images held out, each
+  scored by the mean of its splits' scores), and the threshold is the ``k``-th lowest image score. The 2.5 % point
+  of that Beta is the low end of the promise's interval. The high end is 100 %: the splits' classifiers learn from
+  fewer images per class than the fitted one, which scores new images of your classes lower, so the threshold
+  keeps at least as many as promised (``benchmarks/promises.py``: often more).
 * **What it rejects.** Each class is held out in turn as the unseen one, and the procedure above is repeated one
   level down on the other classes: a classifier of all their images scores the held-out class's images against a
   threshold chosen, as above, from cross-validation splits of their images. So the rate is read at the operating
