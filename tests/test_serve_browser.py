@@ -242,3 +242,33 @@ def test_the_status_toast_covers_no_section_header(server, page):
                    and box["y"] < status["y"] + status["height"] and status["y"] < box["y"] + box["height"])
         assert not overlap, f"the status covers '{header.inner_text()}'"
     assert not problems
+
+
+def test_with_two_classes_the_page_offers_a_threshold_of_your_own(server, page, tmp_path):
+    page, problems = page
+    page.goto(server.url + "/")
+    page.wait_for_selector("#add-class-form")
+    page.once("dialog", lambda dialog: dialog.accept("two classes"))  # the new project's name (the prompt)
+    page.click("#new-project")
+    wait_until(lambda: "two classes" in project_options(page))
+    for colour in ("red", "blue"):
+        card = add_class(page, colour)
+        paths = []
+        for i in range(3):
+            path = tmp_path / f"two-{colour}{i}.png"
+            path.write_bytes(colour_png(colour, 7 * len(colour) + i))
+            paths.append(str(path))
+        card.locator("input.class-files").set_input_files(paths)
+        card.locator(".thumbs img").nth(2).wait_for()
+    drop_file(page, "#test-drop", "first.png", colour_png("red", 999))
+    wait_until(lambda: page.locator("#prediction-label").inner_text().strip() != "")
+    assert "not available yet" in page.locator("#unknown-note").inner_text()  # auto needs three classes
+    assert page.locator("#manual-threshold").is_visible()
+    assert "this image scores" in page.locator("#threshold-input").get_attribute("placeholder")
+    page.fill("#threshold-input", "-1000000")  # every image scores above this: all are "none of these"
+    page.click("#manual-threshold button")
+    wait_until(lambda: "your threshold" in page.locator("#status").inner_text())
+    drop_file(page, "#test-drop", "second.png", colour_png("red", 1000))
+    wait_until(lambda: page.locator("#prediction-label").inner_text().strip() == "none of these")
+    assert "the closest is red" in page.locator("#unknown-note").inner_text()
+    assert [p for p in problems if not p.startswith("unexpected dialog: Name of the new project")] == []

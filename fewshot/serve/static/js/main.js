@@ -5,7 +5,7 @@ import { onAddClass, wireDropZone } from "./classes.js";
 import { onEstimate } from "./estimate.js";
 import { onExport } from "./exporting.js";
 import { loadInfo } from "./info.js";
-import { predictFile } from "./predict.js";
+import { onManualThreshold, predictFile } from "./predict.js";
 import { loadProjects, onDeleteProject, onNewProject, onProjectChange, onRenameProject } from "./projects.js";
 import { captureWebcam, closeWebcam, stopStream } from "./uploads.js";
 import { $, $$, setStatus, showError, state } from "./util.js";
@@ -18,6 +18,7 @@ export function wire() {
   $("#rename-project").addEventListener("click", onRenameProject);
   $("#delete-project").addEventListener("click", onDeleteProject);
   $("#add-class-form").addEventListener("submit", onAddClass);
+  $("#manual-threshold").addEventListener("submit", onManualThreshold);
   $("#estimate-button").addEventListener("click", onEstimate);
   $$(".export").forEach((b) => b.addEventListener("click", onExport));
   $("#webcam-capture").addEventListener("click", () => captureWebcam().catch(showError));

@@ -41,7 +41,9 @@ export async function predictFile(files) {
     await busy([explainBox], async () => {
       const form = new FormData();
       form.append("files", file, file.name);
-      const result = await api(`${API}/projects/${pid}/predict?explain=${explain ? "true" : "false"}&unknown=auto`, { method: "POST", form });
+      const unknown = state.manualThreshold && state.manualThreshold.pid === pid ? state.manualThreshold.value : "auto";
+      const result = await api(`${API}/projects/${pid}/predict?explain=${explain ? "true" : "false"}` +
+        `&unknown=${encodeURIComponent(unknown)}`, { method: "POST", form });
       const prediction = result && result.predictions && result.predictions[0];
       if (!prediction) throw new Error("The server returned no prediction.");
       if (!state.project || state.project.id !== pid) return;
@@ -92,8 +94,33 @@ function renderAnswer(prediction) {
     note.textContent = "";
   }
   note.hidden = !note.textContent;
+  offerThreshold(prediction);
   $("#prediction").classList.toggle("unknown", Boolean(prediction.unknown));
   return prediction.unknown ? null : prediction.predicted;
+}
+
+/* Where the automatic threshold is refused (fewer than three classes), the page offers one of the user's own: the
+   image's score is shown so a number can be chosen against it; it applies to this project's next predictions. */
+function offerThreshold(prediction) {
+  const form = $("#manual-threshold");
+  const score = Number(prediction.unknown_score);
+  const own = state.manualThreshold && state.project && state.manualThreshold.pid === state.project.id;
+  form.hidden = !(prediction.unknown_note || own) || !Number.isFinite(score);
+  if (form.hidden) return;
+  const input = $("#threshold-input");
+  input.placeholder = `this image scores ${score.toFixed(3)}`;
+  if (own) input.value = String(state.manualThreshold.value);
+}
+
+export function onManualThreshold(event) {
+  event.preventDefault();
+  const value = Number($("#threshold-input").value);
+  if (!state.project || !Number.isFinite(value)) {
+    setStatus("Give the threshold as a number (an image scoring above it is answered “none of these”).", "error");
+    return;
+  }
+  state.manualThreshold = { pid: state.project.id, value };
+  setStatus(`Images scoring above ${value} are now answered “none of these” (your threshold). Try an image.`, "ok");
 }
 
 export function renderPrediction(prediction) {

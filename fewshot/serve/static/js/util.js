@@ -15,6 +15,8 @@ export const state = {
   webcam: { stream: null, classId: null },
   estimateShown: false,
   previewUrl: null,
+  manualThreshold: null, // {pid, value}: the user's own "none of these" threshold where auto is refused
+  placeholderProject: null, // the id of the "My project" the page made to start in (projects.js)
 };
 
 /* Who reloads the open project after a change: set by projects.js, called by classes.js and uploads.js, so that
