@@ -74,8 +74,8 @@ export function renderEstimate(r) {
     className: "muted",
     text: "Measured by holding out some of your images and classifying them with the rest. The accuracy on new, " +
       "similar images lay inside this interval for at least 9 support sets in 10 in our checks; the figure itself " +
-      "tends to be a little low (each test learns from fewer images than the classifier). More images per class make " +
-      "it narrower.",
+      "was on average within 3 points of it, more often a little low (each test learns from one image fewer per " +
+      "class than the classifier). More images per class make the interval narrower.",
   }));
   const tested = [];
   if (Number.isFinite(Number(r.images))) tested.push(`Tested on ${plural(Number(r.images), "held-out image")}`);
