@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
@@ -28,10 +27,12 @@ from .capabilities import require, single_image_note, unsupported
 from .errors import FewshotError, NotFittedError, SavedFileError, SupportSetError
 from .estimate import (DEFAULT_HOLDOUT, CrossValidation, Estimate, OpenSetEstimate, cross_validate, estimate,
                        wilson_interval)
-from .inputs import ImageLike, PreparedImage, as_batch, is_single_image, prepare_images
+from .inputs import ImageLike, PreparedImage, as_batch, prepare_images
 from .model import FewShotModel, FittedClassifier
 from .open_set import DEFAULT_RECALL, DEFAULT_SCORE, UNKNOWN_NAME, check_recall, check_unknown, resolve_score
-from .open_set_estimate import estimate_key, estimate_open_set, store_estimate, stored_estimate
+from .open_set_estimate import estimate_open_set, remembered_estimate
+from .examples import ClassExamples, check_examples, group_support
+from .exporting import EXPORT_FORMATS, export_fitted
 from .paths import folder_classes
 
 if TYPE_CHECKING:
@@ -39,16 +40,6 @@ if TYPE_CHECKING:
 
 SAVED_FORMAT = "fewshot-classifier"
 SAVED_VERSION = 1
-
-
-@dataclass
-class ClassExamples:
-    """One class's examples as the classifier holds them."""
-
-    images: torch.Tensor  # (n, C, H, W) uint8
-    features: torch.Tensor | None  # (n, E) float32; None when the head adapts the backbone (it needs images)
-    names: list[str]
-    digests: list[str]
 
 
 class FewShotClassifier:
@@ -167,7 +158,7 @@ class FewShotClassifier:
         """Learn the classes of ``support``: a folder with one subfolder of images per class, a mapping
         ``{class: [images]}``, or a sequence of images with the parallel ``labels``. Images are file paths,
         PIL images, arrays or tensors (:data:`fewshot.inputs.ImageLike`). Replaces earlier examples."""
-        grouped = _group_support(support, labels)
+        grouped = group_support(support, labels)
         if len(grouped) < 2:
             raise SupportSetError(f"a classifier needs at least two classes, got {len(grouped)}")
         examples: dict[str, ClassExamples] = {}
@@ -205,7 +196,7 @@ class FewShotClassifier:
         """Use examples prepared elsewhere (images already at the model's size, embeddings made by
         :meth:`embed` with this model, e.g. cached by the server), checked for shape; replaces earlier ones."""
         try:
-            _check_examples(examples, self.image_size, self.channels, self.model_.head.adapts_backbone)
+            check_examples(examples, self.image_size, self.channels, self.model_.head.adapts_backbone)
         except ValueError as exc:
             raise SupportSetError(str(exc)) from None
         self._examples = dict(examples)
@@ -345,22 +336,17 @@ class FewShotClassifier:
         require(self.model_, "open_set")
         key = (recall, repeats, holdout, seed)
         if key not in self._open_set:
-            stored = None
-            if self.cache_dir is not None:
+            def compute() -> OpenSetEstimate:
+                return estimate_open_set(self, recall, repeats, holdout, seed, progress or self.progress, step)
+
+            if self.cache_dir is None:
+                self._open_set[key] = compute()
+            else:
                 from .version import __version__
 
-                features, labels = self.support_features()
-                stored = estimate_key(features, labels, {
-                    "key": key, "score": self.unknown_score, "calibration": self.calibration,
-                    "config": self.config_.to_dict(), "classes": self.classes_, "fewshot": __version__})
-                found = stored_estimate(self.cache_dir, stored)
-                if found is not None:
-                    self._open_set[key] = found
-                    return found
-            self._open_set[key] = estimate_open_set(self, recall, repeats, holdout, seed, progress or self.progress,
-                                                    step)
-            if stored is not None:
-                store_estimate(self.cache_dir, stored, self._open_set[key])
+                settings = {"key": key, "score": self.unknown_score, "calibration": self.calibration,
+                            "config": self.config_.to_dict(), "classes": self.classes_, "fewshot": __version__}
+                self._open_set[key] = remembered_estimate(self.cache_dir, *self.support_features(), settings, compute)
         return self._open_set[key]
 
     def scores_for(self, query_features: torch.Tensor, support: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -633,7 +619,7 @@ class FewShotClassifier:
             model, config = rebuild_model(state["config"], state["weights"], state["normalization"], str(file))
             examples = {name: ClassExamples(e["images"], e["features"], list(e["names"]), list(e["digests"]))
                         for name, e in state["classes"].items()}
-            _check_examples(examples, config.data.image_size, config.data.channels, model.head.adapts_backbone)
+            check_examples(examples, config.data.image_size, config.data.channels, model.head.adapts_backbone)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SavedFileError(f"{file} is damaged or incomplete ({type(exc).__name__}: {exc}); save it again")
         except FewshotError as exc:
@@ -676,68 +662,6 @@ class FewShotClassifier:
             return self.open_set_estimate(step=step).to_json()
         except SupportSetError as exc:
             return {"refused": str(exc)}
-
-
-def export_fitted(model: FewShotModel, fitted: FittedClassifier, images: torch.Tensor, names: list[str], config,
-                  path: Path, format: str, threshold: dict | None = None) -> Path:  # noqa: A002
-    """Write ``model`` with its ``fitted`` classifier built in (what :meth:`FewShotClassifier.export` and the
-    server's export worker run): ``images`` ``(N, C, S, S)`` uint8 support images are the TorchScript trace's
-    example and the INT8 calibration set; ``threshold``: :meth:`FewShotClassifier.threshold_record`."""
-    size, channels = config.data.image_size, config.data.channels
-    if format == "torchscript":
-        from .export import export_torchscript
-
-        return export_torchscript(model, fitted, images, names, path, size, channels, threshold)
-    from .onnx_export import export_onnx
-
-    return export_onnx(model, fitted, names, size, channels, path, quantize=format == "onnx-int8",
-                       calibration_images=images, threshold=threshold)
-
-
-EXPORT_FORMATS = ("onnx", "onnx-int8", "torchscript")
-
-
-def _check_examples(examples: Mapping[str, ClassExamples], size: int, channels: int, adapts_backbone: bool) -> None:
-    """Raise ValueError unless every class holds ``(n, channels, size, size)`` uint8 images and, unless the head
-    adapts the backbone, ``(n, E)`` embeddings; and there are at least two classes."""
-    for name, e in examples.items():
-        if (e.images.dtype != torch.uint8 or e.images.ndim != 4 or tuple(e.images.shape[1:]) != (channels, size, size)
-                or (e.features is None) != adapts_backbone
-                or (e.features is not None and len(e.features) != len(e.images))
-                or len(e.names) != len(e.images) or len(e.digests) != len(e.images)):
-            raise ValueError(f"class '{name}' holds images or embeddings of the wrong kind")
-    if len(examples) < 2:
-        raise ValueError("fewer than two classes")
-
-
-def _group_support(support: Any, labels: Sequence[str] | None) -> dict[str, list]:
-    """``{class: [images]}`` from a folder, a mapping, or images with parallel labels."""
-    if isinstance(support, (str, os.PathLike)):
-        if labels is not None:
-            raise SupportSetError("labels are given by the folder's subfolders: drop labels=")
-        return folder_classes(Path(support).expanduser())
-    if isinstance(support, Mapping):
-        if labels is not None:
-            raise SupportSetError("labels are the mapping's keys: drop labels=")
-        grouped = {}
-        for name, items in support.items():
-            if not isinstance(name, str) or not name.strip():
-                raise SupportSetError(f"class names must be non-empty strings, got {name!r}")
-            grouped[name] = [items] if is_single_image(items) else list(items)
-            if not grouped[name]:
-                raise SupportSetError(f"class '{name}' has no images: add a few or leave the class out")
-        return grouped
-    if labels is None:
-        raise SupportSetError("give a folder of class subfolders, a {class: [images]} mapping, or images with labels=")
-    images, labels = list(support), list(labels)
-    if len(images) != len(labels):
-        raise SupportSetError(f"{len(images)} images but {len(labels)} labels: give one label per image")
-    grouped: dict[str, list] = {}
-    for image, label in zip(images, labels):
-        if not isinstance(label, str) or not label.strip():
-            raise SupportSetError(f"labels must be non-empty strings (class names), got {label!r}")
-        grouped.setdefault(label, []).append(image)
-    return grouped
 
 
 __all__ = ["ClassExamples", "Estimate", "FewShotClassifier", "export_fitted", "folder_classes", "wilson_interval"]

@@ -269,5 +269,17 @@ def store_estimate(folder: Path, key: str, found: OpenSetEstimate) -> None:
         pass
 
 
-__all__ = ["estimate_key", "estimate_open_set", "store_estimate", "stored_estimate", "kept_interval", "recall_threshold", "rejected_interval", "student_t",
+def remembered_estimate(folder: Path, features: torch.Tensor, labels: torch.Tensor, settings: dict,
+                        compute: Callable[[], OpenSetEstimate]) -> OpenSetEstimate:
+    """The estimate kept in ``folder`` for these support embeddings ``(S, E)``, labels ``(S,)`` and ``settings``,
+    else ``compute()``, kept there for the next process (:func:`estimate_key`)."""
+    key = estimate_key(features, labels, settings)
+    found = stored_estimate(folder, key)
+    if found is None:
+        found = compute()
+        store_estimate(folder, key, found)
+    return found
+
+
+__all__ = ["estimate_key", "estimate_open_set", "remembered_estimate", "store_estimate", "stored_estimate", "kept_interval", "recall_threshold", "rejected_interval", "student_t",
            "threshold_rank"]

@@ -60,6 +60,19 @@ def add_class(page, name: str):
     return card
 
 
+def add_class_with_images(page, folder, colour: str, count: int, seed, prefix: str = ""):
+    """A new class of ``count`` generated ``colour`` images (``seed(i)`` each) uploaded through its file input."""
+    card = add_class(page, colour)
+    paths = []
+    for i in range(count):
+        path = folder / f"{prefix}{colour}{i}.png"
+        path.write_bytes(colour_png(colour, seed(i)))
+        paths.append(str(path))
+    card.locator("input.class-files").set_input_files(paths)
+    card.locator(".thumbs img").nth(count - 1).wait_for()
+    return card
+
+
 def drop_file(page, selector: str, name: str, data: bytes) -> None:
     """A real drop event carrying a File, as when a person drags an image onto the zone."""
     page.evaluate(
@@ -79,14 +92,7 @@ def test_three_classes_upload_estimate_drop_predict(server, page, tmp_path):
     page.goto(server.url + "/")
     page.wait_for_selector("#add-class-form")
     for colour in ("red", "green", "blue"):
-        card = add_class(page, colour)
-        paths = []
-        for i in range(4):
-            path = tmp_path / f"{colour}{i}.png"
-            path.write_bytes(colour_png(colour, 100 * len(colour) + i))
-            paths.append(str(path))
-        card.locator("input.class-files").set_input_files(paths)
-        card.locator(".thumbs img").nth(3).wait_for()
+        card = add_class_with_images(page, tmp_path, colour, 4, lambda i, c=colour: 100 * len(c) + i)
         assert card.locator(".image-count").inner_text().startswith("4")
     page.click("#estimate-button")
     page.wait_for_selector("#confusion td")
@@ -252,14 +258,7 @@ def test_with_two_classes_the_page_offers_a_threshold_of_your_own(server, page, 
     page.click("#new-project")
     wait_until(lambda: "two classes" in project_options(page))
     for colour in ("red", "blue"):
-        card = add_class(page, colour)
-        paths = []
-        for i in range(3):
-            path = tmp_path / f"two-{colour}{i}.png"
-            path.write_bytes(colour_png(colour, 7 * len(colour) + i))
-            paths.append(str(path))
-        card.locator("input.class-files").set_input_files(paths)
-        card.locator(".thumbs img").nth(2).wait_for()
+        add_class_with_images(page, tmp_path, colour, 3, lambda i, c=colour: 7 * len(c) + i, prefix="two-")
     drop_file(page, "#test-drop", "first.png", colour_png("red", 999))
     wait_until(lambda: page.locator("#prediction-label").inner_text().strip() != "")
     assert "not available yet" in page.locator("#unknown-note").inner_text()  # auto needs three classes
