@@ -178,3 +178,23 @@ def test_an_ensembles_export_says_what_size_each_member_runs_at():
     assert json.loads(member_sizes(model)["member_sizes"]) == {"efficientnet_lite0": 224, "conv4": None}
     plain = build_model(ModelConfig(backbone="conv4", head="protonet", backbone_options={"width": 8}), 3, 32)
     assert member_sizes(plain) == {}
+
+
+def test_read_only_arrays_and_tensors_leak_no_warning():
+    import warnings
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (20, 20, 3), dtype=np.uint8) for _ in range(4)]
+    for image in images:
+        image.setflags(write=False)
+    batch = np.stack(images)
+    batch.setflags(write=False)
+    scaled = (batch[0] / 255.0).astype(np.float32)
+    scaled.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PyTorch's "non-writable" UserWarning would fail here
+        clf = FewShotClassifier(backbone="conv4", head="protonet", image_size=16, backbone_options={"width": 8}).fit(images, ["a", "a", "b", "b"])
+        assert len(clf.predict(batch)) == 4 and len(clf.predict([scaled])) == 1
+        assert clf.predict_proba(torch.from_numpy(batch[0].copy()).permute(2, 0, 1)).shape == (1, 2)
