@@ -165,8 +165,37 @@ def test_http_errors_speak_no_python(tmp_path):
             assert answer.status_code == 400, answer.text
             message = answer.json()["error"]
             assert not any(term in message for term in ("None", "Traceback", "NoneType", "dict", "str(")), message
+        log = running.output()
+        assert f"POST /api/v1/projects/{pid}/predict 400" in log  # errors are logged by default, one line each
+        assert "GET /api/v1/info 200" not in log  # quick successes are not
     finally:
         running.stop()
+
+
+def test_every_request_is_one_log_line_with_its_status_duration_and_size():
+    import io
+
+    pytest.importorskip("fastapi", reason="needs fewshot[serve]")
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from fewshot.serve.request_log import RequestLog
+
+    app = FastAPI()
+
+    @app.get("/ok")
+    def ok() -> dict:
+        return {"answer": "x" * 1500}
+
+    clock = iter([0.0, 0.035, 1.0, 3.5])
+    stream = io.StringIO()
+    quiet = TestClient(RequestLog(app, stream=stream, clock=lambda: next(clock)))
+    assert quiet.get("/ok?name=secret").status_code == 200 and stream.getvalue() == ""  # fast and fine: no line
+    assert quiet.get("/ok").status_code == 200  # 2.5 s: slow, logged
+    assert stream.getvalue().split()[1:] == ["testclient", "GET", "/ok", "200", "2500", "ms", "1.5", "kB"]
+    every = io.StringIO()
+    TestClient(RequestLog(app, every_request=True, stream=every)).get("/missing?token=secret")
+    assert " GET /missing 404 " in every.getvalue() and "secret" not in every.getvalue()
 
 
 def test_an_ensembles_export_says_what_size_each_member_runs_at():

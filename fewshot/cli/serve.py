@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-jobs", type=POSITIVE, default=1,
                        help="heavy jobs (estimates, exports) running at once (default 1); past it a request is "
                             "answered 429 with Retry-After. Predictions always go first")
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--access-log", action="store_true", help="log every request, one line each (time, client, method, path, status, "
+                                                                  "duration, bytes); without it only errors and requests slower than 2 s")
 
 
 def default_data_dir() -> str:
@@ -69,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
                     max_request_bytes=int(args.max_request_mb * 1024 * 1024),
                     max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024))
     serve(lambda: common.classifier_from_args(args), args.data_dir or default_data_dir(), host=args.host, port=args.port,
-          token=args.token, limits=limits, log_level="info" if args.access_log else "warning",
+          token=args.token, limits=limits, access_log=args.access_log,
           cache_mb=args.cache_mb, max_jobs=args.max_jobs)
     return 0

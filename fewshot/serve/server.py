@@ -47,10 +47,11 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(classifier_factory, data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, limits=None, log_level: str = "warning", cache_mb: float = 2048,
+          token: str | None = None, limits=None, access_log: bool = False, cache_mb: float = 2048,
           max_jobs: int = 1) -> None:
     """Serve until interrupted. ``classifier_factory()`` builds the (unfitted) classifier whose model every
-    project shares; it is called after the cheap checks, since loading a model can take a while."""
+    project shares; it is called after the cheap checks, since loading a model can take a while. Requests are
+    logged one line each (:mod:`.request_log`): every one with ``access_log``, else errors and slow ones."""
     check_serve_installed()
     import uvicorn
 
@@ -58,6 +59,7 @@ def serve(classifier_factory, data_dir: str | os.PathLike, host: str = "127.0.0.
     from .app import create_app
     from .guard import is_loopback
     from .engine import Engine
+    from .request_log import RequestLog
     from .store import Store
     from .uploads import Limits
 
@@ -67,9 +69,9 @@ def serve(classifier_factory, data_dir: str | os.PathLike, host: str = "127.0.0.
     store = Store(folder)
     base = classifier_factory()
     engine = Engine(base, store, cache_mb=cache_mb, max_jobs=max_jobs)
-    app = create_app(engine, limits or Limits(), token, loopback_only=is_loopback(host))
+    app = RequestLog(create_app(engine, limits or Limits(), token, loopback_only=is_loopback(host)), access_log)
     shown = f"[{host}]" if ":" in host else host
     print(f"fewshot serve: open http://{shown}:{port}/ in a browser (API docs at /docs); model {base.source}, "
           f"projects in {Path(folder).resolve()}" + ("; requests need the access token" if token else ""), flush=True)
     print("press Ctrl-C to stop", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
