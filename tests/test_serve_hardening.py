@@ -4,7 +4,10 @@ configuration, reads are consistent, and the small messages say what is true."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -182,14 +185,35 @@ def test_an_export_runs_apart_is_limited_and_predictions_are_answered_meanwhile(
 
 
 def test_an_export_is_stopped_when_its_client_goes_away(server):
+    """The child is caught alive while its client waits and frozen (SIGSTOP), so it cannot finish by itself: only
+    the server's kill on disconnect removes it."""
     client = server.client()
     pid = make_project(client, "cancel")
-    with pytest.raises(httpx.TimeoutException):
-        server.client().get(f"/api/v1/projects/{pid}/export", params={"format": "torchscript"}, timeout=1.0)
-    deadline = time.time() + 20
-    while export_children() and time.time() < deadline:
-        time.sleep(0.1)
-    assert not export_children(), "the export child outlived its client"
+    frozen = []
+
+    def freeze_the_child():
+        deadline = time.time() + 60
+        while not frozen and time.time() < deadline:
+            for child in export_children():
+                os.kill(int(child), signal.SIGSTOP)
+                frozen.append(int(child))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=freeze_the_child)
+    watcher.start()
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            server.client().get(f"/api/v1/projects/{pid}/export", params={"format": "torchscript"}, timeout=10.0)
+        watcher.join()
+        assert frozen, "no export child was running while its client waited"
+        deadline = time.time() + 20
+        while export_children() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not export_children(), "the export child outlived its client"
+    finally:
+        for child in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
     for _ in range(50):
         if not [p for p in (server.data_dir / "tmp").rglob("*") if p.is_file()]:
             break
