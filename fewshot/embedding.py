@@ -9,8 +9,9 @@ with a non-adapting head, predict, estimate, the Python API, serve, export calib
 * ``onnxruntime``: the same network exported to ONNX (TorchScript-based exporter, about a second) and run by
   onnxruntime with its graph optimisations and one intra-op thread per torch thread (the ``onnx`` extra).
 * ``auto`` (the default): ``eager`` on CUDA or in bfloat16; on the CPU, ``onnxruntime`` when it is installed and
-  ``jit`` too, the faster of the two timed on the first chunk of each batch shape (which wins flips with the model,
-  the image size and the batch), else ``jit``. The conversion is made once the embedder has been asked for :data:`CONVERT_AFTER` images in all (about
+  ``jit`` too once :data:`RACE_AFTER` images have been asked for (evaluation, a busy server), the faster of the two
+  timed on the first chunk of each batch shape (which wins flips with the model, the image size and the batch),
+  else ``jit``. The conversion is made once the embedder has been asked for :data:`CONVERT_AFTER` images in all (about
   where its cost is repaid), so a one-image prediction in a fresh process is not slowed by a conversion it cannot
   repay, while evaluation, estimate and a server convert at once or after a few requests.
 
@@ -39,6 +40,7 @@ from .runtime import autocast
 RUNTIMES = ("auto", "eager", "jit", "onnxruntime")
 FALLBACK = {"onnxruntime": "jit", "jit": "eager"}
 CONVERT_AFTER = 32  # images: a conversion costs about as much as embedding this many eagerly (benchmarks/embed_speed.py)
+RACE_AFTER = 1000  # images asked for before ``auto`` also converts to jit and races it against onnxruntime
 TOLERANCE = 1e-4  # largest difference from eager in float32, each runtime
 # On the CPU a batch is embedded in chunks of about this many pixels: per image, EfficientNet-Lite0 at 224 px is 1.4x
 # (onnxruntime) to 2x (PyTorch) slower in batches of 32 than one at a time (its activations leave the caches), while
@@ -96,14 +98,21 @@ def traced(model: FewShotModel, example: torch.Tensor) -> Callable[[torch.Tensor
 
 def onnx_session(model: FewShotModel, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ``onnxruntime`` runtime: :class:`EmbeddingNetwork` exported with a dynamic batch and run in an
-    onnxruntime session (all graph optimisations, ``torch.get_num_threads()`` intra-op threads)."""
+    onnxruntime session (all graph optimisations, ``torch.get_num_threads()`` intra-op threads). The graph is kept
+    on disk for the next process (:mod:`.graph_cache`)."""
     import onnxruntime
 
-    from .onnx_graph import quiet, traced_graph
+    from .graph_cache import cached_graph, graph_key
+    from .onnx_graph import OPSET, quiet, traced_graph
 
-    with quiet(), torch.inference_mode(False):
-        data = traced_graph(EmbeddingNetwork(model).eval(), example, ("images", "features"),
+    def make() -> bytes:
+        return traced_graph(EmbeddingNetwork(model).eval(), example, ("images", "features"),
                             {"images": {0: "batch"}, "features": {0: "batch"}})
+
+    description = (f"EmbeddingNetwork {example.dtype} opset {OPSET} dynamic batch; tta {model.tta}; mean {model.mean}; "
+                   f"std {model.std}; feature map {model.head.feature_map}")
+    with quiet(), torch.inference_mode(False):
+        data = cached_graph(graph_key(model, tuple(example.shape[1:]), description), make)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -157,6 +166,7 @@ class Embedder:
         self.target = resolve_runtime(runtime, self.device, precision)
         self.converted: dict[tuple[int, ...], dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {}
         self.picked: dict[tuple[int, ...], tuple[str, bool]] = {}  # chunk shape -> (fastest runtime, one by one?)
+        self.raced: set[tuple[int, ...]] = set()  # image shapes for which jit was converted to race onnxruntime
         self.version: tuple = ()  # weights_version of the model the converted copies were made from
         self.asked, self.last, self.lock = 0, "eager", threading.Lock()
 
@@ -228,14 +238,15 @@ class Embedder:
             return None
         version = weights_version(self.model)
         if version != self.version:
-            self.converted, self.picked, self.version = {}, {}, version
+            self.converted, self.picked, self.raced, self.version = {}, {}, set(), version
         if shape not in self.converted:
             self.converted[shape] = self.convert(images[:2].cpu())
+        if self.converted[shape]:
+            self.add_rival(shape, images[:2].cpu())
         return self.converted[shape]
 
     def convert(self, example: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        """The network converted to :attr:`target` (or the next runtime that converts), and under ``auto`` also to
-        ``jit`` when the target is onnxruntime, so that :meth:`pick` can keep the faster per chunk shape."""
+        """The network converted to :attr:`target`, or to the next runtime that converts."""
         runs = {}
         while self.target != "eager" and not runs:
             try:
@@ -247,12 +258,22 @@ class Embedder:
                 warnings.warn(f"embedding with {fallback} instead of {self.target}: the model could not be converted "
                               f"({first_line(exc)})", RuntimeWarning, stacklevel=4)
                 self.target = fallback
-        if self.tune and self.target == "onnxruntime":
-            try:
-                runs["jit"] = CONVERTERS["jit"](self.model, example)
-            except Exception:  # noqa: BLE001 - jit cannot trace this model: onnxruntime alone
-                pass
         return runs
+
+    def add_rival(self, shape: tuple[int, ...], example: torch.Tensor) -> None:
+        """Under ``auto``, once :data:`RACE_AFTER` images have been asked for: ``jit`` beside onnxruntime for this
+        image shape, so that :meth:`pick` keeps the faster per chunk shape (EfficientNets at 84 px in batches of 32
+        can run faster in ``jit``). Not before: a second conversion and jit's slow first calls cost about a second,
+        more than a 100-image call takes in onnxruntime."""
+        runs = self.converted[shape]
+        if not (self.tune and self.target == "onnxruntime" and shape not in self.raced and self.asked >= RACE_AFTER):
+            return
+        self.raced.add(shape)
+        try:
+            runs["jit"] = CONVERTERS["jit"](self.model, example)
+        except Exception:  # noqa: BLE001 - jit cannot trace this model: onnxruntime alone
+            return
+        self.picked = {key: value for key, value in self.picked.items() if key[1:] != shape}
 
 
 def embedder(model: FewShotModel, runtime: str = "auto", device: torch.device | str = "cpu",

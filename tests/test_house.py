@@ -14,7 +14,7 @@ FLOORS = {  # 0 ground ... 7 the package's front door
     "episodes": 0,
     "fewshot.errors": 1, "fewshot.atomic": 1, "fewshot.safe_io": 1, "fewshot.runtime": 1, "fewshot.optim": 1,
     "fewshot.version": 1, "fewshot.json_io": 1, "fewshot.plots": 1, "fewshot.inputs": 1, "fewshot.distributed": 1,
-    "fewshot.paths": 1, "fewshot.declared": 1, "fewshot.loggers": 1,
+    "fewshot.paths": 1, "fewshot.declared": 1, "fewshot.loggers": 1, "fewshot.graph_cache": 1,
     "fewshot.heads": 2, "fewshot.backbones": 2, "fewshot.recipes": 2, "fewshot.transforms": 2, "fewshot.config": 2,
     "fewshot.model": 3, "fewshot.checkpoint": 3, "fewshot.loading": 3, "fewshot.calibration": 3,
     "fewshot.capabilities": 3, "fewshot.onnx_graph": 3, "fewshot.open_set": 3,
