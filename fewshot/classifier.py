@@ -11,6 +11,7 @@ when they are added; ``predict_proba`` embeds only the new images. ``fewshot pre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from .paths import folder_classes
 
 if TYPE_CHECKING:
     from .scoring import Score
+    from .support_adaptation import SupportAdaptation
 
 SAVED_FORMAT = "fewshot-classifier"
 SAVED_VERSION = 1
@@ -64,7 +66,8 @@ class FewShotClassifier:
                  weights: str = "none", image_size: int | None = None, channels: int | None = None,
                  head_options: dict | None = None, backbone_options: dict | None = None,
                  transform: str | None = None, tta: str | None = None, device: str = "cpu", batch_size: int = 32,
-                 runtime: str = "auto", unknown_score: str = DEFAULT_SCORE, calibration: str = DEFAULT_CALIBRATION):
+                 runtime: str = "auto", unknown_score: str = DEFAULT_SCORE, calibration: str = DEFAULT_CALIBRATION,
+                 adapt: str | None = None):
         from .loading import load_model
         from .recipes import RECIPES
 
@@ -75,28 +78,31 @@ class FewShotClassifier:
             backbone_options=backbone_options, transform=transform, tta=tta)
         source = (f"recipe '{model}'" if is_recipe else str(model) if model is not None
                   else f"{backbone} + {head}" if backbone or head else "recipe 'default'")
-        self._setup(built, config, source, device, batch_size, runtime, unknown_score, calibration)
+        self._setup(built, config, source, device, batch_size, runtime, unknown_score, calibration, adapt)
 
     @classmethod
     def from_model(cls, model: FewShotModel, config, source: str = "a model", device: str = "cpu",
                    batch_size: int = 32, runtime: str = "auto", unknown_score: str = DEFAULT_SCORE,
-                   calibration: str = DEFAULT_CALIBRATION) -> "FewShotClassifier":
+                   calibration: str = DEFAULT_CALIBRATION, adapt: str | None = None) -> "FewShotClassifier":
         """A classifier around an already built model and its config (what the CLI does after parsing flags)."""
         self = cls.__new__(cls)
-        self._setup(model, config, source, device, batch_size, runtime, unknown_score, calibration)
+        self._setup(model, config, source, device, batch_size, runtime, unknown_score, calibration, adapt)
         return self
 
     def _setup(self, model: FewShotModel, config, source: str, device: str, batch_size: int, runtime: str,
-               unknown_score: str, calibration: str) -> None:
+               unknown_score: str, calibration: str, adapt: str | None = None) -> None:
+        from .adaptation import check_adapt
         from .embedding import check_runtime
         from .runtime import resolve_device
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise FewshotError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.model_, self.config_, self.source = model, config, source
+        self.base_model_, self.config_, self.source = model, config, source
         self.device, self.batch_size, self.runtime = resolve_device(device), batch_size, check_runtime(runtime)
-        self.model_.to(self.device).eval()
+        self.base_model_.to(self.device).eval()
+        self._adapt = check_adapt(adapt or getattr(model, "adapt", "none"))
         self._examples: dict[str, ClassExamples] = {}
+        self._saved_adaptation = None  # (description, held-out predictions) of a loaded adapted classifier
         self._unknown_score = resolve_score(unknown_score, model.head)
         self._calibration = check_calibration(calibration)
         self._changed()
@@ -107,6 +113,62 @@ class FewShotClassifier:
             warnings.warn(note, UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ properties
+    @property
+    def model_(self) -> FewShotModel:
+        """The model predictions use: the shared model (``base_model_``), or its copy adapted to the examples
+        (``adapt``; adapted on first use after the examples change)."""
+        if self._adapt == "none" or len(self._examples) < 2:
+            return self.base_model_
+        return self.adaptation_.model
+
+    @property
+    def adapt(self) -> str:
+        """``none``, ``top`` or ``auto`` (:mod:`fewshot.adaptation`); settable."""
+        return self._adapt
+
+    @adapt.setter
+    def adapt(self, adapt: str) -> None:
+        from .adaptation import check_adapt
+
+        self._adapt = check_adapt(adapt)
+        self._changed()
+
+    @property
+    def adaptation_(self) -> "SupportAdaptation":
+        """The adaptation to the current examples (:class:`fewshot.support_adaptation.SupportAdaptation`): the
+        model, the examples' embeddings by it, ``auto``'s decision with its reason; made once per change."""
+        from .estimate import distinct_rows
+        from .support_adaptation import SupportAdaptation, adapt_to_examples
+
+        self._check_fitted()
+        if self._adaptation is None:
+            features, labels = self._examples_features()
+            rows, _ = distinct_rows(self)
+            if self._adapt == "none":
+                self._adaptation = SupportAdaptation(self.base_model_, None, None, None, rows)
+            else:
+                with self._adapt_progress() as step_done:
+                    self._adaptation = adapt_to_examples(self.base_model_, self._adapt, self.support_images(),
+                                                         labels, rows, lambda x, m: self._embed(x, m), step_done)
+        return self._adaptation
+
+    def _adapt_progress(self):
+        """A progress bar over the adaptation's training steps (shown when ``progress`` is on)."""
+        from .adaptation import AdaptSettings, adapt_steps
+
+        steps = adapt_steps(self.base_model_, AdaptSettings(steps=self.base_model_.adapt_steps))
+        total = steps * (4 if self._adapt == "auto" else 1)  # auto: three folds, then all the examples
+        bar = tqdm(total=total, desc="adapting", unit="step", disable=not self.progress, leave=False)
+
+        @contextlib.contextmanager
+        def running():
+            try:
+                yield lambda: bar.update(1)
+            finally:
+                bar.close()
+
+        return running()
+
     @property
     def image_size(self) -> int:
         return self.config_.data.image_size
@@ -146,6 +208,7 @@ class FewShotClassifier:
         self._open_set: dict[tuple, OpenSetEstimate] = {}  # open-set estimates by their arguments
         self._cross_validations: dict[tuple, CrossValidation] = {}  # held-out predictions by their arguments
         self._factor: tuple[float, str] | None = None  # (calibration factor, how it was chosen); None: not yet
+        self._adaptation = None  # SupportAdaptation of the current examples; None: adapt when needed
 
     def _check_fitted(self) -> None:
         if len(self._examples) < 2:
@@ -164,7 +227,7 @@ class FewShotClassifier:
         examples: dict[str, ClassExamples] = {}
         for name, items in grouped.items():
             examples[name] = self._prepare_class(name, items)
-        self._examples = examples
+        self._examples, self._saved_adaptation = examples, None
         self._changed()
         self._warn_duplicates()
         return self
@@ -179,7 +242,7 @@ class FewShotClassifier:
             features = None if old.features is None else torch.cat([old.features, new.features])
             new = ClassExamples(torch.cat([old.images, new.images]), features, old.names + new.names,
                                  old.digests + new.digests)
-        self._examples[class_name] = new
+        self._examples[class_name], self._saved_adaptation = new, None
         self._changed()
         self._warn_duplicates()
         return self
@@ -189,30 +252,32 @@ class FewShotClassifier:
             raise SupportSetError(f"class '{name}' has no images: add a few or leave the class out")
         prepared = prepare_images(items, self.image_size, self.channels)
         images = as_batch(prepared)
-        features = None if self.model_.head.adapts_backbone else self._embed(images)
+        features = None if self.base_model_.head.adapts_backbone else self._embed(images, self.base_model_)
         return ClassExamples(images, features, [p.name for p in prepared], [p.digest for p in prepared])
 
     def set_examples(self, examples: Mapping[str, ClassExamples]) -> "FewShotClassifier":
         """Use examples prepared elsewhere (images already at the model's size, embeddings made by
         :meth:`embed` with this model, e.g. cached by the server), checked for shape; replaces earlier ones."""
         try:
-            check_examples(examples, self.image_size, self.channels, self.model_.head.adapts_backbone)
+            check_examples(examples, self.image_size, self.channels, self.base_model_.head.adapts_backbone)
         except ValueError as exc:
             raise SupportSetError(str(exc)) from None
-        self._examples = dict(examples)
+        self._examples, self._saved_adaptation = dict(examples), None
         self._changed()
         self._warn_duplicates()
         return self
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` uint8 at the model's size -> embeddings ``(N, E)`` float32 on the CPU."""
-        return self._embed(images)
+        """``(N, C, H, W)`` uint8 at the model's size -> embeddings ``(N, E)`` float32 on the CPU by the shared
+        model (what :meth:`set_examples` takes; an adapting classifier adapts from the images itself)."""
+        return self._embed(images, self.base_model_)
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` uint8 -> embeddings ``(N, E)`` float32 on the CPU, ``batch_size`` at a time."""
+    def _embed(self, images: torch.Tensor, model: FewShotModel | None = None) -> torch.Tensor:
+        """``(N, C, H, W)`` uint8 -> embeddings ``(N, E)`` float32 on the CPU by ``model`` (default :attr:`model_`),
+        ``batch_size`` at a time."""
         from .embedding import shared_embedder
 
-        embed = shared_embedder(self.model_, self.runtime, self.device)
+        embed = shared_embedder(self.model_ if model is None else model, self.runtime, self.device)
         embed.expect(len(images))
         starts = range(0, len(images), self.batch_size)
         shown = self.progress and len(starts) > 1
@@ -274,7 +339,15 @@ class FewShotClassifier:
         return torch.stack([parts[c][r - (int(ends[c - 1]) if c else 0)] for c, r in zip(owners, rows.tolist())])
 
     def support_features(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(embeddings ``(S, E)`` or None, labels ``(S,)``) in ``classes_`` order, joined once per change."""
+        """(embeddings ``(S, E)`` by :attr:`model_` or None, labels ``(S,)``) in ``classes_`` order."""
+        features, labels = self._examples_features()
+        if self._adapt != "none" and self.adaptation_.adapted:
+            return self.adaptation_.features, labels
+        return features, labels
+
+    def _examples_features(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the examples' own embeddings by the shared model ``(S, E)`` or None, labels ``(S,)``) in ``classes_``
+        order, joined once per change."""
         names = self.classes_
         entries = [self._examples[n] for n in names]
         cached = getattr(self, "_support", None)  # (names, entries, joined): holding the entries keeps them alive
@@ -425,10 +498,31 @@ class FewShotClassifier:
         (:func:`fewshot.estimate.cross_validate`), computed once per set of examples and arguments: the accuracy
         estimate, the per-support calibration and the known side of the ``auto`` threshold all read them."""
         self._check_fitted()
+        if self._saved_adaptation is not None:  # loaded adapted: the folds it was estimated on when adapted
+            return self._saved_adaptation[1]
+        if self._adapt != "none" and self.adaptation_.adapted:  # folds adapted without what they hold out
+            return self._adapted_cross_validation(step)
         key = (repeats, holdout, seed)
         if key not in self._cross_validations:
             self._cross_validations[key] = cross_validate(self, repeats, holdout, seed, progress or self.progress,
                                                           step)
+        return self._cross_validations[key]
+
+    def _adapted_cross_validation(self, step: Callable[[], ContextManager] | None = None) -> CrossValidation:
+        """An adapted classifier's held-out predictions: one fold per part of the distinct examples, each fold's
+        model adapted without the images it holds out (:func:`fewshot.support_adaptation.fold_cross_validation`);
+        ``repeats`` and ``holdout`` do not apply. ``step``: the folds run inside one ``with step():``."""
+        from .estimate import distinct_rows
+        from .support_adaptation import fold_cross_validation
+
+        key = ("adapted",)
+        if key not in self._cross_validations:
+            _, notes = distinct_rows(self)
+            _, labels = self._examples_features()
+            with step() if step is not None else contextlib.nullcontext(), self._adapt_progress() as step_done:
+                self._cross_validations[key] = fold_cross_validation(self.adaptation_, self.base_model_,
+                                                                     self.support_images(), labels, self.classes_,
+                                                                     notes, step_done)
         return self._cross_validations[key]
 
     def logits_for(self, queries: torch.Tensor | None, support: tuple,
@@ -558,6 +652,10 @@ class FewShotClassifier:
         ``open_set_refused`` says why not when the classes or the head cannot give one)."""
         check_recall(recall)
         found = estimate(self, repeats, holdout, seed, progress, step)
+        if self._saved_adaptation is not None:
+            found.adaptation = self._saved_adaptation[0]
+        elif self._adapt != "none":
+            found.adaptation = self.adaptation_.describe()
         if open_set:
             found.open_set_refused = unsupported(self.model_, "open_set") or ""
             if not found.open_set_refused:
@@ -583,13 +681,25 @@ class FewShotClassifier:
 
         self._check_fitted()
         model = self.model_
+        config = self.config_.to_dict()
+        features = {name: e.features for name, e in self._examples.items()}
+        adaptation = None
+        if self._adapt != "none" and self.adaptation_.adapted:  # the adapted weights, as adapted: not again
+            config["model"]["adapt"] = "none"
+            joined, _ = self.support_features()
+            sizes = [len(self._examples[name].images) for name in self.classes_]
+            features = dict(zip(self.classes_, joined.split(sizes)))
+            folds = self.cross_validation()
+            adaptation = {"described": self.adaptation_.describe(),
+                          "folds": {"rows": folds.rows, "labels": folds.labels, "logits": folds.logits,
+                                    "shots": folds.shots, "notes": folds.notes, "repeats": folds.repeats}}
         state = {"format": SAVED_FORMAT, "version": SAVED_VERSION, "fewshot": __version__,
-                 "config": self.config_.to_dict(), "source": self.source, "unknown_score": self.unknown_score,
-                 "calibration": self.calibration,
+                 "config": config, "source": self.source, "unknown_score": self.unknown_score,
+                 "calibration": self.calibration, "adaptation": adaptation,
                  "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "normalization": [list(model.mean), list(model.std)],
-                 "classes": {name: {"images": e.images, "features": e.features, "names": e.names, "digests": e.digests}
-                             for name, e in self._examples.items()}}
+                 "classes": {name: {"images": e.images, "features": features[name], "names": e.names,
+                                    "digests": e.digests} for name, e in self._examples.items()}}
         return atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
@@ -630,6 +740,9 @@ class FewShotClassifier:
         self = cls.from_model(model, config, state.get("source", str(file)), device, runtime=runtime,
                               unknown_score=score, calibration=state.get("calibration", DEFAULT_CALIBRATION))
         self._examples = examples
+        saved = state.get("adaptation")
+        if isinstance(saved, dict):  # adapted before it was saved: its honest held-out predictions come along
+            self._saved_adaptation = (saved["described"], CrossValidation(**saved["folds"]))
         return self
 
     def export(self, path: str | os.PathLike, format: str = "onnx") -> Path:  # noqa: A002 - the natural name

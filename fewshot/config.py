@@ -97,6 +97,10 @@ class ModelConfig:
     # calibration: {shots per class: temperature} for the probabilities of a fitted classifier (softmax of
     # temperature * logits), interpolated in log(shots); {} keeps the head's own scale (fewshot/calibration.py)
     temperature: dict = field(default_factory=dict)
+    # adapting the backbone's top to each support set (fewshot/adaptation.py): none, top (always), auto (when the
+    # support's held-out images show it helps); adapt_steps: training steps per adapted part
+    adapt: str = choice("none", "top", "auto")
+    adapt_steps: int = ranged(40, 1, 1000)
 
 
 @dataclass

@@ -112,7 +112,10 @@ def onnx_session(model: FewShotModel, example: torch.Tensor) -> Callable[[torch.
     description = (f"EmbeddingNetwork {example.dtype} opset {OPSET} dynamic batch; tta {model.tta}; mean {model.mean}; "
                    f"std {model.std}; feature map {model.head.feature_map}")
     with quiet(), torch.inference_mode(False):
-        data = cached_graph(graph_key(model, tuple(example.shape[1:]), description), make)
+        if getattr(model, "adapted_to_support", False):  # one support set's copy: never asked for again
+            data = make()
+        else:
+            data = cached_graph(graph_key(model, tuple(example.shape[1:]), description), make)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1

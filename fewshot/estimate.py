@@ -108,10 +108,17 @@ class Estimate:
     warnings: list[str] = field(default_factory=list)
     open_set: OpenSetEstimate | None = None  # how well "none of these" works (None: not estimated, see below)
     open_set_refused: str = ""  # why there is no open-set estimate, when one was asked for
+    adaptation: dict | None = None  # adapt="top"/"auto": whether the model was adapted and why (SupportAdaptation)
 
     def summary(self) -> str:
-        return (f"estimated accuracy {self.accuracy:.1f} % (95% interval {self.low:.1f}-{self.high:.1f} %, from "
-                f"{self.images} held-out images over {self.repeats} random splits)")
+        adapted = bool(self.adaptation and self.adaptation.get("adapted"))
+        how = (f"{self.repeats} folds, each fold's model adapted without the images it held out" if adapted
+               else f"{self.repeats} random splits")
+        line = (f"estimated accuracy {self.accuracy:.1f} % (95% interval {self.low:.1f}-{self.high:.1f} %, from "
+                f"{self.images} held-out images over {how})")
+        if self.adaptation is not None:
+            line += f"\nadapting the features to your images: {self.adaptation.get('reason', 'adapted')}"
+        return line
 
     def to_json(self) -> dict:
         found = {"accuracy": self.accuracy, "low": self.low, "high": self.high, "repeats": self.repeats,
@@ -122,6 +129,8 @@ class Estimate:
             found["open_set"] = self.open_set.to_json()
         elif self.open_set_refused:
             found["open_set"] = {"refused": self.open_set_refused}
+        if self.adaptation is not None:
+            found["adaptation"] = self.adaptation
         return found
 
 

@@ -22,6 +22,7 @@ from einops import rearrange
 
 from episodes import Episode, EpisodeIndices, EpisodeSampler, FewShotSplit, query_counts
 
+from .adaptation import model_for_support
 from .embedding import Embedder, embedder
 from .errors import FewshotError
 from .model import FewShotModel
@@ -216,6 +217,7 @@ def evaluate_drawn(model: FewShotModel, split: FewShotSplit, drawn: list, seed: 
     if adapts and refine != "none":
         raise FewshotError(f"refinement '{refine}' works on embeddings; head '{type(model.head).__name__}' "
                            "adapts the backbone per episode: use --refine none")
+    adapts = adapts or getattr(model, "adapt", "none") != "none"  # per episode, from its own support (adaptation.py)
     fast = not adapts if fast is None else fast and not adapts
     fixed = all(isinstance(d, EpisodeIndices) and d.support.shape == drawn[0].support.shape
                 and d.query.shape == drawn[0].query.shape for d in drawn)
@@ -328,6 +330,8 @@ def classify_episode(model: FewShotModel, episode: Episode, precision: str = "au
     """Query logits ``(ways*queries, ways)`` of one episode, embedded from its images (heads that adapt
     the backbone adapt it here)."""
     ways, count = episode.ways, len(episode.support)
+    if getattr(model, "adapt", "none") != "none":  # a fresh copy adapted to this episode's support alone
+        model, _, _ = model_for_support(model, episode.support, episode.support_labels, ways)
     with autocast(episode.support.device, precision):
         if model.head.adapts_backbone:
             return model(episode.support, episode.support_labels, episode.query, ways)

@@ -68,6 +68,7 @@ class FewShotModel(nn.Module):
         if len(mean) != channels:  # RGB statistics of pretrained weights, grey input: their channel average
             mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
         self.mean, self.std = tuple(mean), tuple(std)
+        self.adapt, self.adapt_steps = "none", 40  # fewshot.adaptation: set from model.adapt / model.adapt_steps
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> normalized float; float input is returned as it is."""
@@ -196,4 +197,6 @@ def build_model(config: ModelConfig, channels: int, image_size: int) -> FewShotM
     backbone.train(was_training)
     head = build_head(config.head, embedding_dim, tuple(features.shape[1:]), **config.head_options)
     head.check_backbone(backbone)
-    return FewShotModel(backbone, head, channels, config.transform, config.tta)
+    model = FewShotModel(backbone, head, channels, config.transform, config.tta)
+    model.adapt, model.adapt_steps = config.adapt, config.adapt_steps
+    return model

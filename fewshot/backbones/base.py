@@ -49,9 +49,24 @@ class Backbone(nn.Module):
         """The backbone's blocks from input to output, for fine-tuning the last few."""
         return list(self.children())
 
+    def adaptable_parts(self) -> list["AdaptablePart"]:
+        """The parts of the network that adapt to a support set (:mod:`fewshot.adaptation`), each a frozen trunk
+        and a trainable top; empty (the default) when the backbone declares none."""
+        return []
+
     def adapt_state_dict(self, state: dict) -> dict:
         """Rename a foreign state dict's keys to this module's (``weights: PATH``); unchanged by default."""
         return state
+
+
+@dataclass(frozen=True)
+class AdaptablePart:
+    """One embedding of a backbone split for adaptation: ``trunk(x)`` maps the backbone's input ``(B, C, H, W)`` to
+    the maps ``(B, D, h, w)`` the adaptation starts from (kept frozen); ``top`` maps those to the part's pooled
+    embedding ``(B, E)`` and holds the backbone's own modules, so training it changes the backbone (a copy)."""
+
+    trunk: Callable[[torch.Tensor], torch.Tensor]
+    top: nn.Module
 
 
 @dataclass(frozen=True)
