@@ -9,8 +9,9 @@ crop of 70-100 % of the map's side resized back, and a horizontal flip), BatchNo
 of images cannot estimate them). Training on cached maps makes a step cost the top's share of the network only:
 5 classes x 5 images adapt in seconds on two CPU cores (benchmarks/RESULTS.md, "Beyond ImageNet").
 
-:func:`adapt_model` is the one function the Python API, the CLI, the server and the episodic evaluator call; an
-episode adapts a fresh copy from its own support set only, so nothing learned crosses episodes.
+:func:`model_for_support` is the one rule the Python API, the CLI and the episodic evaluator follow (``fewshot
+serve`` refuses a model that would adapt, for now); an episode adapts a fresh copy from its own support set only,
+so nothing learned crosses episodes.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def adapt_model(model: FewShotModel, images: torch.Tensor, labels: torch.Tensor,
                 ) -> FewShotModel:
     """A copy of ``model`` whose backbone top is fine-tuned on the support ``images`` (uint8 ``(S, C, H, W)``)
     with ``labels`` ``(S,)`` in ``0..ways-1``; ``model`` itself is not changed. The copy is in eval mode,
-    without gradients, and marked ``adapted_to_support`` (its converted graphs are not kept on disk). ``step_done`` is
-    called after every training step (a progress bar): :func:`adapt_steps` of them in all."""
+    without gradients, and marked ``adapted_to_support`` (its converted graphs are not kept on disk).
+    ``step_done`` is called after every training step (a progress bar): :func:`adapt_steps` of them in all."""
     problem = can_adapt(model)
     if problem:
         raise CapabilityError(problem)
@@ -127,8 +128,6 @@ def adapt_model(model: FewShotModel, images: torch.Tensor, labels: torch.Tensor,
 def adapt_steps(model: FewShotModel, settings: AdaptSettings = AdaptSettings()) -> int:
     """How many training steps :func:`adapt_model` takes on ``model`` (for a progress bar's total)."""
     return settings.steps * len(model.backbone.adaptable_parts())
-
-
 
 
 @dataclass

@@ -142,7 +142,7 @@ class FewShotClassifier:
 
         self._check_fitted()
         if self._adaptation is None:
-            features, labels = self._examples_features()
+            _, labels = self._examples_features()
             rows, _ = distinct_rows(self)
             if self._adapt == "none":
                 self._adaptation = SupportAdaptation(self.base_model_, None, None, None, rows)

@@ -162,6 +162,8 @@ def test_cli_adapts_on_request_and_refuses_a_backbone_that_cannot(support, tmp_p
 
 def test_serve_refuses_to_adapt_inside_requests(tmp_path, capsys):
     pytest.importorskip("fastapi", reason="needs fewshot[serve]")
+    from serving import free_port
+
     code = main(["serve", "--backbone", "efficientnet_lite0", "--head", "linear_probe", "--image-size", "32",
-                 "--adapt", "top", "--data-dir", str(tmp_path / "data"), "--port", "0"])
+                 "--adapt", "top", "--data-dir", str(tmp_path / "data"), "--port", str(free_port())])
     assert code != 0 and "does not adapt the backbone" in capsys.readouterr().err
