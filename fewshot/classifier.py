@@ -137,6 +137,11 @@ class FewShotClassifier:
     def adaptation_(self) -> "SupportAdaptation":
         """The adaptation to the current examples (:class:`fewshot.support_adaptation.SupportAdaptation`): the
         model, the examples' embeddings by it, ``auto``'s decision with its reason; made once per change."""
+        return self.adapt_examples()
+
+    def adapt_examples(self, step_done: Callable[[], None] | None = None) -> "SupportAdaptation":
+        """:attr:`adaptation_`, made now if needed; ``step_done`` is called after every training step instead of
+        the progress bar (how the server runs it as short background passes, :mod:`fewshot.serve.adapting`)."""
         from .estimate import distinct_rows
         from .support_adaptation import SupportAdaptation, adapt_to_examples
 
@@ -147,9 +152,10 @@ class FewShotClassifier:
             if self._adapt == "none":
                 self._adaptation = SupportAdaptation(self.base_model_, None, None, None, rows)
             else:
-                with self._adapt_progress() as step_done:
+                with self._adapt_progress() as bar_step:
                     self._adaptation = adapt_to_examples(self.base_model_, self._adapt, self.support_images(),
-                                                         labels, rows, lambda x, m: self._embed(x, m), step_done)
+                                                         labels, rows, lambda x, m: self._embed(x, m),
+                                                         step_done or bar_step)
         return self._adaptation
 
     def _adapt_progress(self):
@@ -314,6 +320,9 @@ class FewShotClassifier:
             total += sum(size(t) for t in self._fitted.tensors().values())
         total += sum(size(found.logits) + size(found.rows) + size(found.labels)
                      for found in self._cross_validations.values())
+        if self._adaptation is not None and self._adaptation.adapted:  # the adapted copy and its embeddings
+            model = self._adaptation.model
+            total += size(self._adaptation.features) + sum(size(t) for t in model.state_dict().values())
         return total
 
     @property
@@ -508,10 +517,12 @@ class FewShotClassifier:
                                                           step)
         return self._cross_validations[key]
 
-    def _adapted_cross_validation(self, step: Callable[[], ContextManager] | None = None) -> CrossValidation:
+    def _adapted_cross_validation(self, step: Callable[[], ContextManager] | None = None,
+                                  step_done: Callable[[], None] | None = None) -> CrossValidation:
         """An adapted classifier's held-out predictions: one fold per part of the distinct examples, each fold's
         model adapted without the images it holds out (:func:`fewshot.support_adaptation.fold_cross_validation`);
-        ``repeats`` and ``holdout`` do not apply. ``step``: the folds run inside one ``with step():``."""
+        ``repeats`` and ``holdout`` do not apply. ``step``: the folds run inside one ``with step():``;
+        ``step_done``: called after every training step instead of the progress bar."""
         from .estimate import distinct_rows
         from .support_adaptation import fold_cross_validation
 
@@ -519,11 +530,20 @@ class FewShotClassifier:
         if key not in self._cross_validations:
             _, notes = distinct_rows(self)
             _, labels = self._examples_features()
-            with step() if step is not None else contextlib.nullcontext(), self._adapt_progress() as step_done:
+            with step() if step is not None else contextlib.nullcontext(), self._adapt_progress() as bar_step:
                 self._cross_validations[key] = fold_cross_validation(self.adaptation_, self.base_model_,
                                                                      self.support_images(), labels, self.classes_,
-                                                                     notes, step_done)
+                                                                     notes, step_done or bar_step)
         return self._cross_validations[key]
+
+    def adapt_and_validate(self, step_done: Callable[[], None]) -> "SupportAdaptation":
+        """Adapt to the examples now and, when the model was adapted, make the held-out folds its estimate,
+        calibration and threshold read, calling ``step_done`` after every training step (the server runs this
+        as short background passes); the examples' adaptation, as :attr:`adaptation_`."""
+        found = self.adapt_examples(step_done)
+        if found.adapted and self._saved_adaptation is None:
+            self._adapted_cross_validation(step_done=step_done)
+        return found
 
     def logits_for(self, queries: torch.Tensor | None, support: tuple,
                    query_features: torch.Tensor | None = None) -> torch.Tensor:

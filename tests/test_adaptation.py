@@ -4,11 +4,13 @@ reproduce the adapted predictions."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import make_image_folder
 from fewshot import FewShotClassifier
@@ -160,10 +162,80 @@ def test_cli_adapts_on_request_and_refuses_a_backbone_that_cannot(support, tmp_p
     assert "declares no part that adapts" in capsys.readouterr().err
 
 
-def test_serve_refuses_to_adapt_inside_requests(tmp_path, capsys):
+def test_serve_adapts_a_project_in_the_background(tmp_path):
+    """A project's adaptation setting (new projects take --adapt's) runs as a job: predictions come from the frozen
+    model until it finishes, then from the adapted one, and say which; a bad setting is a 400 naming the choices;
+    the export carries the adapted weights (its answers are the server's)."""
     pytest.importorskip("fastapi", reason="needs fewshot[serve]")
-    from serving import free_port
+    import time
 
-    code = main(["serve", "--backbone", "efficientnet_lite0", "--head", "linear_probe", "--image-size", "32",
-                 "--adapt", "top", "--data-dir", str(tmp_path / "data"), "--port", str(free_port())])
-    assert code != 0 and "does not adapt the backbone" in capsys.readouterr().err
+    from serving import Server, colour_png, files
+
+    server = Server(tmp_path / "data", "--backbone", "efficientnet_lite0", "--head", "linear_probe",
+                    "--transform", "l2n", "--adapt", "top").start()
+    try:
+        with server.client() as client:
+            pid = client.post("/api/v1/projects", json={"name": "p"}).json()["id"]
+            assert client.get(f"/api/v1/projects/{pid}").json()["adapt"] == "top"
+            assert client.get(f"/api/v1/projects/{pid}/adaptation").json()["state"] == "needs images"
+            for colour in ("red", "green", "blue"):
+                cid = client.post(f"/api/v1/projects/{pid}/classes", json={"name": colour}).json()["id"]
+                client.post(f"/api/v1/projects/{pid}/classes/{cid}/images",
+                            files=files(*[(f"{colour}{i}.png", colour_png(colour, i)) for i in range(3)]))
+            picture = colour_png("green", 777)
+            query = files(("q.png", picture))
+            first = client.post(f"/api/v1/projects/{pid}/predict", files=query).json()["predictions"][0]
+            assert first["adaptation"]["answers_from"] == "frozen"  # the job has just started
+            for _ in range(600):
+                state = client.get(f"/api/v1/projects/{pid}/adaptation").json()
+                if state["state"] not in ("waiting", "adapting"):
+                    break
+                time.sleep(0.2)
+            assert state["state"] == "adapted" and state["steps_done"] == state["steps"] > 0, state
+            adapted = client.post(f"/api/v1/projects/{pid}/predict", files=query).json()["predictions"][0]
+            assert adapted["adaptation"]["answers_from"] == "adapted"
+            assert adapted["probabilities"] != first["probabilities"]  # another model answered
+            script = client.get(f"/api/v1/projects/{pid}/export", params={"format": "torchscript"}, timeout=600)
+            assert script.status_code == 200, script.text
+            (tmp_path / "m.pt").write_bytes(script.content)
+            pixels = np.array(Image.open(io.BytesIO(picture)))
+            exported = torch.jit.load(str(tmp_path / "m.pt"))(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+            names = sorted(adapted["probabilities"])
+            assert [float(p) for p in exported[0]] == pytest.approx([adapted["probabilities"][n] for n in names],
+                                                                    abs=1e-4)
+            bad = client.put(f"/api/v1/projects/{pid}/adaptation", json={"adapt": "always"})
+            assert bad.status_code == 400 and "none, top, auto" in bad.json()["error"]
+            off = client.put(f"/api/v1/projects/{pid}/adaptation", json={"adapt": "none"}).json()
+            assert off["state"] == "off"
+            again = client.post(f"/api/v1/projects/{pid}/predict", files=query).json()["predictions"][0]
+            assert "adaptation" not in again and again["probabilities"] == pytest.approx(first["probabilities"])
+    finally:
+        server.stop()
+
+
+def test_paced_job_lets_predictions_in_between_its_steps():
+    """The adaptation job holds the compute lock one step at a time: a prediction waiting meanwhile gets it
+    after at most one step, long before the job ends."""
+    import threading
+    import time
+
+    from fewshot.serve.adapting import Paced
+    from fewshot.serve.jobs import ComputeLock
+
+    compute, log, started = ComputeLock(), [], threading.Event()
+
+    def job():
+        with Paced(compute, threading.Event()) as paced:
+            for n in range(30):
+                started.set()
+                time.sleep(0.02)
+                log.append(n)
+                paced.step()
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    started.wait()
+    with compute.interactive():
+        log.append("predict")
+    worker.join()
+    assert log.index("predict") <= 3 and len(log) == 31, log

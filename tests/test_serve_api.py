@@ -462,7 +462,8 @@ def test_failed_embedding_after_upload_still_answers_201(tmp_path, caplog):
     def embed_new(project_id, image_ids):
         raise RuntimeError("out of GPU memory")
 
-    engine = SimpleNamespace(store=Store(tmp_path / "data"), embed_new=embed_new, tmp=tmp_path / "data" / "tmp" / "1")
+    engine = SimpleNamespace(store=Store(tmp_path / "data"), embed_new=embed_new, tmp=tmp_path / "data" / "tmp" / "1",
+                             default_adapt="none")
     with TestClient(create_app(engine, loopback_only=False), raise_server_exceptions=False) as test:
         pid = test.post("/api/v1/projects", json={"name": "p"}).json()["id"]
         cid = test.post(f"/api/v1/projects/{pid}/classes", json={"name": "c"}).json()["id"]

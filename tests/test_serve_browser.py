@@ -271,3 +271,38 @@ def test_with_two_classes_the_page_offers_a_threshold_of_your_own(server, page, 
     wait_until(lambda: page.locator("#prediction-label").inner_text().strip() == "none of these")
     assert "the closest is red" in page.locator("#unknown-note").inner_text()
     assert [p for p in problems if not p.startswith("unexpected dialog: Name of the new project")] == []
+
+
+def test_project_adapts_from_the_page(browser, tmp_path):
+    """An adaptable model shows the project's adaptation setting; choosing 'Always' starts the background job,
+    the status line follows it to 'Adapted', and a reload shows the stored setting. The tiny conv4 server of the
+    other tests cannot adapt: its page hides the setting."""
+    adaptable = Server(tmp_path / "data", "--backbone", "efficientnet_lite0", "--head", "linear_probe",
+                       "--transform", "l2n").start()
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        page = context.new_page()
+        problems = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.goto(adaptable.url)
+        for colour in ("red", "green"):
+            add_class_with_images(page, tmp_path, colour, 3, lambda i: i)
+        assert page.locator("#adapt-row").is_visible()
+        assert page.locator("#adapt-select").input_value() == "none"
+        page.select_option("#adapt-select", "top")
+        sync_api.expect(page.locator("#adapt-status")).to_have_text(re.compile("^Adapted to your images"),
+                                                                    timeout=120_000)
+        page.reload()
+        sync_api.expect(page.locator("#adapt-select")).to_have_value("top")
+        assert not problems, problems
+    finally:
+        context.close()
+        adaptable.stop()
+
+
+def test_adaptation_setting_hidden_when_the_model_cannot_adapt(server, page):
+    opened, problems = page
+    opened.goto(server.url)
+    sync_api.expect(opened.locator("#model-info")).not_to_be_empty()
+    sync_api.expect(opened.locator("#adapt-row")).to_be_hidden()
+    assert not problems, problems

@@ -56,6 +56,7 @@ def test_v1_database_migrates_keeping_rows_ids_and_embeddings(tmp_path):
                   for table in ("projects", "classes", "images", "embeddings")}
     store = Store(tmp_path / "data")
     assert store.schema_version() == len(MIGRATIONS) >= 2
+    before["projects"] = [row + ("none",) for row in before["projects"]]  # schema 3: no project adapts
     assert dump(store) == before  # every row, id and embedding kept
     assert store.embeddings([1, 3, 7], "m1")[3].tolist() == [3.0, 3.0, 3.0]
     with sqlite3.connect(store.db_path) as db:

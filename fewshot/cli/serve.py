@@ -6,7 +6,6 @@ import argparse
 import os
 
 
-from ..errors import FewshotError
 from . import common
 from .common import POSITIVE, add_model_arguments, int_at_least, positive_number
 
@@ -18,7 +17,9 @@ PARSER = dict(
                 "accuracy with its interval and confusion matrix, drop a new image to see its class, "
                 "probabilities and heatmap, export), the JSON API at /api/v1 and its docs at /docs. Projects, "
                 "images and their embeddings persist in --data-dir (SQLite + files). The model is named like "
-                "for predict (default: the 'default' recipe). Needs pip install 'fewshot[serve]'.",
+                "for predict (default: the 'default' recipe). A project can adapt the backbone to its images "
+                "(a setting on the page; --adapt or the 'adapt' recipe sets it for new projects): that runs in "
+                "the background while predictions use the frozen model. Needs pip install 'fewshot[serve]'.",
 )
 
 
@@ -62,16 +63,6 @@ def default_data_dir() -> str:
     return os.path.join(base, "fewshot", "serve")
 
 
-def without_adaptation(classifier):
-    """The server's classifier, refused when it would adapt the backbone (a recipe's or ``--adapt``'s setting):
-    adapting would run inside prediction requests, which the server does not do yet."""
-    if classifier.adapt != "none":
-        raise FewshotError(f"fewshot serve does not adapt the backbone to a project's images yet (adapt "
-                           f"'{classifier.adapt}' would run inside prediction requests): serve with --adapt none, or "
-                           "adapt with fewshot predict or the Python API and export the result")
-    return classifier
-
-
 def run(args: argparse.Namespace) -> int:
     from ..serve.server import serve
     from ..serve.uploads import Limits
@@ -80,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                     max_files_per_request=args.max_files, max_images_per_project=args.max_images,
                     max_request_bytes=int(args.max_request_mb * 1024 * 1024),
                     max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024))
-    serve(lambda: without_adaptation(common.classifier_from_args(args)), args.data_dir or default_data_dir(), host=args.host, port=args.port,
+    serve(lambda: common.classifier_from_args(args), args.data_dir or default_data_dir(), host=args.host, port=args.port,
           token=args.token, limits=limits, access_log=args.access_log,
           cache_mb=args.cache_mb, max_jobs=args.max_jobs)
     return 0

@@ -32,6 +32,12 @@ class NameBody(BaseModel):
     name: str = Field(description="1 to 100 characters, any Unicode except control characters")
 
 
+class AdaptBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    adapt: str = Field(description="'none' (the frozen model), 'top' (adapt the backbone's top to the project's "
+                                   "images) or 'auto' (adapt only when held-out images show a gain)")
+
+
 class EstimateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     repeats: int = Field(50, ge=1, le=MAX_REPEATS, description="random splits")
@@ -72,6 +78,7 @@ def image_view(project_id: int, image: dict) -> dict:
 def project_view(store: Store, project_id: int) -> dict:
     project = store.project(project_id)
     return {"id": project["id"], "name": project["name"], "revision": project["revision"],
+            "adapt": project.get("adapt", "none"),
             "classes": [{"id": c["id"], "name": c["name"], "images": [image_view(project_id, i) for i in c["images"]]}
                         for c in project["classes"]]}
 

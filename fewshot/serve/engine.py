@@ -33,6 +33,7 @@ from ..capabilities import require, single_image_note, unsupported
 from ..classifier import ClassExamples, Estimate, FewShotClassifier
 from ..errors import FewshotError, SupportSetError
 from ..runtime import cpu_flags, has_int8_dot_product
+from .adapting import AdaptationJob
 from .jobs import (ComputeLock, JobSlots, limit_allocator_arenas, release_memory, run_export_process,
                    write_export_job)
 from .store import Store
@@ -87,12 +88,23 @@ class _Cached:
     # keyed by (image id, sha256): an id names one image for good (the store never reuses ids), the digest
     # guards against it anyway
     features: dict[tuple[int, str], torch.Tensor]  # -> (E,) float32 (empty when the head adapts the backbone)
-    estimates: OrderedDict = field(default_factory=OrderedDict)  # (repeats, holdout, seed) -> Estimate, newest last
+    # (repeats, holdout, seed, adapted) -> Estimate, newest last
+    estimates: OrderedDict = field(default_factory=OrderedDict)
+    adaptation: AdaptationJob | None = None  # the project adapts: its job (the adapted classifier once finished)
 
     def nbytes(self) -> int:
         """Memory held: what the classifier holds (:meth:`FewShotClassifier.held_bytes`: images, embeddings, their
-        joined copy, the fitted and unknown-score state, held-out predictions) and the embeddings kept here."""
-        return self.classifier.held_bytes() + sum(t.numel() * t.element_size() for t in self.features.values())
+        joined copy, the fitted and unknown-score state, held-out predictions), the embeddings kept here, and an
+        adapted classifier's (counted whole, although it shares the images: a bound, not a tally)."""
+        adapted = self.adaptation.classifier if self.adaptation is not None else None
+        return (self.classifier.held_bytes() + sum(t.numel() * t.element_size() for t in self.features.values())
+                + (adapted.held_bytes() if adapted is not None else 0))
+
+    def drop_adaptation(self) -> None:
+        """Cancel the adaptation job (at its next step) and forget what it made."""
+        if self.adaptation is not None:
+            self.adaptation.cancel.set()
+            self.adaptation = None
 
     def pixels(self) -> dict[str, torch.Tensor]:
         """sha256 -> the decoded image ``(C, S, S)`` the classifier holds (a view, not a copy): what a rebuild
@@ -106,12 +118,14 @@ class Engine:
 
     def __init__(self, base: FewShotClassifier, store: Store, cache_mb: float = 2048, max_jobs: int = 1):
         self.base, self.store = base, store
+        self.default_adapt = base.adapt  # new projects' setting (the recipe's or --adapt's)
         self.compute = ComputeLock()
         self.jobs = JobSlots(max_jobs)
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache_lock = threading.Lock()
         self._cache: OrderedDict[int, _Cached] = OrderedDict()  # least recently used first
         self._building: dict[int, threading.Lock] = {}
+        self._adapting = threading.Lock()  # one adaptation job at a time (the others wait their turn)
         self.key = model_key(base)
         self.embedded_images = 0  # stored images embedded since start (the rest came from the cache)
         self._weights_file: Path | None = None  # the model's weights for export children, written once
@@ -128,12 +142,16 @@ class Engine:
         model = self.base.model_
         not_explainable = unsupported(model, "explain", self.base.image_size)
         not_exportable = unsupported(model, "export")
+        from ..adaptation import can_adapt
+
+        not_adaptable = can_adapt(model)
         return {"model": self.base.source, "head": self.base.config_.model.head,
                 "backbone": self.base.config_.model.backbone, "image_size": self.base.image_size,
                 "channels": self.base.channels, "explainable": not_explainable is None,
                 "explain_note": not_explainable, "exportable": not_exportable is None, "export_note": not_exportable,
                 "export_formats": [f for f in EXPORT_FORMATS if _can_export(f)] if not not_exportable else [],
                 "single_image_note": single_image_note(model), "int8_note": int8_note(),
+                "adaptable": not_adaptable is None, "adapt_note": not_adaptable,
                 "embedded_images": self.embedded_images}
 
     def require(self, capability: str) -> None:
@@ -170,6 +188,7 @@ class Engine:
             while total > self.cache_bytes and len(self._cache) > 1:
                 _, dropped = self._cache.popitem(last=False)
                 total -= dropped.nbytes()
+                dropped.drop_adaptation()
 
     def _build(self, project: dict, cached: _Cached | None) -> tuple[FewShotClassifier, _Cached]:
         project_id = project["id"]
@@ -201,9 +220,12 @@ class Engine:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once at start (transductive); duplicates: the store refuses them
             classifier = FewShotClassifier.from_model(self.base.model_, self.base.config_, self.base.source,
-                                                      str(self.base.device), self.base.batch_size, self.base.runtime)
+                                                      str(self.base.device), self.base.batch_size, self.base.runtime,
+                                                      adapt="none")  # frozen; adapting is the project's job
             classifier.set_examples(examples)
         del pixels  # the classifier holds them now, stacked per class
+        if cached is not None:
+            cached.drop_adaptation()  # it adapted to the examples before this change
         fresh = _Cached(project["revision"], classifier, features)
         self._remember(project_id, fresh)
         release_memory()  # what the old classifier and dropped projects held
@@ -243,8 +265,54 @@ class Engine:
 
     def forget(self, project_id: int) -> None:
         with self._cache_lock:
-            self._cache.pop(project_id, None)
+            dropped = self._cache.pop(project_id, None)
             self._building.pop(project_id, None)
+        if dropped is not None:
+            dropped.drop_adaptation()
+
+    # ------------------------------------------------------------------ adapting to a project's images
+    def adaptation(self, project_id: int) -> AdaptationJob | None:
+        """The project's adaptation job (None when it does not adapt), started when its setting or examples
+        changed since the last one: it runs in the background (:mod:`.adapting`) while predictions use the frozen
+        classifier."""
+        setting = self.store.project(project_id).get("adapt", "none")
+        classifier, cached = self.classifier(project_id)
+        with self._cache_lock:
+            job = cached.adaptation
+            if setting == "none" or (job is not None and job.setting != setting):
+                cached.drop_adaptation()
+                job = None
+            if setting == "none" or job is not None:
+                return job
+            from ..adaptation import AdaptSettings, adapt_steps
+
+            steps = adapt_steps(self.base.model_, AdaptSettings(steps=self.base.model_.adapt_steps)) * 4
+            job = cached.adaptation = AdaptationJob(setting, cached.revision, steps)
+
+        def make() -> FewShotClassifier:
+            adapting = FewShotClassifier.from_model(self.base.model_, self.base.config_, self.base.source,
+                                                    str(self.base.device), self.base.batch_size, self.base.runtime,
+                                                    adapt=setting)
+            adapting.progress = False
+            return adapting.set_examples(classifier.examples_)
+
+        threading.Thread(target=job.run, args=(self._adapting, self.compute, make), daemon=True,
+                         name=f"adapt-project-{project_id}").start()
+        return job
+
+    def adaptation_status(self, project_id: int) -> dict | None:
+        """The project's adaptation as JSON without starting anything (None when no job is known)."""
+        with self._cache_lock:
+            cached = self._cache.get(project_id)
+            job = cached.adaptation if cached is not None else None
+        return job.to_json() if job is not None else None
+
+    def serving(self, project_id: int) -> tuple[FewShotClassifier, AdaptationJob | None]:
+        """The classifier a project's predictions, estimates and exports use: the adapted one once its job
+        finished, the frozen one until then (and always, when the project does not adapt)."""
+        classifier, _ = self.classifier(project_id)
+        job = self.adaptation(project_id)
+        return (job.classifier if job is not None and job.finished else classifier), job
 
     # ------------------------------------------------------------------ using them
     def model_input(self, image) -> np.ndarray:
@@ -260,7 +328,7 @@ class Engine:
         images are background passes, one at a time."""
         from ..explain import heatmap_overlay_png
 
-        classifier, _ = self.classifier(project_id)
+        classifier, job = self.serving(project_id)
         threshold, note = self.unknown_threshold(classifier, unknown, cancel)
         if not explain:
             with self.compute.interactive():
@@ -274,7 +342,8 @@ class Engine:
                 results += details
                 del queries, heatmaps  # an explanation's tensors are released before the next image
             release_memory()
-        return [{**item, "unknown_note": note} if note else item for item in results]
+        results = [{**item, "unknown_note": note} if note else item for item in results]
+        return [{**item, "adaptation": job.to_json()} for item in results] if job is not None else results
 
     def unknown_threshold(self, classifier: FewShotClassifier, unknown: str | float | None,
                           cancel: threading.Event | None) -> tuple[float | None, str]:
@@ -296,8 +365,9 @@ class Engine:
     def estimate(self, project_id: int, repeats: int, holdout: float, seed: int,
                  cancel: threading.Event | None = None) -> Estimate:
         """The project's estimate, split by split as background passes (remembered per revision)."""
-        classifier, cached = self.classifier(project_id)
-        key = (repeats, holdout, seed)
+        _, cached = self.classifier(project_id)
+        classifier, job = self.serving(project_id)
+        key = (repeats, holdout, seed, job is not None and job.finished)
         if key in cached.estimates:
             cached.estimates.move_to_end(key)
             return cached.estimates[key]
@@ -315,7 +385,7 @@ class Engine:
                cancel: threading.Event | None = None) -> Path:
         """Export in a child process at the lowest CPU priority (:func:`.jobs.run_export_process`)."""
         self.require("export")
-        classifier, _ = self.classifier(project_id)
+        classifier, _ = self.serving(project_id)
         with self.jobs.hold("export"):
             try:  # the calibration's splits one background step each (fitted_ then reads them)
                 if classifier.calibration == "support":
@@ -332,7 +402,11 @@ class Engine:
             self.tmp.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=self.tmp) as work:
                 job = Path(work) / "job.pt"
-                write_export_job(job, self.weights_file(), self.base.config_.to_dict(),
+                weights = self.weights_file()
+                if classifier.model_ is not self.base.model_:  # adapted to the project: its own weights
+                    weights = Path(work) / "adapted.pt"
+                    torch.save({k: v.detach().cpu() for k, v in classifier.model_.state_dict().items()}, weights)
+                write_export_job(job, weights, self.base.config_.to_dict(),
                                  [list(self.base.model_.mean), list(self.base.model_.std)], fitted,
                                  classifier.classes_, classifier.support_images(chosen), path, format, threshold)
                 run_export_process(job, cancel or threading.Event())

@@ -115,6 +115,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE images_new RENAME TO images;
     CREATE INDEX images_by_class ON images (class_id);
     """,
+    # 3: a project's adaptation setting (none | top | auto: fewshot.adaptation), set on the page
+    """
+    ALTER TABLE projects ADD COLUMN adapt TEXT NOT NULL DEFAULT 'none';
+    """,
 ]
 
 
@@ -292,10 +296,11 @@ class Store:
                 "FROM projects p ORDER BY p.id").fetchall()
         return [dict(row) for row in rows]
 
-    def create_project(self, name: str) -> int:
+    def create_project(self, name: str, adapt: str = "none") -> int:
         with self._write() as db:
             self._check_project_name(db, name)
-            return db.execute("INSERT INTO projects (name, created) VALUES (?, ?)", (name, time.time())).lastrowid
+            return db.execute("INSERT INTO projects (name, created, adapt) VALUES (?, ?, ?)",
+                              (name, time.time(), adapt)).lastrowid
 
     @staticmethod
     def _check_project_name(db: sqlite3.Connection, name: str, project_id: int | None = None) -> None:
@@ -306,9 +311,9 @@ class Store:
             raise Conflict(f"a project named '{name}' already exists (project {row[0]}): choose another name")
 
     def project(self, project_id: int) -> dict:
-        """``{id, name, revision, classes: [{id, name, images: [...]}]}``."""
+        """``{id, name, revision, adapt, classes: [{id, name, images: [...]}]}``."""
         with self._read() as db:
-            row = db.execute("SELECT id, name, revision, created FROM projects WHERE id = ?",
+            row = db.execute("SELECT id, name, revision, created, adapt FROM projects WHERE id = ?",
                              (project_id,)).fetchone()
             if row is None:
                 raise NotFound(f"project {project_id} does not exist")
@@ -324,6 +329,13 @@ class Store:
         with self._write() as db:
             self._check_project_name(db, name, project_id)
             if db.execute("UPDATE projects SET name = ? WHERE id = ?", (name, project_id)).rowcount == 0:
+                raise NotFound(f"project {project_id} does not exist")
+
+    def set_adapt(self, project_id: int, adapt: str) -> None:
+        """The project's adaptation setting (checked by the caller); the examples are unchanged, so the revision
+        stays (the engine keys its adapted classifier by revision and setting)."""
+        with self._write() as db:
+            if db.execute("UPDATE projects SET adapt = ? WHERE id = ?", (adapt, project_id)).rowcount == 0:
                 raise NotFound(f"project {project_id} does not exist")
 
     def delete_project(self, project_id: int) -> None:

@@ -31,7 +31,7 @@ async def predict(request: Request, project_id: Id, explain: bool = Query(False,
     predictions = []
     for item, upload in zip(results, checked):
         entry = {"name": upload.name, "predicted": item["predicted"], "probabilities": item["probabilities"],
-                 **{k: v for k, v in item.items() if k.startswith("unknown")}}
+                 **{k: v for k, v in item.items() if k.startswith("unknown") or k == "adaptation"}}
         if "heatmap" in item:
             entry["heatmap"] = "data:image/png;base64," + base64.b64encode(item["heatmap"]).decode()
         predictions.append(entry)

@@ -1,10 +1,13 @@
-"""``/info`` and ``/projects``: the model and limits; list, create, read, rename, delete projects."""
+"""``/info`` and ``/projects``: the model and limits; list, create, read, rename, delete projects; a project's
+adaptation setting and its job's progress."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from ..context import Id, NameBody, Server, project_view, server
+from ...adaptation import can_adapt, check_adapt
+from ...errors import CapabilityError, SupportSetError
+from ..context import AdaptBody, Id, NameBody, Server, project_view, server
 from ..uploads import check_name
 
 router = APIRouter()
@@ -24,7 +27,8 @@ def list_projects(srv: Server = Depends(server)) -> dict:
 
 @router.post("/projects", status_code=201, summary="Create a project")
 def create_project(body: NameBody, srv: Server = Depends(server)) -> dict:
-    return project_view(srv.store, srv.store.create_project(check_name(body.name, "project")))
+    return project_view(srv.store, srv.store.create_project(check_name(body.name, "project"),
+                                                            srv.engine.default_adapt))
 
 
 @router.get("/projects/{project_id}", summary="A project with its classes and images")
@@ -43,3 +47,33 @@ def delete_project(project_id: Id, srv: Server = Depends(server)) -> Response:
     srv.store.delete_project(project_id)
     srv.engine.forget(project_id)
     return Response(status_code=204)
+
+
+def adaptation_view(srv: Server, project_id: int) -> dict:
+    """``{adapt, state, steps_done, steps, reason, answers_from}`` of the project, starting its job when the project
+    adapts and nothing adapted to its current images yet; ``state`` ``off`` when it does not adapt, ``needs
+    images`` while fewer than two classes hold images."""
+    adapt = srv.store.project(project_id).get("adapt", "none")
+    if adapt == "none":
+        return {"adapt": "none", "state": "off", "answers_from": "frozen"}
+    try:
+        return srv.engine.adaptation(project_id).to_json()
+    except SupportSetError as exc:
+        return {"adapt": adapt, "state": "needs images", "reason": str(exc), "answers_from": "frozen"}
+
+
+@router.get("/projects/{project_id}/adaptation",
+            summary="Whether the project's classifier adapts to its images, and the background job's progress")
+def get_adaptation(project_id: Id, srv: Server = Depends(server)) -> dict:
+    return adaptation_view(srv, project_id)
+
+
+@router.put("/projects/{project_id}/adaptation",
+            summary="Set the project's adaptation: none, top or auto (adapting runs in the background)")
+def set_adaptation(project_id: Id, body: AdaptBody, srv: Server = Depends(server)) -> dict:
+    adapt = check_adapt(body.adapt)
+    problem = can_adapt(srv.engine.base.model_) if adapt != "none" else None
+    if problem:
+        raise CapabilityError(problem)
+    srv.store.set_adapt(project_id, adapt)
+    return adaptation_view(srv, project_id)

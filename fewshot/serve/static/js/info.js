@@ -25,6 +25,7 @@ export async function loadInfo() {
     note.hidden = true;
   }
   $("#int8-note").textContent = info.int8_note || "";
+  $("#adapt-row").hidden = info.adaptable === false;
   const single = $("#single-image-note");
   single.textContent = info.single_image_note ? `Note: ${info.single_image_note}.` : "";
   single.hidden = !info.single_image_note;

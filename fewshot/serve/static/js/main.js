@@ -2,6 +2,7 @@
    inserted with textContent or attribute setters. */
 import { onTokenSubmit, takeTokenFromAddress } from "./auth.js";
 import { onAddClass, wireDropZone } from "./classes.js";
+import { onAdaptChange } from "./adaptation.js";
 import { onEstimate } from "./estimate.js";
 import { onExport } from "./exporting.js";
 import { loadInfo } from "./info.js";
@@ -17,6 +18,7 @@ export function wire() {
   $("#new-project").addEventListener("click", onNewProject);
   $("#rename-project").addEventListener("click", onRenameProject);
   $("#delete-project").addEventListener("click", onDeleteProject);
+  $("#adapt-select").addEventListener("change", onAdaptChange);
   $("#add-class-form").addEventListener("submit", onAddClass);
   $("#manual-threshold").addEventListener("submit", onManualThreshold);
   $("#estimate-button").addEventListener("click", onEstimate);

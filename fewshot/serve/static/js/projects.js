@@ -1,6 +1,7 @@
 /* fewshot serve page: projects. Plain ES2020 module, no framework, no external resources; user data is only
    inserted with textContent or attribute setters. */
 import { api } from "./api.js";
+import { refreshAdaptation } from "./adaptation.js";
 import { classWord, renderClasses } from "./classes.js";
 import { clearEstimate, markEstimateStale } from "./estimate.js";
 import { clearPrediction } from "./predict.js";
@@ -61,6 +62,7 @@ export async function loadProject(id, opts) {
     markEstimateStale();
   }
   renderClasses();
+  refreshAdaptation().catch(() => {}); // its own status line; a failure there must not fail the project
 }
 
 export async function refreshProject() {
