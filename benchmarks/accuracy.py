@@ -90,8 +90,8 @@ def embeddings(name: str, split, batch_size: int) -> tuple[torch.Tensor, float, 
 
 def embed_afresh(name: str, split, batch_size: int) -> tuple[torch.Tensor, float, int]:
     from fewshot.config import ModelConfig
-    from fewshot.evaluate import embed_split
-    from fewshot.model import build_model
+    from fewshot.evaluation.episodic import embed_split
+    from fewshot.model.network import build_model
 
     backbone, size, tta = BACKBONES[name]
     model = build_model(ModelConfig(backbone=backbone, weights="imagenet", head="protonet"), 3, size)
@@ -107,7 +107,7 @@ def embed_afresh(name: str, split, batch_size: int) -> tuple[torch.Tensor, float
 
 def base_centred(features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """``power_bl2n``: the power transform, then centring on the base classes' mean, then L2 normalization."""
-    from fewshot.transforms import power
+    from fewshot.model.transforms import power
 
     return F.normalize(power(features) - power(base).mean(0), dim=-1)
 
@@ -115,7 +115,7 @@ def base_centred(features: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
 def method_model(method: str, dim: int):
     from fewshot.backbones.conv4 import Conv4
     from fewshot.heads import build_head
-    from fewshot.model import FewShotModel
+    from fewshot.model.network import FewShotModel
 
     head, options, transform, refine = METHODS[method]
     transform = "none" if transform == "power_bl2n" else transform  # applied beforehand by base_centred
@@ -124,7 +124,7 @@ def method_model(method: str, dim: int):
 
 
 def evaluate_method(method: str, features: torch.Tensor, dim: int, split, shots: int, episodes: int):
-    from fewshot.evaluate import evaluate
+    from fewshot.evaluation.episodic import evaluate
 
     model, refine = method_model(method, dim)
     return evaluate(model, split, 5, shots, 15, episodes, seed=0, progress=False, refine=refine, features=features)
@@ -136,7 +136,7 @@ def evaluate_averaged(method: str, parts: list[torch.Tensor], split, shots: int,
     import numpy as np
 
     from episodes import EpisodeSampler
-    from fewshot.evaluate import EvalResult, episode_slots
+    from fewshot.evaluation.episodic import EvalResult, episode_slots
 
     sampler = EpisodeSampler(split.class_sizes, 5, shots, 15, 0)
     offsets = np.concatenate([[0], np.cumsum(split.class_sizes)[:-1]]).astype(np.int64)

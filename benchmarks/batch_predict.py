@@ -4,7 +4,7 @@ choice for a batch).
 
 Each row builds its classifier afresh (a new model, so no conversion in memory is shared with another row), fits it
 on the support set, then times ``predict_proba`` of ``--images`` image paths twice. The graph cache
-(:mod:`fewshot.graph_cache`) starts empty; the ``auto`` row is run twice, the second finding the graph the first
+(:mod:`fewshot.inference.graph_cache`) starts empty; the ``auto`` row is run twice, the second finding the graph the first
 kept on disk, as a later process does. The export row times
 ``onnxruntime.InferenceSession(path).run`` on the same images decoded to uint8 (what an application does), the
 session created inside the timing. Run::

@@ -6,7 +6,7 @@ inductive form for a transductive head), each query classified on its own. For e
 temperature that minimises the negative log-likelihood is fitted on 5-way episodes of the *val* classes; the
 ECE (15 equal-width bins of the top probability) is measured on 600 episodes of the *test* classes with
 temperature 1 (the head's own scale) and with the fitted table (interpolated in log shots, as
-:func:`fewshot.calibration.temperature_for` does). Embeddings come from ``benchmarks/accuracy.py``'s cache.
+:func:`fewshot.inference.calibration.temperature_for` does). Embeddings come from ``benchmarks/accuracy.py``'s cache.
 Run::
 
     python benchmarks/calibration.py --data ../shared/data/tinyimagenet-fs --per-class 60
@@ -53,10 +53,10 @@ def episode_logits(recipe_name: str, features: torch.Tensor, sizes: list[int], s
     """Uncalibrated logits ``(episodes, 75, 5)`` of the recipe's fitted classifier and the true labels."""
     from episodes import EpisodeSampler
     from fewshot.backbones.conv4 import Conv4
-    from fewshot.evaluate import episode_slots
+    from fewshot.evaluation.episodic import episode_slots
     from fewshot.heads import build_head
-    from fewshot.model import FewShotModel
-    from fewshot.recipes import get_recipe
+    from fewshot.model.network import FewShotModel
+    from fewshot.model.recipes import get_recipe
 
     recipe = get_recipe(recipe_name)
     dim = features.shape[1]
@@ -104,8 +104,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--recipes", nargs="+", default=["default", "fast", "transductive"])
     args = parser.parse_args()
-    from fewshot.calibration import temperature_for
-    from fewshot.recipes import get_recipe
+    from fewshot.inference.calibration import temperature_for
+    from fewshot.model.recipes import get_recipe
 
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# python benchmarks/calibration.py {' '.join(sys.argv[1:])}; {platform.processor() or platform.machine()}, "

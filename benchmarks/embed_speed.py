@@ -14,7 +14,7 @@ Columns (outputs compared with the first, float32 NCHW eager):
 - ``ort no arena``: our options without the CPU memory arena
 - ``ort ours``: our options (intra-op threads = torch threads, inter-op 1, all graph optimisations), as the
   ``onnxruntime`` runtime builds them
-- ``shipped``: :func:`fewshot.embedding.embedder` with ``runtime=auto`` after its conversion: what every command runs
+- ``shipped``: :func:`fewshot.inference.embedding.embedder` with ``runtime=auto`` after its conversion: what every command runs
 
 Timing: one warm-up call, then the best of ``--repeats`` timed runs of at least ``--min-seconds`` each; ms per image.
 Run alone on an idle machine::
@@ -49,7 +49,7 @@ COLUMNS = ("eager NCHW", "eager", "jit freeze", "jit +ofi", "compile", "bf16", "
 
 def build(backbone: str, weights: str, size: int):
     from fewshot.config import config_from_dict
-    from fewshot.model import build_model
+    from fewshot.model.network import build_model
 
     config = config_from_dict({}, [f"model.backbone={backbone}", f"model.weights={weights}", "model.head=protonet",
                                    f"data.image_size={size}", "data.channels=3"])
@@ -90,8 +90,8 @@ def timed(run, batch, repeats: int, min_seconds: float) -> float:
 def ort_session(model, example, options_kind: str):
     import onnxruntime
 
-    from fewshot.embedding import EmbeddingNetwork
-    from fewshot.onnx_graph import quiet, traced_graph
+    from fewshot.inference.embedding import EmbeddingNetwork
+    from fewshot.inference.export.onnx_graph import quiet, traced_graph
 
     with quiet():
         data = traced_graph(EmbeddingNetwork(model).eval(), example, ("images", "features"),
@@ -109,8 +109,8 @@ def ort_session(model, example, options_kind: str):
 
 def runners(model, example, skip: set[str], has_bf16: bool):
     """(column, callable or None, seconds to build) for each column."""
-    from fewshot.embedding import CONVERT_AFTER, EmbeddingNetwork, embedder
-    from fewshot.onnx_graph import quiet
+    from fewshot.inference.embedding import CONVERT_AFTER, EmbeddingNetwork, embedder
+    from fewshot.inference.export.onnx_graph import quiet
 
     net = EmbeddingNetwork(model).eval()
     builders = {

@@ -51,7 +51,7 @@ CANDIDATES = {  # name -> (head, head options, refinement)
 def candidate_model(head: str, options: dict, dim: int):
     from fewshot.backbones.conv4 import Conv4
     from fewshot.heads import build_head
-    from fewshot.model import FewShotModel
+    from fewshot.model.network import FewShotModel
 
     return FewShotModel(Conv4(in_channels=3), build_head(head, dim, (dim,), **options), 3, "power_cl2n").eval()
 
@@ -76,7 +76,7 @@ def episode_rows(drawn, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 def accuracy(model, refine: str, features: torch.Tensor, drawn: list, offsets: np.ndarray) -> tuple[float, float]:
     """Mean accuracy and 95% interval (percent) of ``model`` over ``drawn`` episodes."""
-    from fewshot.refine import classify_refined
+    from fewshot.inference.refine import classify_refined
 
     found = []
     with torch.inference_mode():

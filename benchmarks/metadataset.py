@@ -28,11 +28,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from fewshot.config import config_from_dict  # noqa: E402
-from fewshot.data import open_source, phase_sources  # noqa: E402
-from fewshot.episode_sets import draw_episodes  # noqa: E402
-from fewshot.evaluate import evaluate_sources  # noqa: E402
-from fewshot.loading import load_model  # noqa: E402
-from fewshot.train import train  # noqa: E402
+from fewshot.evaluation.data import open_source, phase_sources  # noqa: E402
+from fewshot.evaluation.episode_sets import draw_episodes  # noqa: E402
+from fewshot.evaluation.episodic import evaluate_sources  # noqa: E402
+from fewshot.model.loading import load_model  # noqa: E402
+from fewshot.training.train import train  # noqa: E402
 
 ROWS = ("multi", "tiny", "omniglot", "recipe")
 

@@ -3,7 +3,7 @@
 EfficientNet-Lite0 with its ImageNet weights at 224 px, ``power_cl2n`` transform, ``protonet`` head. On the
 tinyimagenet-fs test split, for each of ``--classes`` classes (sorted, default 20) the first ``--shots``
 images (sorted file names, default 5) are the support set and the next ``--queries`` (default 30) are held
-out. The support set is exported with :func:`fewshot.onnx_export.export_onnx` as float32 ONNX and as INT8
+out. The support set is exported with :func:`fewshot.inference.export.onnx.export_onnx` as float32 ONNX and as INT8
 ONNX (static quantization calibrated on the support images). Then, on the held-out queries:
 
 - PyTorch: the queries prepared as ``fewshot predict`` does (PIL decode, bilinear resize to 224, uint8), then
@@ -102,8 +102,8 @@ def main() -> None:
 
     from episodes import decode_image
     from fewshot.config import ModelConfig
-    from fewshot.model import build_model
-    from fewshot.onnx_export import export_onnx
+    from fewshot.model.network import build_model
+    from fewshot.inference.export.onnx import export_onnx
     from records import append_record
 
     torch.set_num_threads(args.threads)

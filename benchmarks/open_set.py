@@ -4,7 +4,7 @@ queries of classes the classifier was never shown, per recipe, with closed-set a
 Protocol (PEELER / SnaTCHer): each episode draws 10 classes of the test split; the first 5 are known (``--shots``
 support images each), the other 5 unknown; 15 queries of every class (75 known + 75 unknown). The recipe's
 classifier is fitted on the known support set as a practitioner's is (:meth:`FewShotModel.fit`, the inductive
-form of a transductive head, its calibration temperature); each candidate score of :mod:`fewshot.open_set` ranks
+form of a transductive head, its calibration temperature); each candidate score of :mod:`fewshot.inference.open_set` ranks
 the 150 queries. Reported: AUROC (known vs unknown) averaged over episodes with its 95% interval, and the
 closed-set accuracy on the known queries. Embeddings come from ``benchmarks/accuracy.py``'s cache. Run::
 
@@ -37,8 +37,8 @@ KNOWN, UNKNOWN, QUERIES = 5, 5, 15
 def recipe_model(name: str, dim: int):
     from fewshot.backbones.conv4 import Conv4
     from fewshot.heads import build_head
-    from fewshot.model import FewShotModel
-    from fewshot.recipes import get_recipe
+    from fewshot.model.network import FewShotModel
+    from fewshot.model.recipes import get_recipe
 
     recipe = get_recipe(name)
     model = FewShotModel(Conv4(in_channels=3), build_head(recipe.head, dim, (dim,), **recipe.head_options), 3,
@@ -50,9 +50,9 @@ def episode_scores(model, recipe, features: torch.Tensor, support: torch.Tensor,
                    scores: list[str]) -> tuple[dict[str, float], float]:
     """AUROC per score and the closed-set accuracy of one episode (support ``(5*shots,)`` and query
     ``(10*15,)`` rows of ``features``; the first 75 queries are known)."""
-    from fewshot.calibration import temperature_for
-    from fewshot.open_set import auroc, fit_scores, unknown_scores
-    from fewshot.transforms import transform_features
+    from fewshot.inference.calibration import temperature_for
+    from fewshot.inference.open_set import auroc, fit_scores, unknown_scores
+    from fewshot.model.transforms import transform_features
 
     labels = torch.arange(KNOWN).repeat_interleave(shots)
     fitted = model.fit(features[support], labels, KNOWN, temperature_for(recipe.temperature, shots))
@@ -71,7 +71,7 @@ def episode_scores(model, recipe, features: torch.Tensor, support: torch.Tensor,
 
 def run(name: str, features: torch.Tensor, sizes: list[int], shots: int, episodes: int, scores: list[str]) -> dict:
     from episodes import EpisodeSampler
-    from fewshot.evaluate import episode_slots
+    from fewshot.evaluation.episodic import episode_slots
 
     model, recipe = recipe_model(name, features.shape[1])
     sampler = EpisodeSampler(sizes, KNOWN + UNKNOWN, shots, QUERIES, seed=0)
@@ -96,7 +96,7 @@ def run(name: str, features: torch.Tensor, sizes: list[int], shots: int, episode
 
 
 def main() -> None:
-    from fewshot.open_set import SCORES
+    from fewshot.inference.open_set import SCORES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/tinyimagenet-fs", help="folder with test/")
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--scores", nargs="+", default=list(SCORES), choices=SCORES)
     parser.add_argument("--json", default="benchmarks/results/open_set.jsonl")
     args = parser.parse_args()
-    from fewshot.recipes import get_recipe
+    from fewshot.model.recipes import get_recipe
 
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# python benchmarks/open_set.py {' '.join(sys.argv[1:])}; {platform.processor() or platform.machine()}, "

@@ -51,9 +51,9 @@ def main() -> None:
     from easyfsl.methods import PrototypicalNetworks
 
     from episodes import decode_image
-    from fewshot.checkpoint import load_checkpoint, model_from_checkpoint
+    from fewshot.model.checkpoint import load_checkpoint, model_from_checkpoint
     from fewshot.config import config_from_dict
-    from fewshot.model import build_model
+    from fewshot.model.network import build_model
 
     torch.manual_seed(args.seed)
     if args.checkpoint:

@@ -61,7 +61,7 @@ def compare(pair: str, features: torch.Tensor, drawn: list, offsets: np.ndarray)
     """Accuracy of both sides (percent, with 95% intervals) and the share of queries predicted alike."""
     from fewshot.heads import build_head
     from fewshot.heads.pt_map import centred
-    from fewshot.transforms import apply_transform
+    from fewshot.model.transforms import apply_transform
 
     head_name, options, peer_name, peer_options, _ = PAIRS[pair]
     ours = build_head(head_name, features.shape[1], (features.shape[1],), **options).eval()

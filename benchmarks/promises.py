@@ -77,7 +77,7 @@ def classes_of(name: str, per_class: int, max_classes: int, rng: np.random.Gener
 
 def build_pool(clf, name: str, args, cache: Path) -> Pool:
     """Every image of ``name`` used by the benchmark at ``clf``'s size and embedded by ``clf`` (cached on disk)."""
-    from fewshot.inputs import as_batch, prepare_images
+    from fewshot.inference.inputs import as_batch, prepare_images
 
     classes = classes_of(name, args.per_class, args.max_classes, np.random.default_rng(0))
     files = [str(f) for _, fs in classes for f in fs]
@@ -152,7 +152,7 @@ def debiased_ece(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10) -
 
 def check_support(clf, pool: Pool, support, known, truth, unknown) -> dict:
     """Fit on one support set, ask for every promise, measure each on the new images."""
-    from fewshot.classifier import ClassExamples
+    from fewshot.inference.classifier import ClassExamples
 
     examples = {f"c{i}": ClassExamples(pool.images[rows], pool.features[rows], [pool.files[r] for r in rows],
                                        [pool.files[r] for r in rows]) for i, rows in enumerate(support)}

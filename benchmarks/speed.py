@@ -52,7 +52,7 @@ def gpu_peak_mb() -> float | None:
 
 def build_our_model(backbone: str, weights: str, size: int):
     from fewshot.config import config_from_dict
-    from fewshot.model import build_model
+    from fewshot.model.network import build_model
 
     config = config_from_dict({}, [f"model.backbone={backbone}", f"model.weights={weights}", "model.head=protonet",
                                    f"data.image_size={size}", "data.channels=3"])
@@ -117,7 +117,7 @@ def run_eval_ours(args) -> dict:
     import torch
 
     from episodes import SplitSpec, open_split
-    from fewshot.evaluate import evaluate
+    from fewshot.evaluation.episodic import evaluate
 
     model = build_our_model(args.backbone, args.weights, args.size)
     start = time.perf_counter()
@@ -161,7 +161,7 @@ def run_eval_easyfsl(args) -> dict:
 
 def run_train_ours(args) -> dict:
     from fewshot.config import config_from_dict
-    from fewshot.train import train
+    from fewshot.training.train import train
 
     data = Path(args.data).resolve()
     run_dir = Path(tempfile.mkdtemp(prefix="fewshot-speed-run-")) / "run"

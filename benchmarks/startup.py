@@ -29,8 +29,8 @@ FLOOR = """
 import sys, time
 from pathlib import Path
 import torch
-from fewshot.loading import load_model
-from fewshot.inputs import prepare_images, as_batch
+from fewshot.model.loading import load_model
+from fewshot.inference.inputs import prepare_images, as_batch
 model, config = load_model(None, recipe=sys.argv[1])
 model.eval()
 files = sorted(Path(sys.argv[2]).rglob("*.png")) + [Path(sys.argv[3])]

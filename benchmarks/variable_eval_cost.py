@@ -1,6 +1,6 @@
 """Does batching variable (Meta-Dataset) episodes by padding pay in evaluation? Times, on one split:
 embedding every image the episodes use once, then classifying the episodes one by one (what
-``fewshot.evaluate`` does), against one padded and masked batched call per chunk of episodes (ProtoNet).
+``fewshot.evaluation.episodic`` does), against one padded and masked batched call per chunk of episodes (ProtoNet).
 
     python benchmarks/variable_eval_cost.py --data ../shared/data/tinyimagenet-fs --split test --episodes 600
 
@@ -22,9 +22,9 @@ from einops import rearrange
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from episodes import MetaDatasetConfig, MetaDatasetSampler, SplitSpec, open_split, parents_of  # noqa: E402
 from fewshot.config import ModelConfig  # noqa: E402
-from fewshot.embedding import embedder  # noqa: E402
-from fewshot.evaluate import class_offsets, embed_slots  # noqa: E402
-from fewshot.model import build_model  # noqa: E402
+from fewshot.inference.embedding import embedder  # noqa: E402
+from fewshot.evaluation.episodic import class_offsets, embed_slots  # noqa: E402
+from fewshot.model.network import build_model  # noqa: E402
 
 
 def padded_protonet(features: torch.Tensor, support: list, query: list, shots: list) -> list:

@@ -8,7 +8,7 @@ __all__ = ["FewShotClassifier", "__version__"]
 def __getattr__(name: str):
     """``from fewshot import FewShotClassifier`` without importing torch for every ``import fewshot``."""
     if name == "FewShotClassifier":
-        from .classifier import FewShotClassifier
+        from .inference.classifier import FewShotClassifier
 
         return FewShotClassifier
     raise AttributeError(f"module 'fewshot' has no attribute {name!r}")

@@ -92,12 +92,12 @@ class ModelConfig:
     head: str = "protonet"
     backbone_options: dict = field(default_factory=dict)
     head_options: dict = field(default_factory=dict)
-    transform: str = "none"  # feature transform before the head: none, l2n, cl2n, power_cl2n (fewshot/transforms.py)
+    transform: str = "none"  # feature transform before the head: none, l2n, cl2n, power_cl2n (fewshot/model/transforms.py)
     tta: str = "none"  # test-time augmentation of embeddings: none, flip
     # calibration: {shots per class: temperature} for the probabilities of a fitted classifier (softmax of
-    # temperature * logits), interpolated in log(shots); {} keeps the head's own scale (fewshot/calibration.py)
+    # temperature * logits), interpolated in log(shots); {} keeps the head's own scale (fewshot/inference/calibration.py)
     temperature: dict = field(default_factory=dict)
-    # adapting the backbone's top to each support set (fewshot/adaptation.py): none, top (always), auto (when the
+    # adapting the backbone's top to each support set (fewshot/inference/adaptation.py): none, top (always), auto (when the
     # support's held-out images show it helps); adapt_steps: training steps per adapted part
     adapt: str = choice("none", "top", "auto")
     adapt_steps: int = ranged(40, 1, 1000)
@@ -126,7 +126,7 @@ class TrainConfig:
     checkpoint_every: int = ranged(0, 0)  # episodes between checkpoints/last.pt (0: only at validations and the end)
     checkpoint_minutes: float = ranged(10.0, 0)  # and at least this often (0: never by time)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    loggers: list[str] = field(default_factory=list)  # mirrors of metrics.jsonl: tensorboard (fewshot/loggers.py)
+    loggers: list[str] = field(default_factory=list)  # mirrors of metrics.jsonl: tensorboard (fewshot/training/loggers.py)
 
 
 @dataclass
@@ -138,7 +138,7 @@ class EvalConfig:
     batch_size: int = ranged(256, 1)  # images per embedding batch
     runtime: str = "auto"  # how validation embeds with the frozen backbone: auto, eager, jit, onnxruntime (embedding.py)
     open_set: int = ranged(0, 0)  # validation adds this many unseen classes per episode and reports AUROC (0: off)
-    unknown_score: str = "auto"  # the unknown score of that AUROC (fewshot.open_set.SCORE_CHOICES, resolve_score)
+    unknown_score: str = "auto"  # the unknown score of that AUROC (fewshot.inference.open_set.SCORE_CHOICES, resolve_score)
 
 
 @dataclass
@@ -365,18 +365,18 @@ def check_config(config: Config) -> None:
     """Declared ranges and choices, then the checks that ranges alone cannot express."""
     check_declared(config)
     from .declared import names
-    from .transforms import TRANSFORMS, TTA
+    from .model.transforms import TRANSFORMS, TTA
 
     for key, value, allowed in (("model.transform", config.model.transform, TRANSFORMS),
                                 ("model.tta", config.model.tta, TTA),
-                                ("eval.runtime", config.eval.runtime, names("fewshot.embedding", "RUNTIMES")),
+                                ("eval.runtime", config.eval.runtime, names("fewshot.inference.embedding", "RUNTIMES")),
                                 ("eval.unknown_score", config.eval.unknown_score,
-                                 names("fewshot.open_set", "SCORE_CHOICES"))):
+                                 names("fewshot.inference.open_set", "SCORE_CHOICES"))):
         if value not in allowed:
             raise FewshotError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
     check_temperature(config.model.temperature)
     query_concentration(config.data)
-    from .loggers import check_loggers
+    from .training.loggers import check_loggers
 
     check_loggers(config.train.loggers)
     check_sources(config.data)

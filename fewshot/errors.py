@@ -30,5 +30,5 @@ class ExportError(FewshotError):
 
 
 class CapabilityError(FewshotError):
-    """The model cannot do what was asked (export, explain, ...); raised by :func:`fewshot.capabilities.require`
+    """The model cannot do what was asked (export, explain, ...); raised by :func:`fewshot.model.capabilities.require`
     with the same message in the CLI, the Python API and the server."""

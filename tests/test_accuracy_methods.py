@@ -14,9 +14,9 @@ from fewshot.cli import main
 from fewshot.config import ModelConfig, config_from_dict
 from fewshot.errors import FewshotError
 from fewshot.heads import HEADS, build_head
-from fewshot.model import build_model
-from fewshot.recipes import RECIPES
-from fewshot.transforms import apply_transform, power
+from fewshot.model.network import build_model
+from fewshot.model.recipes import RECIPES
+from fewshot.model.transforms import apply_transform, power
 
 
 def test_cl2n_centres_on_the_support_mean_then_normalizes():
@@ -115,7 +115,7 @@ def test_linear_probe_in_the_support_span_matches_plain_gradient_descent():
 
 def test_recipes_are_listed_and_name_registered_parts(capsys):
     from fewshot.backbones import BACKBONES
-    from fewshot.transforms import TRANSFORMS
+    from fewshot.model.transforms import TRANSFORMS
 
     assert {"default", "transductive"} <= set(RECIPES)
     assert not HEADS[RECIPES["default"].head].transductive and HEADS[RECIPES["transductive"].head].transductive
@@ -174,7 +174,7 @@ def test_ensemble_concatenates_normalized_member_embeddings():
 
 def test_export_applies_the_models_transform_and_tta(tmp_path):
     from fewshot import FewShotClassifier
-    from fewshot.predict import read_images
+    from fewshot.inference.query_files import read_images
 
     make_image_folder(tmp_path / "support", classes=3, per_class=2, size=16, seed=5)
     torch.manual_seed(0)
@@ -200,7 +200,7 @@ def test_an_ensemble_weights_file_holds_every_member(tmp_path):
 
 
 def test_transform_and_tta_flags_override_checkpoint_and_recipe(tmp_path):
-    from fewshot.checkpoint import save_checkpoint
+    from fewshot.model.checkpoint import save_checkpoint
     from fewshot.cli import build_parser
     from fewshot.cli.common import model_from_args
 

@@ -14,11 +14,11 @@ from PIL import Image
 
 from conftest import make_image_folder
 from fewshot import FewShotClassifier
-from fewshot.adaptation import (AdaptSettings, adapt_model, augmented, decide_adaptation, fold_groups,
+from fewshot.inference.adaptation import (AdaptSettings, adapt_model, augmented, decide_adaptation, fold_groups,
                                 model_for_support)
 from fewshot.cli import main
 from fewshot.config import config_from_dict
-from fewshot.model import build_model
+from fewshot.model.network import build_model
 
 LITE = dict(backbone="efficientnet_lite0", head="linear_probe", image_size=32, transform="l2n")  # power_cl2n:
 # a random network's features are near 0, where the square root turns float noise into different answers
@@ -82,7 +82,7 @@ def test_auto_refuses_to_adapt_without_a_measured_gain():
 
 
 def test_auto_adapts_when_the_held_out_gain_is_clear(monkeypatch):
-    import fewshot.adaptation as adaptation
+    import fewshot.inference.adaptation as adaptation
 
     model = lite_model("auto")
     images, labels = coloured(3, 4)
@@ -101,7 +101,7 @@ def test_auto_adapts_when_the_held_out_gain_is_clear(monkeypatch):
 def test_adapted_episodes_do_not_leak_into_each_other(tmp_path):
     from episodes import EpisodeSampler, SplitSpec, open_split
 
-    from fewshot.evaluate import evaluate_drawn
+    from fewshot.evaluation.episodic import evaluate_drawn
 
     root = tmp_path / "data"
     make_image_folder(root, classes=4, per_class=6, size=32, noise=30.0)

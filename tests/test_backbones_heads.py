@@ -13,7 +13,7 @@ from fewshot.backbones import BACKBONES, build_backbone
 from fewshot.config import ModelConfig
 from fewshot.errors import FewshotError
 from fewshot.heads import HEADS, build_head, class_means
-from fewshot.model import build_model
+from fewshot.model.network import build_model
 
 
 @pytest.mark.parametrize("name, expected", [("conv4", {28: 64, 84: 1600}), ("resnet12", {28: 640, 84: 640}),

@@ -10,13 +10,13 @@ import torch
 
 from conftest import make_image_folder
 from episodes import SplitSpec, open_split
-from fewshot import embedding
-from fewshot.classifier import FewShotClassifier
+from fewshot.inference import embedding
+from fewshot.inference.classifier import FewShotClassifier
 from fewshot.config import config_from_dict
-from fewshot.embedding import CONVERT_AFTER, TOLERANCE, Embedder, embedder, resolve_runtime, shared_embedder
+from fewshot.inference.embedding import CONVERT_AFTER, TOLERANCE, Embedder, embedder, resolve_runtime, shared_embedder
 from fewshot.errors import FewshotError
-from fewshot.evaluate import evaluate
-from fewshot.model import build_model
+from fewshot.evaluation.episodic import evaluate
+from fewshot.model.network import build_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -278,8 +278,8 @@ def test_lite_embedding_graph_has_no_shape_arithmetic_and_same_padding_is_exact(
     import torch.nn.functional as F
 
     from fewshot.backbones.efficientnet_lite import SameConv2d
-    from fewshot.embedding import EmbeddingNetwork
-    from fewshot.onnx_graph import traced_graph
+    from fewshot.inference.embedding import EmbeddingNetwork
+    from fewshot.inference.export.onnx_graph import traced_graph
 
     torch.manual_seed(0)
     for stride, kernel, size in ((1, 3, 9), (2, 3, 8), (2, 5, 9), (2, 5, 8)):
@@ -301,8 +301,8 @@ def test_lite_embedding_graph_has_no_shape_arithmetic_and_same_padding_is_exact(
 
 def test_a_converted_graph_is_kept_on_disk_for_the_next_process(monkeypatch, isolated_cache):
     pytest.importorskip("onnxruntime")
-    import fewshot.onnx_graph as onnx_graph
-    from fewshot import graph_cache
+    import fewshot.inference.export.onnx_graph as onnx_graph
+    from fewshot.inference import graph_cache
 
     made = []
     original = onnx_graph.traced_graph

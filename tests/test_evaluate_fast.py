@@ -11,9 +11,9 @@ from conftest import make_image_folder
 from episodes import SplitSpec, open_split
 from fewshot.config import config_from_dict
 from fewshot.errors import FewshotError
-from fewshot.evaluate import evaluate
+from fewshot.evaluation.episodic import evaluate
 from fewshot.heads import build_head
-from fewshot.model import build_model
+from fewshot.model.network import build_model
 from fewshot.runtime import autocast
 
 

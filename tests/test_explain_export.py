@@ -13,9 +13,9 @@ import torch
 from conftest import make_image_folder
 from fewshot.cli import main
 from fewshot.config import ModelConfig, config_from_dict
-from fewshot.explain import grad_cam
-from fewshot.model import build_model
-from fewshot.train import train
+from fewshot.inference.explain import grad_cam
+from fewshot.model.network import build_model
+from fewshot.training.train import train
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import torch
 import yaml
 
 from conftest import make_image_folder
-from fewshot.checkpoint import load_checkpoint, save_checkpoint
+from fewshot.model.checkpoint import load_checkpoint, save_checkpoint
 from fewshot.config import config_from_dict
 from fewshot.errors import FewshotError
 from fewshot.heads.protonet import ProtoNet
-from fewshot.train import train
+from fewshot.training.train import train
 
 EPISODES = 150
 
@@ -164,7 +164,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
 
 
 def test_full_disk_reported_before_training(data_root, tmp_path, monkeypatch):
-    import fewshot.lifecycle as train_module
+    import fewshot.training.lifecycle as train_module
 
     usage = SimpleNamespace(total=10**9, used=10**9 - 2**20, free=2**20)
     monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: usage)
@@ -174,7 +174,7 @@ def test_full_disk_reported_before_training(data_root, tmp_path, monkeypatch):
 
 
 def test_failed_write_never_corrupts_a_checkpoint(tmp_path, monkeypatch):
-    import fewshot.checkpoint as checkpoint_module
+    import fewshot.model.checkpoint as checkpoint_module
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}, "episode": 7})
@@ -208,7 +208,7 @@ def test_resume_refuses_changed_image_size(data_root, tmp_path):
 
 
 def test_metrics_log_drops_a_cut_line_and_skips_logged_episodes(tmp_path):
-    from fewshot.lifecycle import MetricsLog
+    from fewshot.training.lifecycle import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "episode": 5, "loss": 1.0}\n{"kind": "train", "epi')
@@ -276,7 +276,7 @@ def test_a_fresh_run_draws_its_own_validation_episodes_and_writes_no_nan(data_ro
 
 
 def test_pretrain_batches_keep_their_epoch_whatever_the_world_size():
-    from fewshot.pretrain import global_batch
+    from fewshot.training.pretrain import global_batch
 
     per_epoch = 10
     for world in (1, 2, 3, 4):

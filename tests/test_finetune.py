@@ -10,9 +10,9 @@ from conftest import make_image_folder
 from episodes import SplitSpec, open_split
 from fewshot.config import ModelConfig, config_from_dict
 from fewshot.errors import FewshotError
-from fewshot.evaluate import evaluate
-from fewshot.model import build_model
-from fewshot.train import train
+from fewshot.evaluation.episodic import evaluate
+from fewshot.model.network import build_model
+from fewshot.training.train import train
 
 
 def bn_buffers(module: nn.Module) -> dict[str, torch.Tensor]:

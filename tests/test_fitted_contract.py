@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from fewshot import FewShotClassifier
-from fewshot.calibration import temperature_for
-from fewshot.capabilities import exportable_heads, unsupported
+from fewshot.inference.calibration import temperature_for
+from fewshot.model.capabilities import exportable_heads, unsupported
 from fewshot.cli import main
 from fewshot.config import ModelConfig, config_from_dict
 from fewshot.errors import CapabilityError, FewshotError
 from fewshot.heads import HEADS, build_head
-from fewshot.model import build_model
-from fewshot.recipes import RECIPES
+from fewshot.model.network import build_model
+from fewshot.model.recipes import RECIPES
 
 TINY = dict(backbone="conv4", image_size=32, backbone_options={"width": 8})
 COLOURS = {"red": (230, 20, 20), "yellow": (230, 220, 20), "blue": (20, 40, 230)}

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_image_folder
-from fewshot.checkpoint import load_checkpoint
+from fewshot.model.checkpoint import load_checkpoint
 from fewshot.cli import build_parser, main
 from fewshot.config import ModelConfig, config_from_dict
 from fewshot.errors import FewshotError
 from fewshot.heads import HEADS, Head, class_means, register_head
-from fewshot.model import build_model
-from fewshot.train import train
+from fewshot.model.network import build_model
+from fewshot.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -317,8 +317,8 @@ def pretrain_config(root: Path, **options) -> dict:
 
 
 def test_pretrain_sigterm_then_resume_is_exact(phases, tmp_path, monkeypatch):
-    from fewshot import lifecycle
-    from fewshot.pretrain import pretrain
+    from fewshot.training import lifecycle
+    from fewshot.training.pretrain import pretrain
     from test_faults import tensors_of
 
     config = config_from_dict(pretrain_config(phases, mixup=0.4, momentum=0.0))  # momentum 0: plain SGD
@@ -368,7 +368,7 @@ def test_pretrain_under_torchrun_with_efficientnet(phases, tmp_path):
 
 def test_review_fixes_checkpoint_normalization_and_fresh_metrics(phases, tmp_path, monkeypatch):
     import fewshot.backbones.torchvision_resnet as tv
-    from fewshot.checkpoint import model_from_checkpoint
+    from fewshot.model.checkpoint import model_from_checkpoint
     from torchvision.models import resnet18
 
     monkeypatch.setattr(tv, "imagenet_state_dict", lambda enum, name: resnet18().state_dict())
@@ -386,8 +386,8 @@ def test_review_fixes_checkpoint_normalization_and_fresh_metrics(phases, tmp_pat
 
 
 def test_review_fixes_large_seed_pretrain_and_refine_checks(phases, tmp_path):
-    from fewshot.evaluate import evaluate
-    from fewshot.pretrain import pretrain
+    from fewshot.evaluation.episodic import evaluate
+    from fewshot.training.pretrain import pretrain
     from episodes import SplitSpec, open_split
 
     config = pretrain_config(phases, epochs=1, mixup=0.4)

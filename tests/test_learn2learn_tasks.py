@@ -9,8 +9,8 @@ import torch
 from conftest import make_image_folder
 from episodes import EpisodesError, EpisodeSampler, SplitSpec, episodes_from_taskset, open_split, task_to_episode
 from fewshot.config import config_from_dict
-from fewshot.evaluate import evaluate, evaluate_episodes
-from fewshot.model import build_model
+from fewshot.evaluation.episodic import evaluate, evaluate_episodes
+from fewshot.model.network import build_model
 
 
 def test_task_is_split_into_support_and_queries_per_label():

@@ -19,13 +19,13 @@ from episodes import (EpisodeDataset, EpisodeSampler, MetaDatasetConfig, MetaDat
 from episodes.errors import EpisodesError
 from fewshot.cli import main
 from fewshot.config import ModelConfig, config_from_dict
-from fewshot.data import episode_stream, open_source, phase_sources
-from fewshot.episode_sets import load_episodes
+from fewshot.evaluation.data import episode_stream, open_source, phase_sources
+from fewshot.evaluation.episode_sets import load_episodes
 from fewshot.errors import FewshotError
-from fewshot.evaluate import evaluate_drawn
+from fewshot.evaluation.episodic import evaluate_drawn
 from fewshot.heads import HEADS
-from fewshot.model import build_model
-from fewshot.train import train
+from fewshot.model.network import build_model
+from fewshot.training.train import train
 
 SMALL = {"max_ways": 7, "max_support_size": 30, "max_queries": 3}
 

@@ -70,7 +70,7 @@ def test_dn4_sums_the_k_nearest_local_descriptors_of_each_class():
                                            ("metaoptnet", {"max_steps": 20}), ("frn", {}), ("feat", {})])
 def test_new_heads_train_evaluate_predict_and_export(tmp_path, head, options):
     from fewshot.config import config_from_dict
-    from fewshot.train import train
+    from fewshot.training.train import train
 
     root = tmp_path / "fs"
     make_image_folder(root / "train", classes=6, per_class=8, size=32, seed=1)

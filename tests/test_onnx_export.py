@@ -1,4 +1,4 @@
-"""ONNX export (fewshot.onnx_export): float32 and INT8 files, run by onnxruntime without torch, compared with
+"""ONNX export (fewshot.inference.export.onnx): float32 and INT8 files, run by onnxruntime without torch, compared with
 the PyTorch model; errors leave no file behind."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ ort = pytest.importorskip("onnxruntime")
 from conftest import class_template  # noqa: E402
 from fewshot.config import ModelConfig  # noqa: E402
 from fewshot.errors import CapabilityError, ExportError  # noqa: E402
-from fewshot.model import FewShotModel, build_model  # noqa: E402
-from fewshot.onnx_export import GREY_WEIGHTS, export_onnx  # noqa: E402
+from fewshot.model.network import FewShotModel, build_model  # noqa: E402
+from fewshot.inference.export.onnx import GREY_WEIGHTS, export_onnx  # noqa: E402
 
 SAME_SIZE_ATOL = 1e-4  # ONNX vs model.classify probabilities, images at image_size (no resize)
 RESIZED_ATOL = 1e-4  # ONNX vs the model on the same resize done by F.interpolate in torch
@@ -229,10 +229,10 @@ def test_int8_keeps_metadata_and_agrees_with_float(exported, tmp_path):
 def test_int8_weights_follow_the_cpu_that_exports(exported, tmp_path, monkeypatch, vnni):
     import warnings
 
-    import fewshot.onnx_export
+    import fewshot.inference.export.onnx
 
     float_path, model, features, labels, support = exported
-    monkeypatch.setattr(fewshot.onnx_export, "has_int8_dot_product", lambda: vnni)
+    monkeypatch.setattr(fewshot.inference.export.onnx, "has_int8_dot_product", lambda: vnni)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx",

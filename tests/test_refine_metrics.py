@@ -11,9 +11,9 @@ import torch
 from conftest import make_image_folder
 from fewshot.cli import main
 from fewshot.config import ModelConfig
-from fewshot.evaluate import per_class_report
-from fewshot.model import build_model
-from fewshot.refine import classify_refined, self_training, soft_kmeans
+from fewshot.evaluation.episodic import per_class_report
+from fewshot.model.network import build_model
+from fewshot.inference.refine import classify_refined, self_training, soft_kmeans
 
 
 def test_soft_kmeans_matches_the_formula():

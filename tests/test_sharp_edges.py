@@ -19,14 +19,14 @@ MODEL = ["--backbone", "conv4", "--head", "protonet", "--image-size", "16", "--b
 def test_an_unknown_model_name_lists_the_recipes():
     import re
 
-    from fewshot.recipes import RECIPES
+    from fewshot.model.recipes import RECIPES
 
     with pytest.raises(FewshotError, match=re.escape(f"a model is a recipe ({', '.join(RECIPES)};")):
         FewShotClassifier("nosuchrecipe")
 
 
 def test_predict_unknown_auto_reuses_its_threshold_across_processes(tmp_path, capsys, monkeypatch):
-    import fewshot.classifier as classifier_module
+    import fewshot.inference.classifier as classifier_module
 
     root = tmp_path / "support"
     make_image_folder(root, classes=4, per_class=6, size=16, noise=4.0)
@@ -204,8 +204,8 @@ def test_every_request_is_one_log_line_with_its_status_duration_and_size():
 
 def test_an_ensembles_export_says_what_size_each_member_runs_at():
     from fewshot.config import ModelConfig
-    from fewshot.model import build_model
-    from fewshot.onnx_export import member_sizes
+    from fewshot.model.network import build_model
+    from fewshot.inference.export.onnx import member_sizes
 
     model = build_model(ModelConfig(backbone="ensemble:efficientnet_lite0+conv4", head="protonet"), 3, 64)
     assert json.loads(member_sizes(model)["member_sizes"]) == {"efficientnet_lite0": 224, "conv4": None}

@@ -11,10 +11,10 @@ import pytest
 
 from fewshot import declared
 from fewshot.backbones import BACKBONES
-from fewshot.embedding import RUNTIMES
+from fewshot.inference.embedding import RUNTIMES
 from fewshot.heads import HEADS
-from fewshot.recipes import RECIPES
-from fewshot.transforms import TRANSFORMS, TTA
+from fewshot.model.recipes import RECIPES
+from fewshot.model.transforms import TRANSFORMS, TTA
 
 CAPABILITIES = ("adapts_backbone", "exportable", "explainable", "transductive", "inductive_form", "meta_trainable",
                 "feature_map")
@@ -64,8 +64,8 @@ def test_capabilities_read_from_the_sources_equal_the_imported_classes(capabilit
 
 def test_registry_names_read_from_the_sources_equal_the_imported_registries():
     for module, registry, live in (("fewshot.backbones", "BACKBONES", BACKBONES), ("fewshot.heads", "HEADS", HEADS),
-                                   ("fewshot.transforms", "TRANSFORMS", TRANSFORMS), ("fewshot.transforms", "TTA", TTA),
-                                   ("fewshot.embedding", "RUNTIMES", RUNTIMES)):
+                                   ("fewshot.model.transforms", "TRANSFORMS", TRANSFORMS), ("fewshot.model.transforms", "TTA", TTA),
+                                   ("fewshot.inference.embedding", "RUNTIMES", RUNTIMES)):
         assert list(declared.registry_entries(module, registry)) == list(live), registry
     assert {recipe.head for recipe in RECIPES.values()} <= set(HEADS)
 

@@ -15,7 +15,7 @@ from fewshot.backbones import build_backbone, native_size  # noqa: E402
 from fewshot.cli import main  # noqa: E402
 from fewshot.config import ModelConfig, config_from_dict  # noqa: E402
 from fewshot.errors import FewshotError  # noqa: E402
-from fewshot.model import build_model  # noqa: E402
+from fewshot.model.network import build_model  # noqa: E402
 
 SMALL = {"timm:vit_tiny_patch16_224": ["--backbone-option", "depth=2"], "timm:resnet10t": []}
 
@@ -52,7 +52,7 @@ def test_small_timm_models_run_eval_predict_and_export(name, folders, tmp_path, 
     assert main(["export", *model_args, "--support", str(folders / "support"), "--out", str(out),
                  "--format", "torchscript"]) == 0
     exported = torch.jit.load(str(out))
-    from fewshot.predict import read_images
+    from fewshot.inference.query_files import read_images
 
     probabilities = exported(read_images([query], 64, 3))[0]
     assert probabilities.tolist() == pytest.approx([predicted[k] for k in sorted(predicted)], abs=1e-4)

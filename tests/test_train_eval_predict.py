@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from conftest import make_image_folder
-from fewshot.checkpoint import load_checkpoint, model_from_checkpoint
+from fewshot.model.checkpoint import load_checkpoint, model_from_checkpoint
 from fewshot.cli import main
 from fewshot.config import config_from_dict
-from fewshot.data import open_phase, phase_spec
-from fewshot.evaluate import confidence_interval, evaluate
-from fewshot.train import train
+from fewshot.evaluation.data import open_phase, phase_spec
+from fewshot.evaluation.episodic import confidence_interval, evaluate
+from fewshot.training.train import train
 
 HEAD_SETTINGS = {
     "protonet": {},
@@ -86,7 +86,7 @@ def test_training_is_repeatable_on_cpu(dataset, tmp_path):
 
 
 def test_schedules_and_sgd(dataset, tmp_path):
-    from fewshot.train import lr_factor
+    from fewshot.training.train import lr_factor
 
     config = config_from_dict(tiny_config(dataset, episodes=100, schedule="cosine", warmup=10, optimizer="sgd",
                                           lr=0.01, grad_clip=1.0, val_every=0))
@@ -108,7 +108,7 @@ def test_early_stopping(dataset, tmp_path):
 
 def test_fast_and_plain_evaluation_agree(dataset):
     config = config_from_dict(tiny_config(dataset))
-    from fewshot.model import build_model
+    from fewshot.model.network import build_model
 
     torch.manual_seed(0)
     model = build_model(config.model, 3, 20)

@@ -50,7 +50,7 @@ class Backbone(nn.Module):
         return list(self.children())
 
     def adaptable_parts(self) -> list["AdaptablePart"]:
-        """The parts of the network that adapt to a support set (:mod:`fewshot.adaptation`), each a frozen trunk
+        """The parts of the network that adapt to a support set (:mod:`fewshot.inference.adaptation`), each a frozen trunk
         and a trainable top; empty (the default) when the backbone declares none."""
         return []
 

@@ -113,10 +113,10 @@ def split_spec_from_args(args: argparse.Namespace) -> SplitSpec:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """A model from a checkpoint / run directory, or built from a backbone and head without training."""
     from ..declared import names
-    from ..recipes import RECIPES
+    from ..model.recipes import RECIPES
 
     backbones, heads = names("fewshot.backbones", "BACKBONES"), names("fewshot.heads", "HEADS")
-    transforms, tta = names("fewshot.transforms", "TRANSFORMS"), names("fewshot.transforms", "TTA")
+    transforms, tta = names("fewshot.model.transforms", "TRANSFORMS"), names("fewshot.model.transforms", "TTA")
 
     group = parser.add_argument_group("model (a checkpoint, a recipe, or a backbone and head)")
     group.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT_OR_RUN_DIR",
@@ -143,13 +143,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tta", choices=tta,
                        help="test-time augmentation (overrides the checkpoint's or recipe's): none, or flip (average "
                             "each embedding with its mirror image's)")
-    group.add_argument("--adapt", choices=names("fewshot.adaptation", "ADAPT_CHOICES"),
+    group.add_argument("--adapt", choices=names("fewshot.inference.adaptation", "ADAPT_CHOICES"),
                        help="adapt the backbone's top layers to the support set (overrides the recipe's; the shared "
                             "model is never changed): none, top (always), or auto (only when the support's held-out "
                             "images show that it helps, measured in three folds). Adds seconds to a minute of CPU "
                             "per support set; gains most on classes unlike ImageNet's (benchmarks/RESULTS.md)")
     group.add_argument("--device", help="auto (default: CUDA if available, else CPU), cpu, cuda or cuda:N")
-    group.add_argument("--runtime", choices=names("fewshot.embedding", "RUNTIMES"), default="auto",
+    group.add_argument("--runtime", choices=names("fewshot.inference.embedding", "RUNTIMES"), default="auto",
                        help="how the frozen backbone embeds images: auto (default: on the CPU the faster of "
                             "onnxruntime, when the onnx extra is installed, and a frozen TorchScript trace, timed on "
                             "this machine; PyTorch as written on CUDA), eager, jit or onnxruntime; all give the same "
@@ -181,16 +181,16 @@ def add_open_set_arguments(parser: argparse.ArgumentParser, answers: bool = Fals
                                 "chooses the threshold from the support images (each class held out in turn as the "
                                 "unknown, keeping --recall of the known images), a number is a score threshold; "
                                 "without it every image gets one of the classes")
-        group.add_argument("--unknown-name", default=constant("fewshot.open_set", "UNKNOWN_NAME"), metavar="NAME",
+        group.add_argument("--unknown-name", default=constant("fewshot.inference.open_set", "UNKNOWN_NAME"), metavar="NAME",
                            help="the answer for an image past the threshold (default: %(default)s)")
-    default = constant("fewshot.open_set", "DEFAULT_SCORE")
-    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORE_CHOICES"), default=default,
+    default = constant("fewshot.inference.open_set", "DEFAULT_SCORE")
+    group.add_argument("--unknown-score", choices=names("fewshot.inference.open_set", "SCORE_CHOICES"), default=default,
                        help=f"how 'none of these' is measured (default: {default}: energy, the best in "
                             "benchmarks/open_set.py, or distance for a head whose logits are log-probabilities, "
                             "where energy is constant): msp (1 - top probability), energy (-logsumexp of the logits), "
                             "distance (to the nearest class mean), knn (to the nearest support image), mahalanobis "
                             "(shrunk pooled covariance)")
-    group.add_argument("--recall", type=open_fraction, default=constant("fewshot.open_set", "DEFAULT_RECALL"),
+    group.add_argument("--recall", type=open_fraction, default=constant("fewshot.inference.open_set", "DEFAULT_RECALL"),
                        help="the fraction of the known classes' images the auto threshold keeps (default: "
                             "%(default)s)")
     if estimates:
@@ -199,9 +199,9 @@ def add_open_set_arguments(parser: argparse.ArgumentParser, answers: bool = Fals
 
 
 def model_from_args(args: argparse.Namespace):
-    """(model, config) from the model flags (see :func:`fewshot.loading.load_model`)."""
-    from ..loading import load_model
-    from ..recipes import RECIPES
+    """(model, config) from the model flags (see :func:`fewshot.model.loading.load_model`)."""
+    from ..model.loading import load_model
+    from ..model.recipes import RECIPES
 
     if args.checkpoint in RECIPES and not os.path.exists(args.checkpoint) and not args.recipe:
         args.checkpoint, args.recipe = None, args.checkpoint  # `fewshot predict fast ...` names the recipe
@@ -214,7 +214,7 @@ def model_from_args(args: argparse.Namespace):
     if getattr(args, "adapt", None):
         model.adapt = config.model.adapt = args.adapt
     if model.adapt != "none":
-        from ..adaptation import can_adapt
+        from ..inference.adaptation import can_adapt
 
         problem = can_adapt(model)
         if problem:
@@ -237,7 +237,7 @@ def write_outputs(outputs: list[tuple[str, Callable[[], object]]]) -> int:
 
 def config_checkpoint(args: argparse.Namespace) -> str | None:
     """The checkpoint file the model came from (a run directory resolved to its best.pt), or None."""
-    from ..checkpoint import resolve_checkpoint
+    from ..model.checkpoint import resolve_checkpoint
 
     return str(resolve_checkpoint(args.checkpoint)) if args.checkpoint else None
 
@@ -276,7 +276,7 @@ def print_per_class(report: dict, png: str | None) -> None:
 def classifier_from_args(args: argparse.Namespace):
     """A :class:`fewshot.FewShotClassifier` around the model the flags name (:func:`model_from_args`), with
     progress bars on stderr unless ``--no-progress``."""
-    from ..classifier import FewShotClassifier
+    from ..inference.classifier import FewShotClassifier
 
     model, config = model_from_args(args)
     classifier = FewShotClassifier.from_model(model, config, model_source(args, config), device=args.device or "auto",

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..training.demo import run_demo
     from .runs import stopped_line
 
     found = run_demo(args.out, args.set, progress=not args.no_progress)

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--support", required=True, metavar="DIR", help="folder of class subfolders of images")
     parser.add_argument("--repeats", type=int_at_least(1), default=50, help="random splits (default 50)")
-    parser.add_argument("--holdout", type=fraction, default=constant("fewshot.estimate", "DEFAULT_HOLDOUT"),
+    parser.add_argument("--holdout", type=fraction, default=constant("fewshot.inference.estimate", "DEFAULT_HOLDOUT"),
                         help="fraction of each class held out per split, at least one image (default %(default)s)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the splits (default 0)")
     parser.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG")

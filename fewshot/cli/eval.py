@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "support images) and report, with 95%% intervals, the closed-set accuracy and the AUROC of "
                             "the unknown score separating unseen from known queries (PEELER / SnaTCHer protocol; "
                             "each query scored on its own, a transductive head by its inductive form)")
-    default = constant("fewshot.open_set", "DEFAULT_SCORE")
-    group.add_argument("--unknown-score", choices=names("fewshot.open_set", "SCORE_CHOICES"), default=default,
+    default = constant("fewshot.inference.open_set", "DEFAULT_SCORE")
+    group.add_argument("--unknown-score", choices=names("fewshot.inference.open_set", "SCORE_CHOICES"), default=default,
                        help=f"the unknown score with --open-set (default: {default}: energy, the best in "
                             "benchmarks/open_set.py, or distance where the head's logits are log-probabilities)")
 
@@ -98,7 +98,7 @@ def eval_split_spec(args: argparse.Namespace, config) -> SplitSpec:
     (``--split``, ``--classes``, ``--csv``, ``--images``) apply to the checkpoint's own data roots; no flag at
     all is the checkpoint config's test split. ``--split train|val|test`` is that phase of the config when
     the config defines it (a class list, a CSV or a subfolder), else a subfolder of the roots."""
-    from ..data import phase_spec
+    from ..evaluation.data import phase_spec
 
     data = config.data
     if args.data:
@@ -121,7 +121,7 @@ def eval_split_spec(args: argparse.Namespace, config) -> SplitSpec:
 def eval_sources(args: argparse.Namespace, config) -> list:
     """The sources to evaluate: with ``data.sources`` in the config and no data flag, each source's test split
     (or ``--split train|val|test``); else the one split of :func:`eval_split_spec`."""
-    from ..data import Source, phase_sources
+    from ..evaluation.data import Source, phase_sources
 
     if config.data.sources and not (args.data or args.csv or args.classes):
         phase = args.split or "test"
@@ -133,9 +133,9 @@ def eval_sources(args: argparse.Namespace, config) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text, check_output
-    from ..data import open_source
-    from ..episode_sets import draw_episodes
-    from ..evaluate import evaluate_sources
+    from ..evaluation.data import open_source
+    from ..evaluation.episode_sets import draw_episodes
+    from ..evaluation.episodic import evaluate_sources
     from ..runtime import resolve_device
 
     if args.support or args.test:
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 def check_open_set_flags(args: argparse.Namespace, config, model) -> None:
     """Before any data is opened: ``--open-set`` runs N-way K-shot episodes of one split without refinement or
     per-class report, with a head that can score unknowns."""
-    from ..capabilities import require
+    from ..model.capabilities import require
 
     require(model, "open_set")
     clash = next((flag for flag, used in (("--protocol metadataset", config.data.protocol == "metadataset"),
@@ -237,9 +237,9 @@ def run_scored(args: argparse.Namespace) -> int:
 
 def run_open_set(args: argparse.Namespace, model, config, opened: list, shape: tuple, episodes: int, device,
                  json_path) -> int:
-    """``fewshot eval --open-set U``: :func:`fewshot.evaluate_open_set.evaluate_open_set` on the one split."""
+    """``fewshot eval --open-set U``: :func:`fewshot.evaluation.open_set.evaluate_open_set` on the one split."""
     from ..atomic import atomic_write_text
-    from ..evaluate_open_set import evaluate_open_set, open_set_summary
+    from ..evaluation.open_set import evaluate_open_set, open_set_summary
 
     if len(opened) > 1:
         raise FewshotError("--open-set evaluates one split: add --data DIR (or evaluate one source at a time)")

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output
 
-    from ..capabilities import require
+    from ..model.capabilities import require
 
     out = check_output(args.out, "--out")
     common.check_inputs(args)

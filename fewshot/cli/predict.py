@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     files = common.check_inputs(args)
     classifier = common.classifier_from_args(args)
     if explain_dir:
-        from ..capabilities import require
+        from ..model.capabilities import require
 
         require(classifier.model_, "explain", classifier.image_size)
     classifier.fit(args.support)

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """List the recipes: what each bundles and what it measured."""
     from ..declared import capability
-    from ..recipes import RECIPES
+    from ..model.recipes import RECIPES
 
     for name, recipe in RECIPES.items():
         transductive = capability("fewshot.heads", "HEADS", recipe.head, "transductive")

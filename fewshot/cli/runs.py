@@ -29,7 +29,7 @@ def config_and_run_dir(args: argparse.Namespace):
     """The validated config of train / pretrain (YAML, if any, then the model and data flags, then --set and
     --device) and the run directory."""
     from ..config import load_config
-    from ..train import default_run_dir
+    from ..training.train import default_run_dir
 
     flags = data_overrides(args.data) if args.data else []
     for flag, key in (("backbone", "model.backbone"), ("weights", "model.weights"), ("head", "model.head"),
@@ -38,7 +38,7 @@ def config_and_run_dir(args: argparse.Namespace):
             flags.append(f"{key}={getattr(args, flag)}")
     config = load_config(args.config, flags + args.set)
     if getattr(args, "logger", None):
-        from ..loggers import check_loggers
+        from ..training.loggers import check_loggers
 
         config.train.loggers = sorted(set(config.train.loggers) | set(args.logger))
         check_loggers(config.train.loggers)
@@ -63,9 +63,9 @@ def resume_command(argv: Sequence[str], run_dir) -> str:
 def run_training(args: argparse.Namespace, command: str) -> None:
     """``fewshot train`` / ``fewshot pretrain``: run, then print how it ended (rank 0 only)."""
     if command == "train":
-        from ..train import train as run
+        from ..training.train import train as run
     else:
-        from ..pretrain import pretrain as run
+        from ..training.pretrain import pretrain as run
 
     config, run_dir = config_and_run_dir(args)
     summary = run(config, run_dir, resume=args.resume, progress=not args.no_progress)
@@ -124,7 +124,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from checkpoints/last.pt, exactly where it stopped")
     parser.add_argument("--device", help="override train.device: auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--logger", action="append", default=[], choices=names("fewshot.loggers", "LOGGERS"),
+    parser.add_argument("--logger", action="append", default=[], choices=names("fewshot.training.loggers", "LOGGERS"),
                         help="also log the metrics to tensorboard (RUN_DIR/tensorboard; needs pip install "
                              "'fewshot[tensorboard]'); added to train.loggers; metrics.jsonl stays the record")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

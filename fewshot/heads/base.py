@@ -74,7 +74,7 @@ class Head(nn.Module):
     * ``needs_training``: the head classifies through a module of its own that must be (meta-)trained (RelationNet's
       comparison network): untrained, its answers are chance even on well separated features.
     * ``normalized_logits``: its logits are log-probabilities (their log-sum-exp is 0 for every query), so a score
-      read from their scale (the ``energy`` "none of these" score) is constant: :func:`fewshot.open_set.resolve_score`
+      read from their scale (the ``energy`` "none of these" score) is constant: :func:`fewshot.inference.open_set.resolve_score`
       refuses it and picks another for ``auto``.
     """
 
@@ -136,5 +136,5 @@ class Head(nn.Module):
                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """Heads that adapt the backbone (``adapts_backbone``) return a context manager giving the episode's
         adapted :data:`Network` for ``support`` ``(S, C, H, W)``; the others are served by
-        :meth:`fewshot.model.FewShotModel.adapted`."""
+        :meth:`fewshot.model.network.FewShotModel.adapted`."""
         raise NotImplementedError(f"{type(self).__name__} does not adapt the backbone")

@@ -1,4 +1,4 @@
-"""A project that adapts the backbone to its images (the project's ``adapt`` setting, :mod:`fewshot.adaptation`):
+"""A project that adapts the backbone to its images (the project's ``adapt`` setting, :mod:`fewshot.inference.adaptation`):
 the adaptation runs as a background job while predictions are answered at their idle latency.
 
 Adapting takes tens of seconds on a CPU (160 training steps for 5 x 5 images: the adapted model, then the three

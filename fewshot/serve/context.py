@@ -15,7 +15,7 @@ from fastapi import Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..estimate import DEFAULT_HOLDOUT
+from ..inference.estimate import DEFAULT_HOLDOUT
 from ..errors import FewshotError
 from .engine import Engine
 from .store import Store

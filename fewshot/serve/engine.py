@@ -29,8 +29,8 @@ import torch
 from episodes import EpisodesError, decode_image
 from episodes.images import pil_to_array
 
-from ..capabilities import require, single_image_note, unsupported
-from ..classifier import ClassExamples, Estimate, FewShotClassifier
+from ..model.capabilities import require, single_image_note, unsupported
+from ..inference.classifier import ClassExamples, Estimate, FewShotClassifier
 from ..errors import FewshotError, SupportSetError
 from ..runtime import cpu_flags, has_int8_dot_product
 from .adapting import AdaptationJob
@@ -137,12 +137,12 @@ class Engine:
         return self.base.model_.head
 
     def info(self) -> dict:
-        from ..classifier import EXPORT_FORMATS
+        from ..inference.classifier import EXPORT_FORMATS
 
         model = self.base.model_
         not_explainable = unsupported(model, "explain", self.base.image_size)
         not_exportable = unsupported(model, "export")
-        from ..adaptation import can_adapt
+        from ..inference.adaptation import can_adapt
 
         not_adaptable = can_adapt(model)
         return {"model": self.base.source, "head": self.base.config_.model.head,
@@ -155,7 +155,7 @@ class Engine:
                 "embedded_images": self.embedded_images}
 
     def require(self, capability: str) -> None:
-        """:func:`fewshot.capabilities.require` for the server's model (the rule the CLI and the API use)."""
+        """:func:`fewshot.model.capabilities.require` for the server's model (the rule the CLI and the API use)."""
         require(self.base.model_, capability, self.base.image_size)
 
     # ------------------------------------------------------------------ building classifiers
@@ -284,7 +284,7 @@ class Engine:
                 job = None
             if setting == "none" or job is not None:
                 return job
-            from ..adaptation import AdaptSettings, adapt_steps
+            from ..inference.adaptation import AdaptSettings, adapt_steps
 
             steps = adapt_steps(self.base.model_, AdaptSettings(steps=self.base.model_.adapt_steps)) * 4
             job = cached.adaptation = AdaptationJob(setting, cached.revision, steps)
@@ -326,7 +326,7 @@ class Engine:
         images (PIL images, or arrays from :meth:`model_input`); with ``unknown`` (``"auto"`` or a threshold) also
         ``unknown`` and ``unknown_threshold``, or ``unknown_note`` saying why ``auto`` has no threshold. Explained
         images are background passes, one at a time."""
-        from ..explain import heatmap_overlay_png
+        from ..inference.explain import heatmap_overlay_png
 
         classifier, job = self.serving(project_id)
         threshold, note = self.unknown_threshold(classifier, unknown, cancel)

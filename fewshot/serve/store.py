@@ -115,7 +115,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE images_new RENAME TO images;
     CREATE INDEX images_by_class ON images (class_id);
     """,
-    # 3: a project's adaptation setting (none | top | auto: fewshot.adaptation), set on the page
+    # 3: a project's adaptation setting (none | top | auto: fewshot.inference.adaptation), set on the page
     """
     ALTER TABLE projects ADD COLUMN adapt TEXT NOT NULL DEFAULT 'none';
     """,

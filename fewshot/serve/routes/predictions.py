@@ -7,7 +7,7 @@ from typing import Optional
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
-from ...open_set import check_unknown
+from ...inference.open_set import check_unknown
 from ..context import Id, Server, read_uploads, server, until_done
 
 router = APIRouter()

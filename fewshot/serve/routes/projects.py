@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from ...adaptation import can_adapt, check_adapt
+from ...inference.adaptation import can_adapt, check_adapt
 from ...errors import CapabilityError, SupportSetError
 from ..context import AdaptBody, Id, NameBody, Server, project_view, server
 from ..uploads import check_name
