@@ -164,7 +164,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monk
 
 
 def test_full_disk_reported_before_training(data_root, tmp_path, monkeypatch):
-    import fewshot.training.lifecycle as train_module
+    import fewshot.training.run_directory as train_module
 
     usage = SimpleNamespace(total=10**9, used=10**9 - 2**20, free=2**20)
     monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: usage)
@@ -208,7 +208,7 @@ def test_resume_refuses_changed_image_size(data_root, tmp_path):
 
 
 def test_metrics_log_drops_a_cut_line_and_skips_logged_episodes(tmp_path):
-    from fewshot.training.lifecycle import MetricsLog
+    from fewshot.training.run_directory import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"kind": "train", "episode": 5, "loss": 1.0}\n{"kind": "train", "epi')

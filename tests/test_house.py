@@ -10,20 +10,19 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOORS = {  # 0 ground ... 7 the package's front door
+FLOORS = {  # 0 ground ... 7 the package's front door; a package's floor holds for its modules unless named here
     "episodes": 0,
-    "fewshot.errors": 1, "fewshot.atomic": 1, "fewshot.safe_io": 1, "fewshot.runtime": 1, "fewshot.training.optim": 1,
-    "fewshot.version": 1, "fewshot.json_io": 1, "fewshot.plots": 1, "fewshot.inference.inputs": 1, "fewshot.training.distributed": 1,
-    "fewshot.paths": 1, "fewshot.declared": 1, "fewshot.training.loggers": 1, "fewshot.inference.graph_cache": 1,
-    "fewshot.heads": 2, "fewshot.backbones": 2, "fewshot.model.recipes": 2, "fewshot.model.transforms": 2, "fewshot.config": 2,
-    "fewshot.model.network": 3, "fewshot.model.checkpoint": 3, "fewshot.model.loading": 3, "fewshot.inference.calibration": 3,
-    "fewshot.model.capabilities": 3, "fewshot.inference.export.onnx_graph": 3, "fewshot.inference.open_set": 3,
-    "fewshot.evaluation.episodic": 4, "fewshot.evaluation.open_set": 4, "fewshot.inference.embedding": 4, "fewshot.evaluation.data": 4,
-    "fewshot.evaluation.episode_sets": 4, "fewshot.inference.refine": 4, "fewshot.inference.adaptation": 4,
-    "fewshot.inference.classifier": 5, "fewshot.inference.estimate": 5, "fewshot.inference.open_set_estimate": 5, "fewshot.inference.explain": 5,
-    "fewshot.inference.export.torchscript": 5, "fewshot.inference.support_adaptation": 5, "fewshot.evaluate_adapted": 5, "fewshot.inference.export.onnx": 5, "fewshot.inference.scoring": 5, "fewshot.inference.export.formats": 5,
-    "fewshot.inference.examples": 2,
-    "fewshot.inference.query_files": 5, "fewshot.training.lifecycle": 5, "fewshot.training.train": 5, "fewshot.training.pretrain": 5, "fewshot.training.demo": 5,
+    "fewshot.errors": 1, "fewshot.atomic": 1, "fewshot.safe_io": 1, "fewshot.runtime": 1, "fewshot.version": 1,
+    "fewshot.json_io": 1, "fewshot.plots": 1, "fewshot.paths": 1, "fewshot.declared": 1,
+    "fewshot.training.optim": 1, "fewshot.training.distributed": 1, "fewshot.training.loggers": 1,
+    "fewshot.inference.inputs": 1, "fewshot.inference.graph_cache": 1,
+    "fewshot.config": 2, "fewshot.heads": 2, "fewshot.backbones": 2,
+    "fewshot.model.recipes": 2, "fewshot.model.transforms": 2, "fewshot.inference.examples": 2,
+    "fewshot.model": 3,
+    "fewshot.inference.calibration": 3, "fewshot.inference.open_set": 3, "fewshot.inference.export.onnx_graph": 3,
+    "fewshot.evaluation": 4,
+    "fewshot.inference.embedding": 4, "fewshot.inference.refine": 4, "fewshot.inference.adaptation": 4,
+    "fewshot.inference": 5, "fewshot.training": 5,
     "fewshot.cli": 6, "fewshot.serve": 6,
     "fewshot": 7, "fewshot.__main__": 7,
 }

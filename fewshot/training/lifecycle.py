@@ -1,11 +1,11 @@
 """One run lifecycle for ``fewshot train`` and ``fewshot pretrain``.
 
-:class:`RunDirectory` owns the run folder: it is checked before any work (writable, enough free space,
+:class:`~.run_directory.RunDirectory` owns the run folder: it is checked before any work (writable, enough free space,
 not another run or a foreign folder), then receives ``config.yaml``, ``metrics.jsonl`` (append-only,
 synced line by line), ``checkpoints/last.pt`` and ``best.pt`` (atomic), ``curves.png`` and
 ``summary.json``. :func:`run_steps` is the loop both commands share: one optimizer step per item of
 ``job.batches``, a NaN/Inf check before the weights are touched, a metrics line every ``log_every``
-steps, validation (best/last checkpoints, early stopping) every ``val_every`` steps, periodic
+steps, validation (:mod:`.validation`; best/last checkpoints, early stopping) every ``val_every`` steps, periodic
 checkpoints, and SIGTERM / SIGINT turned into "save ``last.pt`` and stop". Everything an exact
 ``--resume`` needs (weights, optimizer, scheduler, counters, log window, torch's random state) is in
 ``last.pt``; under torchrun every rank takes part and rank 0 alone writes.
@@ -13,201 +13,16 @@ checkpoints, and SIGTERM / SIGINT turned into "save ``last.pt`` and stop". Every
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
-
 import torch
 
-from .. import json_io
-from ..atomic import atomic_write_text, writable_folder
-from ..model.checkpoint import load_checkpoint, save_checkpoint
-from ..config import Config, dump_config
+from ..config import Config
 from .distributed import DistContext, all_sum, any_rank, broadcast_flag, init_distributed, shutdown
 from ..errors import FewshotError
-from .loggers import open_loggers
-from ..plots import plot_training_curves
-
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")
-
-
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        full = f"{prefix}{key}"
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and not full.endswith("_options"):
-            keys += config_differences(a, b, full + ".")
-        elif a != b:
-            keys.append(full)
-    return keys
-
-
-def _get(config_dict: dict, dotted: str):
-    node = config_dict
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-class MetricsLog:
-    """Append-only JSON-lines log; each line is flushed and synced when written.
-
-    On resume, records for steps already logged are not written again (a resumed run recomputes
-    them identically), and a line cut short by a kill is dropped.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.logged: dict[str, int] = {}
-        if path.exists():
-            text = path.read_text()
-            complete = text[: text.rfind("\n") + 1]
-            if complete != text:
-                path.write_text(complete)
-            for line in complete.splitlines():
-                record = json.loads(line)
-                self.logged[record["kind"]] = max(self.logged.get(record["kind"], 0), record["episode"])
-        self.handle = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict) -> bool:
-        """Append ``record``; False when a resumed run had already logged its step (nothing written)."""
-        if record["episode"] <= self.logged.get(record["kind"], -1):
-            return False
-        self.handle.write(json_io.dumps(record) + "\n")
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        return True
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-class StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (main thread only)."""
-
-    def __init__(self):
-        self.signal: str | None = None
-        self.previous = {}
-
-    def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-class RunDirectory:
-    """The folder of one training run (see the module docstring); ``is_main`` is False on ranks > 0,
-    which check nothing on disk and write nothing."""
-
-    def __init__(self, path: str | os.PathLike, resume: bool = False, is_main: bool = True):
-        self.path, self.resume, self.is_main = Path(path), resume, is_main
-        self.checkpoints = self.path / "checkpoints"
-        self.metrics: MetricsLog | None = None
-        self.loggers: list = []  # mirrors of the metrics (train.loggers, fewshot.training.loggers)
-
-    def check(self, model: torch.nn.Module) -> None:
-        """Before any work: resumable (or new), not a foreign folder, writable, room for two checkpoints."""
-        has_checkpoint = (self.checkpoints / "last.pt").exists()
-        if self.resume and not has_checkpoint:
-            raise FewshotError(f"--resume: {self.path} has no checkpoints/last.pt to resume from")
-        if not self.resume and has_checkpoint:
-            raise FewshotError(f"{self.path} already holds a run: pass --resume to continue it, or choose another "
-                               "--out")
-        if not self.is_main:
-            return
-        if self.path.is_dir() and not self.resume:
-            contents = [p.name for p in self.path.iterdir()]
-            if contents and not any(name in RUN_MARKERS for name in contents):
-                raise FewshotError(f"{self.path} is a folder that holds other files ({', '.join(sorted(contents)[:3])}"
-                                   f"{', ...' if len(contents) > 3 else ''}), not a run directory: choose a new or "
-                                   "empty --out")
-        existing, problem = writable_folder(self.path)
-        if problem:
-            raise FewshotError(f"run directory {self.path} cannot be created or written ({problem}): choose "
-                               "another --out")
-        need = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + 16 * 2**20
-        free = shutil.disk_usage(existing).free
-        if free < need:
-            raise FewshotError(f"only {free / 2**20:.0f} MB free on the disk of {self.path}, checkpoints need about "
-                               f"{need / 2**20:.0f} MB: free some space or choose another --out")
-
-    def resume_point(self, config: Config, must_match: tuple[str, ...], total_key: str, total_steps: int,
-                     log: Callable[[str], None], unit: str = "episode", world_size: int = 1) -> dict:
-        """``last.pt``, after checking that the config did not change in a way that matters, that the run has
-        not already gone past the ``total_steps`` now asked for (``total_key`` names that setting), and that it
-        resumes with as many processes as it ran with (data is dealt out by step and rank: another count would
-        skip or repeat data)."""
-        saved = load_checkpoint(self.checkpoints / "last.pt")
-        before = saved.get("world_size", 1)
-        if before != world_size:
-            raise FewshotError(f"cannot resume {self.path}: it ran with {before} process{'es' if before > 1 else ''} "
-                               f"and is resumed with {world_size}; resume with torchrun --nproc_per_node={before} "
-                               "(each step's data depends on the number of processes)")
-        changed = config_differences(saved["config"], config.to_dict())
-        fatal = [key for key in changed if any(key == m or key.startswith(m + ".") for m in must_match)]
-        if fatal:
-            key = fatal[0]
-            raise FewshotError(f"cannot resume {self.path}: {key} changed from {_get(saved['config'], key)!r} to "
-                               f"{_get(config.to_dict(), key)!r}; start a new run (another --out) instead")
-        if total_steps < saved["episode"]:
-            raise FewshotError(f"cannot resume {self.path}: it has already trained {saved['episode']} {unit}s, more "
-                               f"than {total_key}={_get(config.to_dict(), total_key)} asks for; raise {total_key} "
-                               "or use the run as it is")
-        if changed and self.is_main:
-            log(f"resuming with changed settings: {', '.join(changed)}")
-        return saved
-
-    def start(self, config: Config) -> None:
-        """Create the folder, write ``config.yaml`` and open the metrics log (rank 0)."""
-        if not self.is_main:
-            return
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path / "config.yaml", dump_config(config))
-        if not self.resume:  # a run stopped before its first checkpoint may have left files: start afresh
-            for name in ("metrics.jsonl", "val_episodes.jsonl"):  # validation episodes belong to their run
-                (self.path / name).unlink(missing_ok=True)
-        self.metrics = MetricsLog(self.path / "metrics.jsonl")
-        self.loggers = open_loggers(config.train.loggers, self.path)
-
-    def write_metrics(self, record: dict) -> None:
-        if self.metrics and self.metrics.write(record):
-            for logger in self.loggers:
-                logger.write(record)
-
-    def save(self, name: str, state: dict) -> None:
-        if self.is_main:
-            save_checkpoint(self.checkpoints / name, state)
-
-    def finish(self, summary: dict) -> None:
-        """``curves.png`` and ``summary.json``."""
-        if self.is_main:
-            plot_training_curves(self.path / "metrics.jsonl", self.path / "curves.png")
-            atomic_write_text(self.path / "summary.json", json_io.dumps(summary, indent=2))
-
-    def close(self) -> None:
-        if self.metrics:
-            self.metrics.close()
-            self.metrics = None
-        for logger in self.loggers:
-            logger.close()
-        self.loggers = []
+from .run_directory import RunDirectory, StopRequest
 
 
 class TrainingState:
@@ -422,60 +237,3 @@ def launch(body: Callable[..., dict], config: Config, run_dir: str | os.PathLike
         return result
     finally:
         shutdown(context, finished)
-
-
-VAL_SEED_OFFSET = 1_000_003  # validation episodes are a fixed set, distinct from the training stream
-
-
-def validation(model: torch.nn.Module, config: Config, episodes: int, context: DistContext, device: torch.device,
-               progress: bool, run: RunDirectory | None = None) -> Callable[[], Any] | None:
-    """A function that validates ``model`` on the config's val split(s), or None when there is none. The
-    episodes (``episodes`` per source, by ``data.protocol``) are the same at every validation: drawn at the
-    first one and saved in the run directory as ``val_episodes.jsonl`` (read back on resume). Only rank 0
-    opens the splits."""
-    from ..evaluation.data import check_head_ways, episode_sampler, open_source, phase_sources
-    from ..evaluation.episode_sets import validation_episodes
-    from ..evaluation.episodic import evaluate_sources
-
-    sources = phase_sources(config.data, "val", required=False)
-    if not sources:
-        return None
-    ecfg = config.eval
-    shape = (ecfg.ways, ecfg.shots, ecfg.queries)
-    opened = [(s, open_source(config, s, shape, progress)) for s in sources] if context.is_main else []
-    for source, split in opened:  # before training starts, not at the first validation
-        check_head_ways(model.head, episode_sampler(config, split, shape, 0), source.name or source.spec.describe())
-        check_open_set_validation(model, config, split, source.name or source.spec.describe())
-    sets: list = []
-
-    def validate():
-        if not sets:
-            path = run.path / "val_episodes.jsonl" if run is not None and run.is_main else None
-            sets.extend(validation_episodes(config, opened, shape, episodes, config.seed + VAL_SEED_OFFSET, path))
-        result = evaluate_sources(model, sets, seed=config.seed + VAL_SEED_OFFSET, device=device,
-                                  batch_size=ecfg.batch_size, progress=False,
-                                  precision="auto" if config.train.amp else "fp32", runtime=ecfg.runtime)
-        if ecfg.open_set:
-            from ..evaluation.open_set import evaluate_open_set
-
-            for (_, split), part in zip(opened, getattr(result, "results", {"": result}).values()):
-                found = evaluate_open_set(model, split, *shape, episodes, ecfg.open_set,
-                                          config.seed + VAL_SEED_OFFSET, device, ecfg.batch_size, False, ecfg.runtime,
-                                          ecfg.unknown_score, config.model.temperature).extra["open_set"]
-                part.extra["open_set"] = {k: v for k, v in found.items() if k != "per_episode_auroc"}
-        return result
-
-    return validate
-
-
-def check_open_set_validation(model: torch.nn.Module, config: Config, split, where: str) -> None:
-    """With ``eval.open_set``, before training starts: the head can score unknowns and the split has the classes."""
-    if not config.eval.open_set:
-        return
-    from ..model.capabilities import require
-
-    require(model, "open_set")
-    need = config.eval.ways + config.eval.open_set
-    if len(split.class_sizes) < need:
-        raise FewshotError(f"eval.open_set={config.eval.open_set}: validation episodes need {config.eval.ways} "
-                           f"known + {config.eval.open_set} unseen classes, {where} has {len(split.class_sizes)}")

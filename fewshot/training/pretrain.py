@@ -31,7 +31,9 @@ from ..config import Config
 from ..evaluation.data import open_phase, phase_spec
 from .distributed import DistContext, data_parallel
 from ..errors import FewshotError
-from .lifecycle import Job, RunDirectory, begin, launch, run_steps, validation
+from .lifecycle import Job, begin, launch, run_steps
+from .run_directory import RunDirectory
+from .validation import validation
 from ..model.network import build_model
 from .optim import Schedule, build_optimizer, build_scheduler
 from ..runtime import autocast, seed_everything

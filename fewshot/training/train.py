@@ -31,7 +31,9 @@ from ..evaluation.data import check_head_ways, episode_stream, open_source, phas
 from .distributed import DistContext, data_parallel, gather_objects, parameter_spread
 from ..errors import FewshotError
 from ..heads import head_names
-from .lifecycle import Job, RunDirectory, begin, launch, run_steps, validation
+from .lifecycle import Job, begin, launch, run_steps
+from .run_directory import RunDirectory
+from .validation import validation
 from ..model.network import FewShotModel, build_model
 from .optim import Schedule, build_optimizer, build_scheduler
 from ..runtime import autocast, seed_everything
