@@ -90,7 +90,7 @@ def embeddings(name: str, split, batch_size: int) -> tuple[torch.Tensor, float, 
 
 def embed_afresh(name: str, split, batch_size: int) -> tuple[torch.Tensor, float, int]:
     from fewshot.config import ModelConfig
-    from fewshot.evaluation.episodic import embed_split
+    from fewshot.evaluation.embedded import embed_split
     from fewshot.model.network import build_model
 
     backbone, size, tta = BACKBONES[name]
@@ -136,7 +136,8 @@ def evaluate_averaged(method: str, parts: list[torch.Tensor], split, shots: int,
     import numpy as np
 
     from episodes import EpisodeSampler
-    from fewshot.evaluation.episodic import EvalResult, episode_slots
+    from fewshot.evaluation.embedded import episode_slots
+    from fewshot.evaluation.episodic import EvalResult
 
     sampler = EpisodeSampler(split.class_sizes, 5, shots, 15, 0)
     offsets = np.concatenate([[0], np.cumsum(split.class_sizes)[:-1]]).astype(np.int64)

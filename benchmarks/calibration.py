@@ -53,7 +53,7 @@ def episode_logits(recipe_name: str, features: torch.Tensor, sizes: list[int], s
     """Uncalibrated logits ``(episodes, 75, 5)`` of the recipe's fitted classifier and the true labels."""
     from episodes import EpisodeSampler
     from fewshot.backbones.conv4 import Conv4
-    from fewshot.evaluation.episodic import episode_slots
+    from fewshot.evaluation.embedded import episode_slots
     from fewshot.heads import build_head
     from fewshot.model.network import FewShotModel
     from fewshot.model.recipes import get_recipe

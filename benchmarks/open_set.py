@@ -71,7 +71,7 @@ def episode_scores(model, recipe, features: torch.Tensor, support: torch.Tensor,
 
 def run(name: str, features: torch.Tensor, sizes: list[int], shots: int, episodes: int, scores: list[str]) -> dict:
     from episodes import EpisodeSampler
-    from fewshot.evaluation.episodic import episode_slots
+    from fewshot.evaluation.embedded import episode_slots
 
     model, recipe = recipe_model(name, features.shape[1])
     sampler = EpisodeSampler(sizes, KNOWN + UNKNOWN, shots, QUERIES, seed=0)

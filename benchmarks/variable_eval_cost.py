@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from episodes import MetaDatasetConfig, MetaDatasetSampler, SplitSpec, open_split, parents_of  # noqa: E402
 from fewshot.config import ModelConfig  # noqa: E402
 from fewshot.inference.embedding import embedder  # noqa: E402
-from fewshot.evaluation.episodic import class_offsets, embed_slots  # noqa: E402
+from fewshot.evaluation.embedded import class_offsets, embed_slots  # noqa: E402
 from fewshot.model.network import build_model  # noqa: E402
 
 

@@ -230,9 +230,11 @@ def test_int8_weights_follow_the_cpu_that_exports(exported, tmp_path, monkeypatc
     import warnings
 
     import fewshot.inference.export.onnx
+    import fewshot.inference.export.onnx_int8
 
     float_path, model, features, labels, support = exported
     monkeypatch.setattr(fewshot.inference.export.onnx, "has_int8_dot_product", lambda: vnni)
+    monkeypatch.setattr(fewshot.inference.export.onnx_int8, "has_int8_dot_product", lambda: vnni)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = export_onnx(model, model.fit(features, labels, len(NAMES)), NAMES, SIZE, 3, tmp_path / "int8.onnx",

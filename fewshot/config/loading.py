@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+
 import yaml
+
 from episodes import EpisodesError
 
 from ..errors import FewshotError
-from .schema import Config, DEFAULT_IMAGE_SIZE
 from .checks import build_section, check_config
+from .schema import Config, DEFAULT_IMAGE_SIZE
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -20,7 +20,8 @@ from ..inference.calibration import calibrated
 from ..model.capabilities import require
 from ..inference.embedding import embedder
 from ..errors import FewshotError
-from .episodic import EvalResult, class_offsets, confidence_interval, embedded_slots, episode_slots
+from .embedded import class_offsets, embedded_slots, episode_slots
+from .episodic import EvalResult, confidence_interval
 from ..model.network import FewShotModel
 from ..inference.open_set import DEFAULT_SCORE, auroc, resolve_score
 

@@ -17,11 +17,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
+
 import torch
 
 from ..config import Config
-from .distributed import DistContext, all_sum, any_rank, broadcast_flag, init_distributed, shutdown
 from ..errors import FewshotError
+from .distributed import DistContext, all_sum, any_rank, broadcast_flag, init_distributed, shutdown
 from .run_directory import RunDirectory, StopRequest
 
 

@@ -10,15 +10,16 @@ import shutil
 import signal
 from pathlib import Path
 from typing import Callable
+
 import torch
 
 from .. import json_io
 from ..atomic import atomic_write_text, writable_folder
-from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, dump_config
 from ..errors import FewshotError
-from .loggers import open_loggers
+from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..plots import plot_training_curves
+from .loggers import open_loggers
 
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")

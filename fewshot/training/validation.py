@@ -4,11 +4,12 @@ training stream, evaluated at every ``val_every`` steps (and the open-set check 
 from __future__ import annotations
 
 from typing import Any, Callable
+
 import torch
 
 from ..config import Config
-from .distributed import DistContext
 from ..errors import FewshotError
+from .distributed import DistContext
 from .run_directory import RunDirectory
 
 

@@ -1,5 +1,6 @@
 """What every ONNX graph made here shares: the opset, silencing the exporters, the antialiased-resize symbolic the
-TorchScript-based exporter lacks, and that exporter itself (:func:`traced_graph`). Used by the user-facing export
+TorchScript-based exporter lacks, that exporter itself (:func:`traced_graph`), and the small helpers around a graph
+(:func:`set_metadata`, an onnxruntime :func:`session`, :func:`check_images` for calibration). Used by the user-facing export
 (:mod:`fewshot.inference.export.onnx`) and by the onnxruntime embedding runtime (:mod:`fewshot.inference.embedding`)."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+from ...errors import ExportError
 
 OPSET = 18  # the first opset whose Resize has ``antialias``
 
@@ -74,3 +77,30 @@ def antialiased_resize(g: Any, images: Any, output_size: Any, align_corners: Any
     return g.op("Resize", images, constant([], torch.float32), constant([], torch.float32), sizes, mode_s="linear",
                 coordinate_transformation_mode_s="align_corners" if corners else "pytorch_half_pixel",
                 antialias_i=1, exclude_outside_i=1)
+
+
+def set_metadata(proto: Any, metadata: dict[str, str]) -> None:
+    """Replace the model's ``metadata_props`` with ``metadata``."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "fewshot"
+
+
+def session(onnxruntime: Any, model: bytes | str) -> Any:
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def check_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Calibration images as the graph's input: uint8 ``(N, C, S, S)`` -> ``(N, S, S, 3)``."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3) or \
+            tuple(images.shape[2:]) != (image_size, image_size):
+        raise ExportError(f"calibration images must be uint8 (N, C, {image_size}, {image_size}), got "
+                          f"{images.dtype} {list(images.shape)}")
+    images = images.detach().cpu()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.permute(0, 2, 3, 1).contiguous()
