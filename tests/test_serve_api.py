@@ -549,7 +549,8 @@ def test_store_schema_versions(tmp_path):
     import sqlite3
 
     from fewshot.errors import FewshotError
-    from fewshot.serve.store import MIGRATIONS, Store
+    from fewshot.serve.migrations import MIGRATIONS
+    from fewshot.serve.store import Store
 
     store = Store(tmp_path / "a")
     assert store.schema_version() == len(MIGRATIONS)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fewshot.atomic import atomic_write
-from fewshot.serve.store import DB_NAME, MIGRATIONS, NewImage, Store
+from fewshot.serve.migrations import MIGRATIONS
+from fewshot.serve.store import DB_NAME, NewImage, Store
 
 
 def new_image(seed: int) -> NewImage:

@@ -12,11 +12,8 @@ projects together stay under ``cache_mb`` (least recently used projects are drop
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import tempfile
 import os
+import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -29,51 +26,22 @@ import torch
 from episodes import EpisodesError, decode_image
 from episodes.images import pil_to_array
 
-from ..model.capabilities import require, single_image_note, unsupported
-from ..inference.classifier import ClassExamples, Estimate, FewShotClassifier
 from ..errors import FewshotError, SupportSetError
-from ..runtime import cpu_flags, has_int8_dot_product
+from ..inference.classifier import ClassExamples, Estimate, FewShotClassifier
+from ..model.capabilities import require, single_image_note, unsupported
 from .adapting import AdaptationJob
-from .jobs import (ComputeLock, JobSlots, limit_allocator_arenas, release_memory, run_export_process,
-                   write_export_job)
+from .jobs import ComputeLock, JobSlots, limit_allocator_arenas, release_memory, run_export_process, write_export_job
+from .model_info import can_export, int8_note, model_key
 from .store import Store
 
+
 EMBED_CHUNK = 8  # images embedded per background pass: a prediction waits for at most this many
+
+
 ESTIMATES_KEPT = 4  # estimate results remembered per project revision
+
+
 CALIBRATION_IMAGES = 64  # support images an export child gets (trace example, INT8 calibration)
-
-
-def model_key(classifier: FewShotClassifier) -> str:
-    """Names the embeddings a model makes: a hash of its config, test-time settings and weights."""
-    digest = hashlib.sha256(json.dumps(classifier.config_.to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(classifier.model_.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:24]
-
-
-def _can_export(format: str) -> bool:  # noqa: A002
-    """ONNX formats need the fewshot[onnx] extra on the server."""
-    import importlib.util
-
-    if format == "torchscript":
-        return True
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime", "onnxscript"))
-
-
-@functools.lru_cache(maxsize=1)
-def int8_note() -> str:
-    """What INT8 ONNX means for speed on this machine (measured in benchmarks/RESULTS.md): with VNNI the export uses
-    signed weights, 1.3-1.7x faster than float ONNX on an AVX-512 VNNI CPU; without, unsigned ones (signed products
-    saturate there), about 6-10x slower than float."""
-    if not cpu_flags():
-        return "Whether it runs faster than ONNX depends on the CPU (8-bit VNNI instructions help)."
-    if has_int8_dot_product():
-        return ("This server's CPU has VNNI (8-bit) instructions: INT8 is made with signed weights for such CPUs, "
-                "1.3x (the default recipe) to 1.7x (EfficientNet-Lite0) faster than ONNX in our measurements, with "
-                "99 % of answers the same; on a CPU without VNNI that file loses accuracy.")
-    return ("This server's CPU has no VNNI (8-bit) instructions: INT8 runs slower than ONNX here (6-10x "
-            "measured on such CPUs); choose it for size, not speed.")
 
 
 def _key(image: dict) -> tuple[int, str]:
@@ -149,7 +117,7 @@ class Engine:
                 "backbone": self.base.config_.model.backbone, "image_size": self.base.image_size,
                 "channels": self.base.channels, "explainable": not_explainable is None,
                 "explain_note": not_explainable, "exportable": not_exportable is None, "export_note": not_exportable,
-                "export_formats": [f for f in EXPORT_FORMATS if _can_export(f)] if not not_exportable else [],
+                "export_formats": [f for f in EXPORT_FORMATS if can_export(f)] if not not_exportable else [],
                 "single_image_note": single_image_note(model), "int8_note": int8_note(),
                 "adaptable": not_adaptable is None, "adapt_note": not_adaptable,
                 "embedded_images": self.embedded_images}
