@@ -39,7 +39,7 @@ def median_seconds(call, repeats: int) -> float:
 
 def classifier_with(recipe: str, count: int, classes: int = 5):
     from fewshot import FewShotClassifier
-    from fewshot.inference.classifier import ClassExamples
+    from fewshot.inference.examples import ClassExamples
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

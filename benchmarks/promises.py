@@ -152,7 +152,7 @@ def debiased_ece(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10) -
 
 def check_support(clf, pool: Pool, support, known, truth, unknown) -> dict:
     """Fit on one support set, ask for every promise, measure each on the new images."""
-    from fewshot.inference.classifier import ClassExamples
+    from fewshot.inference.examples import ClassExamples
 
     examples = {f"c{i}": ClassExamples(pool.images[rows], pool.features[rows], [pool.files[r] for r in rows],
                                        [pool.files[r] for r in rows]) for i, rows in enumerate(support)}

@@ -158,7 +158,7 @@ def test_estimate_on_separable_classes_with_interval_and_report(support):
 
 
 def test_wilson_interval_stays_honest_at_the_edges():
-    from fewshot.inference.classifier import wilson_interval
+    from fewshot.inference.estimate import wilson_interval
 
     low, high = wilson_interval(1.0, 25)
     assert high == 1.0 and 0.86 < low < 0.87  # 25 of 25 right is not proof of 100 %

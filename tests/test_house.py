@@ -2,7 +2,9 @@
 arrow from a lower floor up, ``episodes`` never imports ``fewshot``, and no module imports another's private
 (``_name``) names. Imports inside functions count: a late import is still an arrow.
 
-A new module gets its floor in :data:`FLOORS` (the longest matching prefix decides), or this test fails."""
+A module's floor is the one :data:`FLOORS` gives its longest matching prefix (a folder's floor holds for its
+modules unless one is named). The package's root holds only its public face and the ground floor; a new module
+goes in the folder of its job (``docs/house.md``), and no module grows past 400 lines."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ FLOORS = {  # 0 ground ... 7 the package's front door; a package's floor holds f
     "fewshot.errors": 1, "fewshot.atomic": 1, "fewshot.safe_io": 1, "fewshot.runtime": 1, "fewshot.version": 1,
     "fewshot.json_io": 1, "fewshot.plots": 1, "fewshot.paths": 1, "fewshot.declared": 1,
     "fewshot.training.optim": 1, "fewshot.training.distributed": 1, "fewshot.training.loggers": 1,
-    "fewshot.inference.inputs": 1, "fewshot.inference.graph_cache": 1,
+    "fewshot.inference.inputs": 1, "fewshot.inference.graph_cache": 1, "fewshot.config.schema": 1,
     "fewshot.config": 2, "fewshot.heads": 2, "fewshot.backbones": 2,
     "fewshot.model.recipes": 2, "fewshot.model.transforms": 2, "fewshot.inference.examples": 2,
     "fewshot.model": 3,
@@ -67,6 +69,22 @@ def floor(name: str) -> int | None:
 def graph() -> dict[str, set[str]]:
     known = modules()
     return {name: {module for module, _ in imports(name, file, known)} for name, file in known.items()}
+
+
+ROOT_MODULES = {"__init__", "__main__", "errors", "atomic", "safe_io", "paths", "json_io", "runtime", "declared",
+                "version", "plots"}
+MAX_MODULE_LINES = 400
+
+
+def test_the_package_root_holds_its_face_and_the_ground_floor():
+    found = {file.stem for file in (ROOT / "fewshot").glob("*.py")}
+    assert found == ROOT_MODULES, "a new module belongs in the folder of its job (docs/house.md)"
+    assert {floor(f"fewshot.{name}") for name in ROOT_MODULES - {"__init__", "__main__"}} == {1}
+
+
+def test_no_module_is_longer_than_400_lines():
+    lengths = {name: len(file.read_text().splitlines()) for name, file in modules().items()}
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}
 
 
 def test_every_module_has_a_floor():

@@ -15,7 +15,7 @@ import torch
 
 from fewshot import FewShotClassifier
 from fewshot.inference.calibration import support_factor
-from fewshot.inference.classifier import ClassExamples
+from fewshot.inference.examples import ClassExamples
 from fewshot.cli import main
 from fewshot.errors import CapabilityError
 from fewshot.inference.open_set_estimate import REJECTION_WIDENING, binomial_tail, kept_interval, rejected_interval, student_t, threshold_rank

@@ -26,7 +26,7 @@ def test_an_unknown_model_name_lists_the_recipes():
 
 
 def test_predict_unknown_auto_reuses_its_threshold_across_processes(tmp_path, capsys, monkeypatch):
-    import fewshot.inference.classifier as classifier_module
+    import fewshot.inference.classifier_estimates as classifier_module
 
     root = tmp_path / "support"
     make_image_folder(root, classes=4, per_class=6, size=16, noise=4.0)

@@ -27,7 +27,9 @@ from episodes import EpisodesError, decode_image
 from episodes.images import pil_to_array
 
 from ..errors import FewshotError, SupportSetError
-from ..inference.classifier import ClassExamples, Estimate, FewShotClassifier
+from ..inference.classifier import FewShotClassifier
+from ..inference.estimate import Estimate
+from ..inference.examples import ClassExamples
 from ..model.capabilities import require, single_image_note, unsupported
 from .adapting import AdaptationJob
 from .jobs import ComputeLock, JobSlots, limit_allocator_arenas, release_memory, run_export_process, write_export_job
@@ -105,7 +107,7 @@ class Engine:
         return self.base.model_.head
 
     def info(self) -> dict:
-        from ..inference.classifier import EXPORT_FORMATS
+        from ..inference.export.formats import EXPORT_FORMATS
 
         model = self.base.model_
         not_explainable = unsupported(model, "explain", self.base.image_size)

@@ -191,7 +191,7 @@ def write_export_job(job_file: Path, weights_file: Path, config: dict, normaliza
 def export_job(job_file: str) -> None:
     """The child's side: rebuild the model from the job file and export it."""
     from ..model.checkpoint import rebuild_model
-    from ..inference.classifier import export_fitted
+    from ..inference.export.formats import export_fitted
     from ..model.network import FittedClassifier
     from ..safe_io import safe_load
 
