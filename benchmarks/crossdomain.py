@@ -41,6 +41,9 @@ ROWS = {  # row name -> fewshot eval model flags
     "transductive": ["--recipe", "transductive"],
     "default + adapt top": ["--recipe", "default", "--adapt", "top"],
     "default + adapt auto": ["--recipe", "default", "--adapt", "auto"],
+    # measured before the adaptation's L2-SP pull (AdaptSettings.anchor) was added; kept for the record, not rerun
+    "default + adapt top, no L2-SP": [],
+    "default + adapt auto, no L2-SP": [],
 }
 KINDS = {"frozen": ["default", "fast", "transductive"], "reference": ["default"], "adapt": ["default + adapt top"],
          "auto": ["default + adapt auto"]}

@@ -55,6 +55,23 @@ def test_adapting_changes_only_a_copys_top():
     assert adapted.adapt == "none" and not any(p.requires_grad for p in adapted.parameters())
 
 
+def test_the_l2_sp_anchor_keeps_the_adapted_top_near_the_pretrained_weights():
+    """The anchor term pulls the fine-tuned weights back: with it the top moves less than without, and the
+    bf16 setting trains too (autocast around the top's forward)."""
+    model = lite_model()
+    images, labels = coloured(3, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def moved(settings: AdaptSettings) -> float:
+        adapted = adapt_model(model, images, labels, 3, settings)
+        return sum(float(((v - before[k]) ** 2).sum()) for k, v in adapted.state_dict().items()
+                   if v.is_floating_point())
+
+    free, anchored = moved(AdaptSettings(steps=8, lr=1e-2, anchor=0.0)), moved(AdaptSettings(steps=8, lr=1e-2, anchor=10.0))
+    assert 0 < anchored < 0.5 * free, (anchored, free)
+    assert moved(AdaptSettings(steps=2, precision="bf16")) > 0
+
+
 def test_map_augmentation_keeps_shape_and_varies():
     maps = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
     first = augmented(maps, torch.Generator().manual_seed(0))

@@ -292,6 +292,9 @@ def test_project_adapts_from_the_page(browser, tmp_path):
         page.select_option("#adapt-select", "top")
         sync_api.expect(page.locator("#adapt-status")).to_have_text(re.compile("^Adapted to your images"),
                                                                     timeout=120_000)
+        page.click("#estimate-button")  # the estimate says it is the adapted model's, and why
+        sync_api.expect(page.locator("#adaptation-estimate")).to_contain_text("Adapted to your images",
+                                                                             timeout=120_000)
         page.reload()
         sync_api.expect(page.locator("#adapt-select")).to_have_value("top")
         assert not problems, problems

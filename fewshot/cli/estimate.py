@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-
 from .. import json_io
-from . import common
 from ..declared import constant
+from . import common
 from .common import add_model_arguments, add_open_set_arguments, fraction, int_at_least, print_per_class, write_outputs
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from .common import NON_NEGATIVE, POSITIVE, int_at_least
 
 

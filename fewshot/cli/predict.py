@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from .. import json_io
 from . import common
 from .common import add_model_arguments, add_open_set_arguments

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from .runs import add_run_arguments, run_training
 
 

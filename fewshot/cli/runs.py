@@ -8,7 +8,6 @@ import os
 import shlex
 from typing import Sequence
 
-
 from .common import int_at_least
 
 

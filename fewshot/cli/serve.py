@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 
-
 from . import common
 from .common import POSITIVE, add_model_arguments, int_at_least, positive_number
 

@@ -17,8 +17,8 @@ from episodes import EpisodeIndices, FewShotSplit, VariableEpisodeIndices
 
 from ..atomic import atomic_write_text
 from ..config import Config
-from .data import Shape, Source, check_head_ways, episode_sampler
 from ..errors import FewshotError
+from .data import Shape, Source, check_head_ways, episode_sampler
 
 Drawn = EpisodeIndices | VariableEpisodeIndices
 SourceEpisodes = list[tuple[str, FewShotSplit, list]]

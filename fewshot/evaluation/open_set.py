@@ -16,14 +16,14 @@ from tqdm.auto import tqdm
 
 from episodes import EpisodeSampler, FewShotSplit
 
-from ..inference.calibration import calibrated
-from ..model.capabilities import require
-from ..inference.embedding import embedder
 from ..errors import FewshotError
+from ..inference.calibration import calibrated
+from ..inference.embedding import embedder
+from ..inference.open_set import DEFAULT_SCORE, auroc, resolve_score
+from ..model.capabilities import require
+from ..model.network import FewShotModel
 from .embedded import class_offsets, embedded_slots, episode_slots
 from .episodic import EvalResult, confidence_interval
-from ..model.network import FewShotModel
-from ..inference.open_set import DEFAULT_SCORE, auroc, resolve_score
 
 
 def evaluate_open_set(model: FewShotModel, split: FewShotSplit, ways: int, shots: int, queries: int, episodes: int,

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import CapabilityError, FewshotError
 from ..model.network import FewShotModel
+from ..runtime import autocast
 
 ADAPT_CHOICES = ("none", "top", "auto")
 AUTO_MARGIN = 1.0  # standard errors the held-out gain must exceed for "auto" to adapt
@@ -34,7 +35,9 @@ AUTO_MARGIN = 1.0  # standard errors the held-out gain must exceed for "auto" to
 @dataclass(frozen=True)
 class AdaptSettings:
     """How the top is fine-tuned: ``steps`` of Adam at ``lr`` (the classifier at ``head_lr``), cosine logits
-    scaled by ``scale``, augmentation on (``augment``), the random draws seeded by ``seed``."""
+    scaled by ``scale``, augmentation on (``augment``), the random draws seeded by ``seed``; ``anchor`` weighs an
+    L2-SP term, the squared distance of the top's weights from the pretrained ones, which keeps what ImageNet
+    taught where the support set does not ask for a change (measured in benchmarks/RESULTS.md)."""
 
     steps: int = 40
     lr: float = 1e-3
@@ -42,6 +45,8 @@ class AdaptSettings:
     scale: float = 10.0
     augment: bool = True
     seed: int = 0
+    anchor: float = 0.1
+    precision: str = "fp32"  # the training steps' arithmetic (fewshot.runtime.autocast): fp32 or bf16
 
 
 def check_adapt(adapt: str) -> str:
@@ -82,13 +87,19 @@ def train_top(top: nn.Module, maps: torch.Tensor, labels: torch.Tensor, ways: in
     with torch.no_grad():
         means = torch.stack([F.normalize(top(maps), dim=-1)[labels == c].mean(0) for c in range(ways)])
     classifier = nn.Parameter(F.normalize(means, dim=-1))
-    optimizer = torch.optim.Adam([{"params": [p for p in top.parameters() if p.requires_grad], "lr": settings.lr},
+    weights = [p for p in top.parameters() if p.requires_grad]
+    pretrained = [p.detach().clone() for p in weights]  # where the pull towards the start point points
+    optimizer = torch.optim.Adam([{"params": weights, "lr": settings.lr},
                                   {"params": [classifier], "lr": settings.head_lr}])
     losses = []
     for _ in range(settings.steps):
         batch = augmented(maps, generator) if settings.augment else maps
-        logits = settings.scale * F.normalize(top(batch), dim=-1) @ F.normalize(classifier, dim=-1).T
+        with autocast(maps.device, settings.precision):
+            features = top(batch)
+        logits = settings.scale * F.normalize(features.float(), dim=-1) @ F.normalize(classifier, dim=-1).T
         loss = F.cross_entropy(logits, labels)
+        if settings.anchor:  # L2-SP: the squared distance from the pretrained weights
+            loss = loss + settings.anchor * sum(((w - w0) ** 2).sum() for w, w0 in zip(weights, pretrained))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -25,8 +25,8 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
-import weakref
 import warnings
+import weakref
 from typing import Callable
 
 import numpy as np

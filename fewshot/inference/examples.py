@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import SupportSetError
-from .inputs import is_single_image
 from ..paths import folder_classes
+from .inputs import is_single_image
 
 
 @dataclass

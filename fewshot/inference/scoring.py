@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import SupportSetError
-from .estimate import wilson_interval
 from ..evaluation.episodic import per_class_report
 from ..paths import folder_classes
+from .estimate import wilson_interval
 
 
 class Classifier(Protocol):

@@ -15,9 +15,9 @@ from typing import Callable
 
 import torch
 
+from ..model.network import FewShotModel
 from .adaptation import AdaptDecision, AdaptSettings, FoldPredictions, fold_predictions, model_for_support
 from .estimate import CrossValidation
-from ..model.network import FewShotModel
 
 
 @dataclass

@@ -18,8 +18,8 @@ from ..atomic import atomic_write
 from ..backbones.base import state_dict_mismatch
 from ..config import Config, config_from_dict
 from ..errors import FewshotError
-from .network import FewShotModel, build_model
 from ..safe_io import safe_load
+from .network import FewShotModel, build_model
 
 __all__ = ["FORMAT", "load_checkpoint", "load_model_state", "model_from_checkpoint", "rebuild_model",
            "resolve_checkpoint", "safe_load", "save_checkpoint"]

@@ -15,8 +15,8 @@ from fastapi import Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..inference.estimate import DEFAULT_HOLDOUT
 from ..errors import FewshotError
+from ..inference.estimate import DEFAULT_HOLDOUT
 from .engine import Engine
 from .store import Store
 from .uploads import BadImage, CheckedImage, Limits, TooLarge, check_image, display_name, thumbnail_png

@@ -28,15 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 from episodes import FewShotSplit, train_augmentation
 
 from ..config import Config
-from ..evaluation.data import open_phase, phase_spec
-from .distributed import DistContext, data_parallel
 from ..errors import FewshotError
+from ..evaluation.data import open_phase, phase_spec
+from ..model.network import build_model
+from ..runtime import autocast, seed_everything
+from .distributed import DistContext, data_parallel
 from .lifecycle import Job, begin, launch, run_steps
+from .optim import Schedule, build_optimizer, build_scheduler
 from .run_directory import RunDirectory
 from .validation import validation
-from ..model.network import build_model
-from .optim import Schedule, build_optimizer, build_scheduler
-from ..runtime import autocast, seed_everything
 
 MUST_MATCH = ("model.backbone", "model.head", "model.backbone_options", "data.image_size", "data.channels",
               "pretrain.batch_size", "pretrain.classifier")

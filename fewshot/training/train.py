@@ -27,16 +27,16 @@ from torch.utils.data import DataLoader
 from episodes import Episode, EpisodeDataset, train_augmentation
 
 from ..config import Config
-from ..evaluation.data import check_head_ways, episode_stream, open_source, phase_sources
-from .distributed import DistContext, data_parallel, gather_objects, parameter_spread
 from ..errors import FewshotError
+from ..evaluation.data import check_head_ways, episode_stream, open_source, phase_sources
 from ..heads import head_names
+from ..model.network import FewShotModel, build_model
+from ..runtime import autocast, seed_everything
+from .distributed import DistContext, data_parallel, gather_objects, parameter_spread
 from .lifecycle import Job, begin, launch, run_steps
+from .optim import Schedule, build_optimizer, build_scheduler
 from .run_directory import RunDirectory
 from .validation import validation
-from ..model.network import FewShotModel, build_model
-from .optim import Schedule, build_optimizer, build_scheduler
-from ..runtime import autocast, seed_everything
 
 MUST_MATCH = ("model.backbone", "model.head", "model.backbone_options", "model.head_options", "data.image_size",
               "data.channels")

@@ -33,8 +33,8 @@ from ...atomic import atomic_write
 from ...errors import FewshotError
 from ...model.capabilities import require
 from ...model.network import FewShotModel, FittedClassifier
-from ..open_set import unknown_scores
 from ...model.transforms import transform_features
+from ..open_set import unknown_scores
 
 
 class CheckedInput(nn.Module):

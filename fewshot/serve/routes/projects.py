@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from ...inference.adaptation import can_adapt, check_adapt
 from ...errors import CapabilityError, SupportSetError
+from ...inference.adaptation import can_adapt, check_adapt
 from ..context import AdaptBody, Id, NameBody, Server, project_view, server
 from ..uploads import check_name
 

@@ -81,6 +81,10 @@ export function renderEstimate(r) {
   if (Number.isFinite(Number(r.images))) tested.push(`Tested on ${plural(Number(r.images), "held-out image")}`);
   if (Number.isFinite(Number(r.repeats))) tested.push(`over ${plural(Number(r.repeats), "random split")}`);
   if (tested.length) box.append(el("p", { className: "held-out", text: tested.join(" ") + "." }));
+  if (r.adaptation) {
+    const how = r.adaptation.adapted ? "Adapted to your images" : "Not adapted to your images";
+    box.append(el("p", { id: "adaptation-estimate", text: `${how}: ${r.adaptation.reason || ""}` }));
+  }
 
   if (r.shots && Object.keys(r.shots).length) {
     const names = r.class_names || Object.keys(r.shots);
