@@ -104,6 +104,7 @@ class FewShotClassifier(ExamplesMixin, AdaptationMixin, EstimatesMixin, Explanat
         if note:
             warnings.warn(note, UserWarning, stacklevel=3)
 
+    # ------------------------------------------------------------------ properties
     @property
     def image_size(self) -> int:
         return self.config_.data.image_size

@@ -5,8 +5,7 @@ held-out folds, and the server's paced variant (:meth:`AdaptationMixin.adapt_and
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
-from typing import Callable, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 from tqdm import tqdm
 
@@ -21,7 +20,6 @@ class AdaptationMixin:
     """The adaptation side of :class:`~fewshot.inference.classifier.FewShotClassifier`: which model its predictions use
     (the shared one or a copy adapted to the examples), made once per change of the examples."""
 
-    # ------------------------------------------------------------------ properties
     @property
     def model_(self) -> FewShotModel:
         """The model predictions use: the shared model (``base_model_``), or its copy adapted to the examples

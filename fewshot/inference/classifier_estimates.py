@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
-from typing import Callable, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 from ..errors import FewshotError, SupportSetError
 from ..model.capabilities import require, unsupported
