@@ -61,6 +61,7 @@ class _Cached:
     # (repeats, holdout, seed, adapted) -> Estimate, newest last
     estimates: OrderedDict = field(default_factory=OrderedDict)
     adaptation: AdaptationJob | None = None  # the project adapts: its job (the adapted classifier once finished)
+    adapt: str = "none"  # the project's adaptation setting when last read (it changes without a new revision)
 
     def nbytes(self) -> int:
         """Memory held: what the classifier holds (:meth:`FewShotClassifier.held_bytes`: images, embeddings, their
@@ -140,9 +141,10 @@ class Engine:
                 cached = self._cache.get(project_id)
                 if cached is not None:
                     self._cache.move_to_end(project_id)
-            if cached is not None and cached.revision == project["revision"]:
-                return cached.classifier, cached
-            return self._build(project, cached)
+            if cached is None or cached.revision != project["revision"]:
+                _, cached = self._build(project, cached)
+            cached.adapt = project.get("adapt", "none")
+            return cached.classifier, cached
 
     def cached_bytes(self) -> int:
         with self._cache_lock:
@@ -245,8 +247,12 @@ class Engine:
         """The project's adaptation job (None when it does not adapt), started when its setting or examples
         changed since the last one: it runs in the background (:mod:`.adapting`) while predictions use the frozen
         classifier."""
-        setting = self.store.project(project_id).get("adapt", "none")
-        classifier, cached = self.classifier(project_id)
+        return self._adaptation_job(project_id, *self.classifier(project_id))
+
+    def _adaptation_job(self, project_id: int, classifier: FewShotClassifier, cached: _Cached
+                        ) -> AdaptationJob | None:
+        """:meth:`adaptation` for the frozen ``classifier`` and cache entry :meth:`classifier` just returned."""
+        setting = cached.adapt
         with self._cache_lock:
             job = cached.adaptation
             if setting == "none" or (job is not None and job.setting != setting):
@@ -270,19 +276,13 @@ class Engine:
                          name=f"adapt-project-{project_id}").start()
         return job
 
-    def adaptation_status(self, project_id: int) -> dict | None:
-        """The project's adaptation as JSON without starting anything (None when no job is known)."""
-        with self._cache_lock:
-            cached = self._cache.get(project_id)
-            job = cached.adaptation if cached is not None else None
-        return job.to_json() if job is not None else None
-
-    def serving(self, project_id: int) -> tuple[FewShotClassifier, AdaptationJob | None]:
+    def serving(self, project_id: int) -> tuple[FewShotClassifier, AdaptationJob | None, _Cached]:
         """The classifier a project's predictions, estimates and exports use: the adapted one once its job
-        finished, the frozen one until then (and always, when the project does not adapt)."""
-        classifier, _ = self.classifier(project_id)
-        job = self.adaptation(project_id)
-        return (job.classifier if job is not None and job.finished else classifier), job
+        finished, the frozen one until then (and always, when the project does not adapt); its job and cache
+        entry. One read of the project from the store."""
+        classifier, cached = self.classifier(project_id)
+        job = self._adaptation_job(project_id, classifier, cached)
+        return (job.classifier if job is not None and job.finished else classifier), job, cached
 
     # ------------------------------------------------------------------ using them
     def model_input(self, image) -> np.ndarray:
@@ -298,7 +298,7 @@ class Engine:
         images are background passes, one at a time."""
         from ..inference.explain import heatmap_overlay_png
 
-        classifier, job = self.serving(project_id)
+        classifier, job, _ = self.serving(project_id)
         threshold, note = self.unknown_threshold(classifier, unknown, cancel)
         if not explain:
             with self.compute.interactive():
@@ -335,8 +335,7 @@ class Engine:
     def estimate(self, project_id: int, repeats: int, holdout: float, seed: int,
                  cancel: threading.Event | None = None) -> Estimate:
         """The project's estimate, split by split as background passes (remembered per revision)."""
-        _, cached = self.classifier(project_id)
-        classifier, job = self.serving(project_id)
+        classifier, job, cached = self.serving(project_id)
         key = (repeats, holdout, seed, job is not None and job.finished)
         if key in cached.estimates:
             cached.estimates.move_to_end(key)
@@ -355,7 +354,7 @@ class Engine:
                cancel: threading.Event | None = None) -> Path:
         """Export in a child process at the lowest CPU priority (:func:`.jobs.run_export_process`)."""
         self.require("export")
-        classifier, _ = self.serving(project_id)
+        classifier, _, _ = self.serving(project_id)
         with self.jobs.hold("export"):
             try:  # the calibration's splits one background step each (fitted_ then reads them)
                 if classifier.calibration == "support":
