@@ -41,6 +41,8 @@ ROWS = {  # row name -> fewshot eval model flags
     "transductive": ["--recipe", "transductive"],
     "default + adapt top": ["--recipe", "default", "--adapt", "top"],
     "default + adapt auto": ["--recipe", "default", "--adapt", "auto"],
+    # measured before auto decided on the held-out log-probability (it decided on held-out accuracy); not rerun
+    "default + adapt auto, accuracy rule": [],
     # measured before the adaptation's L2-SP pull (AdaptSettings.anchor) was added; kept for the record, not rerun
     "default + adapt top, no L2-SP": [],
     "default + adapt auto, no L2-SP": [],

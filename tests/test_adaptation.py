@@ -115,6 +115,40 @@ def test_auto_adapts_when_the_held_out_gain_is_clear(monkeypatch):
     assert decision.adapt and decision.gain == 100.0 and decision.reason.endswith("adapted")
 
 
+def rig_held_out(monkeypatch, adapted_logits):
+    """Held-out logits rigged: the frozen model's are ``one_hot(truth)``; adapted copies' are ``adapted_logits(truth,
+    ways)``."""
+    import fewshot.inference.adaptation as adaptation
+
+    def rigged(model_, images_, labels_, held, ways):
+        right = torch.nn.functional.one_hot(labels_[held], ways).float()
+        return adapted_logits(labels_[held], ways) if getattr(model_, "adapted_to_support", False) else right
+
+    monkeypatch.setattr(adaptation, "held_out_logits", rigged)
+
+
+def test_auto_adapts_when_held_out_images_become_more_probable_at_the_same_accuracy(monkeypatch):
+    """Both answer every held-out image right; the adapted copies give the right class more probability: the
+    log-probability shows the gain that accuracy cannot."""
+    rig_held_out(monkeypatch, lambda truth, ways: (3 + torch.arange(len(truth)).float()[:, None] / len(truth))
+                 * torch.nn.functional.one_hot(truth, ways).float())
+    decision, _ = decide_adaptation(lite_model("auto"), *coloured(3, 4), 3, AdaptSettings(steps=1))
+    assert decision.adapt and decision.gain == 0.0 and decision.likelihood_gain > 0.4
+
+
+def test_auto_refuses_a_likelier_but_less_accurate_adaptation(monkeypatch):
+    """More probability on the right class for most held-out images, but one answer lost: not adapted."""
+    def adapted(truth, ways):
+        logits = 4 * torch.nn.functional.one_hot(truth, ways).float()
+        logits[0] = 0.0
+        logits[0, truth[0]], logits[0, (truth[0] + 1) % ways] = 2.0, 2.1  # a near tie, lost
+        return logits
+
+    rig_held_out(monkeypatch, adapted)
+    decision, _ = decide_adaptation(lite_model("auto"), *coloured(3, 4), 3, AdaptSettings(steps=1))
+    assert decision.likelihood_gain > 0 and decision.gain < 0 and not decision.adapt
+
+
 def test_adapted_episodes_do_not_leak_into_each_other(tmp_path):
     from episodes import EpisodeSampler, SplitSpec, open_split
 

@@ -67,11 +67,13 @@ RECIPES: dict[str, Recipe] = {
     "adapt": Recipe(
         "The default recipe whose Lite0 member adapts its last two stages to your support set (40 steps of Adam on "
         "augmented maps of your images; Lite2 stays frozen) when your own held-out images show that it helps "
-        "(three folds, each adapted without what it holds out); for classes unlike ImageNet's. Seconds to a minute "
+        "(three folds, each adapted without what it holds out: the right classes more probable, no fewer right); "
+        "for classes unlike ImageNet's. Seconds to a minute "
         "of CPU per support set. Inductive", "ensemble:efficientnet_lite0+efficientnet_lite2", "linear_probe",
         transform="power_cl2n", temperature={1: 3.79, 2: 3.22, 5: 2.64, 10: 2.39}, adapt="auto",
-        measured={CROSS: "5-shot +0.9 points over default (6 episodes a domain, paired), never below it; 1-shot: "
-                         "as default (one image per class leaves nothing to hold out)"}),
+        measured={CROSS: "5-shot +3.2 points over default (10 episodes a domain, paired: traffic signs +7.6, "
+                         "characters +5.8, fruits 0.0, faces -0.6; ImageNet classes +0.2); 1-shot: as default (one "
+                         "image per class leaves nothing to hold out)"}),
     "fast": Recipe(
         "EfficientNet-Lite0 ImageNet features at 224 px (about 3x cheaper than the default), power transform + "
         "CL2N, prototypes. Inductive", "efficientnet_lite0", "protonet", transform="power_cl2n",
