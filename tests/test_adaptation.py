@@ -147,6 +147,7 @@ def test_auto_refuses_a_likelier_but_less_accurate_adaptation(monkeypatch):
     rig_held_out(monkeypatch, adapted)
     decision, _ = decide_adaptation(lite_model("auto"), *coloured(3, 4), 3, AdaptSettings(steps=1))
     assert decision.likelihood_gain > 0 and decision.gain < 0 and not decision.adapt
+    assert "fewer held-out images answered right" in decision.reason
 
 
 def test_adapted_episodes_do_not_leak_into_each_other(tmp_path):

@@ -10,8 +10,8 @@ of images cannot estimate them). Training on cached maps makes a step cost the t
 5 classes x 5 images adapt in seconds on two CPU cores (benchmarks/RESULTS.md, "Beyond ImageNet").
 
 :func:`model_for_support` is the one rule the Python API, the CLI and the episodic evaluator follow (``fewshot
-serve`` refuses a model that would adapt, for now); an episode adapts a fresh copy from its own support set only,
-so nothing learned crosses episodes.
+serve`` runs it as a background job, fewshot/serve/adapting.py); an episode adapts a fresh copy from its own support
+set only, so nothing learned crosses episodes.
 """
 
 from __future__ import annotations
@@ -246,7 +246,8 @@ def decide_adaptation(model: FewShotModel, images: torch.Tensor, labels: torch.T
     reason = (f"held-out accuracy {adapted_:.1f} % adapted vs {frozen_:.1f} % frozen on {len(truth)} images in "
               f"{found.folds} folds (gain {gain:+.1f} ± {se:.1f} points; log-probability of the right class "
               f"{likelihood_gain:+.3f} ± {likelihood_se:.3f} per image): "
-              + ("adapted" if chosen else f"not adapted (the gain is not above {margin:g} standard error)"))
+              + ("adapted" if chosen else "not adapted (fewer held-out images answered right)" if gain < 0
+                 else f"not adapted (the log-probability gain is not above {margin:g} standard error)"))
     return AdaptDecision(chosen, reason, frozen_, adapted_, gain, se, len(truth), found.folds, likelihood_gain,
                          likelihood_se), found
 
