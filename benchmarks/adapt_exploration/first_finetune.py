@@ -1,32 +1,7 @@
 """Per-episode fine-tuning of Lite0's top (blocks 11-15 + head conv) on cached stage-5 maps of the support."""
-import os
-CACHE = os.environ.get("FEWSHOT_XD_CACHE", "/tmp/xd")  # written by cache_features.py and cache_maps.py
-import sys, math, copy, time, torch, torch.nn as nn, torch.nn.functional as F
-from fewshot.model.transforms import apply_transform
-from fewshot.heads.linear_probe import LinearProbe
-from fewshot.backbones import build_backbone
-torch.set_num_threads(2)
+import os, sys, math, time, torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from episodes_cached import episodes
-probe = LinearProbe(1, (1,))
-net = build_backbone("efficientnet_lite0", 3, weights="imagenet").eval()
-class Top(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = copy.deepcopy(net._blocks[11:]); self.conv = copy.deepcopy(net._conv_head); self.bn = copy.deepcopy(net._bn1)
-    def forward(self, x):
-        for b in self.blocks: x = b(x)
-        return F.relu6(self.bn(self.conv(x))).mean((2, 3))
-L0, L2 = "efficientnet_lite0", "efficientnet_lite2"
-def augment(m, g):
-    # random crop 10..14 of the 14x14 map + flip
-    B = m.shape[0]; out = []
-    for i in range(B):
-        s = int(torch.randint(10, 15, (1,), generator=g)); y, x = [int(v) for v in torch.randint(0, 15 - s, (2,), generator=g)]
-        c = m[i:i+1, :, y:y+s, x:x+s]
-        if torch.rand(1, generator=g) < 0.5: c = c.flip(-1)
-        out.append(F.interpolate(c, size=14, mode="bilinear", align_corners=False))
-    return torch.cat(out)
+from top_variants import CACHE, L0, L2, Top, apply_transform, augment, episodes, probe  # the same top, map crops, probe
 def adapt(ms, ys, ways, steps, lr, aug, g):
     top = Top(); top.eval()  # BN statistics frozen
     with torch.no_grad():

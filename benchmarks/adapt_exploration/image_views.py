@@ -1,25 +1,12 @@
 """Image-level augmented views (trunk maps computed once per view) vs map-level augmentation for the adapted top."""
 import os
-CACHE = os.environ.get("FEWSHOT_XD_CACHE", "/tmp/xd")  # written by cache_features.py and cache_maps.py
-import sys, math, copy, time, torch, torch.nn as nn, torch.nn.functional as F, numpy as np
+import sys, math, time, torch, torch.nn as nn, torch.nn.functional as F, numpy as np
 from PIL import Image
 import torchvision.transforms as T
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from episodes_cached import episodes
 from episodes.images import pil_to_array
-from fewshot.model.transforms import apply_transform
-from fewshot.heads.linear_probe import LinearProbe
-from fewshot.backbones import build_backbone
-torch.set_num_threads(2)
-probe = LinearProbe(1, (1,))
-net = build_backbone("efficientnet_lite0", 3, weights="imagenet").eval()
-class Top(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = copy.deepcopy(net._blocks[11:]); self.conv = copy.deepcopy(net._conv_head); self.bn = copy.deepcopy(net._bn1)
-    def forward(self, x):
-        for b in self.blocks: x = b(x)
-        return F.relu6(self.bn(self.conv(x))).mean((2, 3))
+from top_variants import CACHE, L0, L2, Top, apply_transform, augment as mapaug, net, probe  # the same top and map crops
 def trunk(imgs):
     arr = np.stack([pil_to_array(im, 224, 3) for im in imgs])
     x = (torch.from_numpy(arr).permute(0,3,1,2).float()/255 - 0.5)/0.5
@@ -32,14 +19,6 @@ AUGS = {
  "geo": T.Compose([T.RandomResizedCrop(224, scale=(0.6, 1.0), ratio=(0.8, 1.25)), T.RandomRotation(10)]),
  "both": T.Compose([T.RandomResizedCrop(224, scale=(0.6, 1.0), ratio=(0.8, 1.25)), T.RandomRotation(10), T.ColorJitter(0.4, 0.4, 0.4)]),
 }
-def mapaug(m, g):
-    B = m.shape[0]; out = []
-    for i in range(B):
-        s = int(torch.randint(10, 15, (1,), generator=g)); y, x = [int(v) for v in torch.randint(0, 15 - s, (2,), generator=g)]
-        c = m[i:i+1, :, y:y+s, x:x+s]
-        if torch.rand(1, generator=g) < 0.5: c = c.flip(-1)
-        out.append(F.interpolate(c, size=14, mode="bilinear", align_corners=False))
-    return torch.cat(out)
 def adapt(views, ys, ways, g, use_map, steps=40, lr=1e-3, sp=0.1):
     """views (V, S, D, h, w): view 0 the plain image."""
     top = Top(); top.eval(); ref = [p.detach().clone() for p in top.parameters()]
@@ -56,7 +35,6 @@ def adapt(views, ys, ways, g, use_map, steps=40, lr=1e-3, sp=0.1):
         loss = F.cross_entropy(logits, ys) + sp * sum(((p - r) ** 2).sum() for p, r in zip(top.parameters(), ref))
         opt.zero_grad(); loss.backward(); opt.step()
     return top
-L0, L2 = "efficientnet_lite0", "efficientnet_lite2"
 def run(dom, shots, n, nviews, variants):
     d = torch.load(f"{CACHE}/{dom}.pt"); maps = torch.load(f"{CACHE}/{dom}.maps.pt")
     labels = d["labels"]; files = d["files"]; R = {}; t0 = time.time(); g = torch.Generator().manual_seed(1)

@@ -1,44 +1,7 @@
 """Weight-space interpolation (WiSE-FT) between the pretrained and the adapted top, against replacing and blending probabilities."""
-import os
-CACHE = os.environ.get("FEWSHOT_XD_CACHE", "/tmp/xd")  # written by cache_features.py and cache_maps.py
-import sys, math, copy, time, torch, torch.nn as nn, torch.nn.functional as F
-from fewshot.model.transforms import apply_transform
-from fewshot.heads.linear_probe import LinearProbe
-from fewshot.backbones import build_backbone
-torch.set_num_threads(2)
+import os, sys, math, time, torch, torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from episodes_cached import episodes
-probe = LinearProbe(1, (1,))
-net = build_backbone("efficientnet_lite0", 3, weights="imagenet").eval()
-class Top(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = copy.deepcopy(net._blocks[11:]); self.conv = copy.deepcopy(net._conv_head); self.bn = copy.deepcopy(net._bn1)
-    def forward(self, x):
-        for b in self.blocks: x = b(x)
-        return F.relu6(self.bn(self.conv(x))).mean((2, 3))
-L0, L2 = "efficientnet_lite0", "efficientnet_lite2"
-def augment(m, g):
-    B = m.shape[0]; out = []
-    for i in range(B):
-        s = int(torch.randint(10, 15, (1,), generator=g)); y, x = [int(v) for v in torch.randint(0, 15 - s, (2,), generator=g)]
-        c = m[i:i+1, :, y:y+s, x:x+s]
-        if torch.rand(1, generator=g) < 0.5: c = c.flip(-1)
-        out.append(F.interpolate(c, size=14, mode="bilinear", align_corners=False))
-    return torch.cat(out)
-def adapt(ms, ys, ways, steps, lr, sp, g):
-    top = Top(); top.eval()
-    ref = [p.detach().clone() for p in top.parameters()]
-    with torch.no_grad():
-        f = F.normalize(top(ms), dim=-1); w = torch.stack([f[ys == c].mean(0) for c in range(ways)])
-    head = nn.Parameter(F.normalize(w, dim=-1).clone())
-    opt = torch.optim.Adam([{"params": top.parameters(), "lr": lr}, {"params": [head], "lr": 1e-2}])
-    for _ in range(steps):
-        logits = 10 * F.normalize(top(augment(ms, g)), dim=-1) @ F.normalize(head, dim=-1).T
-        loss = F.cross_entropy(logits, ys)
-        if sp: loss = loss + sp * sum(((p - r) ** 2).sum() for p, r in zip(top.parameters(), ref))
-        opt.zero_grad(); loss.backward(); opt.step()
-    return top, head.detach()
+from top_variants import CACHE, L0, L2, Top, adapt, apply_transform, episodes, probe  # the same top, its training, the probe
 def run(dom, shots, n, steps, lr, sp):
     d = torch.load(f"{CACHE}/{dom}.pt"); maps = torch.load(f"{CACHE}/{dom}.maps.pt")
     labels = d["labels"]; R = {}; t0 = time.time(); g = torch.Generator().manual_seed(1)
